@@ -1,0 +1,43 @@
+# Two commands on a fresh machine: `make demo` (a local pipeline run) and `make test` (the test suite).
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint format bench clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $(STAMP)
+
+node_modules/.bin/azurite-blob: package.json
+	npm install --no-audit --no-fund --loglevel=error
+	touch $@
+
+venv: $(STAMP)
+
+# A local pipeline run on the embedded default: the `local` backend and the shipped Ames data.
+demo: $(STAMP)
+	PIPELINE_BACKEND=local $(PY) -m pipeline_def run --backend local --show 5
+
+test: $(STAMP) node_modules/.bin/azurite-blob
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(STAMP)
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+bench: $(STAMP)
+	$(PY) bench/predict_step.py
+	$(PY) bench/submit.py
+	$(PY) bench/cold_start.py
+
+clean:
+	rm -rf $(VENV) node_modules .local .pytest_cache

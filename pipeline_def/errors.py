@@ -1,0 +1,121 @@
+"""Typed errors of the service. Each carries the HTTP status and code it maps to, so the HTTP layer maps
+them in one place and the CLI prints the same message."""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Base of every error this project raises on purpose."""
+
+    http_status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigError(PipelineError):
+    """One or more settings are missing or malformed; `problems` names every one (never their values)."""
+
+    code = "configuration_error"
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("bad configuration: " + "; ".join(self.problems))
+
+
+class InvalidRequest(PipelineError):
+    """The caller's input is wrong; nothing was sent to Azure ML."""
+
+    http_status = 400
+    code = "invalid_request"
+
+
+class PayloadTooLarge(InvalidRequest):
+    http_status = 413
+    code = "payload_too_large"
+
+
+class RunNotFound(PipelineError):
+    http_status = 404
+    code = "run_not_found"
+
+    def __init__(self, run_id: str):
+        super().__init__(f"no run with id {run_id!r}")
+        self.run_id = run_id
+
+
+class LocalRunError(PipelineError):
+    """The local backend could not do what was asked (for example a step script failed to start)."""
+
+    code = "local_run_error"
+
+
+class AzureMLError(PipelineError):
+    """Azure ML failed or refused. `status` is the HTTP status Azure ML answered (None when there was no
+    answer), `aml_code` its error code, `correlation_id` the id to quote to Azure support."""
+
+    http_status = 502
+    code = "azureml_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        aml_code: str | None = None,
+        correlation_id: str | None = None,
+    ):
+        super().__init__(message)
+        self.status = status
+        self.aml_code = aml_code
+        self.correlation_id = correlation_id
+
+
+class Throttled(AzureMLError):
+    """Azure ML answered 429 (or 503 with Retry-After) for longer than the retry budget allows."""
+
+    http_status = 503
+    code = "azureml_throttled"
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs):
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
+class Unauthorized(AzureMLError):
+    """401: usually a token for the wrong audience, or an expired token."""
+
+    code = "azureml_unauthorized"
+
+
+class Forbidden(AzureMLError):
+    """403: the identity lacks a role on the workspace."""
+
+    code = "azureml_forbidden"
+
+
+class NotFound(AzureMLError):
+    """404 from Azure ML on something the app expected to exist (a wrong id, a disabled pipeline)."""
+
+    code = "azureml_not_found"
+
+
+class ServiceError(AzureMLError):
+    """5xx from Azure ML, or an answer the client cannot read."""
+
+    code = "azureml_service_error"
+
+
+class Unreachable(AzureMLError):
+    """No answer: connection refused or dropped, or the call timed out."""
+
+    http_status = 504
+    code = "azureml_unreachable"
+
+
+class TokenError(AzureMLError):
+    """No token could be had from azure-identity (managed identity endpoint down, no credential)."""
+
+    code = "token_unavailable"

@@ -1,0 +1,101 @@
+"""What a run looks like to callers, whatever the backend: the status words of product.md and the mapping
+from every status spelling Azure ML uses (pipelines service, run history, graph nodes)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+STATUSES = ("queued", "running", "canceling", "completed", "failed", "canceled")
+TERMINAL = frozenset({"completed", "failed", "canceled"})
+
+# A run id is 1 to 300 letters, digits, '-' and '_': nothing that could change the URL it is put into.
+RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,300}")
+
+_AML_STATUS = {
+    # pipelines service (StatusCode), with its legacy integer codes 0..4
+    "notstarted": "queued",
+    "running": "running",
+    "failed": "failed",
+    "finished": "completed",
+    "canceled": "canceled",
+    "0": "queued",
+    "1": "running",
+    "2": "failed",
+    "3": "completed",
+    "4": "canceled",
+    # run history
+    "queued": "queued",
+    "preparing": "queued",
+    "provisioning": "queued",
+    "starting": "queued",
+    "unapproved": "queued",
+    "finalizing": "running",
+    "notresponding": "running",
+    "pausing": "running",
+    "paused": "running",
+    "cancelrequested": "canceling",
+    "completed": "completed",
+    "cancelled": "canceled",
+    # graph node statuses
+    "partiallyexecuted": "failed",
+    "bypassed": "completed",
+}
+
+
+def is_valid_run_id(run_id: str) -> bool:
+    return RUN_ID_PATTERN.fullmatch(run_id) is not None
+
+
+def normalize_status(aml_status: str | int | None) -> str:
+    """Map any Azure ML status spelling to one of STATUSES. A missing status means not started yet; a word
+    this code has never seen is taken as still running, so nothing treats an unknown run as finished."""
+    if aml_status is None or aml_status == "":
+        return "queued"
+    return _AML_STATUS.get(str(aml_status).strip().lower(), "running")
+
+
+@dataclass(frozen=True)
+class StepStatus:
+    name: str
+    status: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"name": self.name, "status": self.status}
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One run as the HTTP API and the CLI report it. Times are ISO 8601 UTC strings or None."""
+
+    run_id: str
+    status: str
+    aml_status: str | None
+    created_at: str | None = None
+    ended_at: str | None = None
+    steps: list[StepStatus] | None = None
+    portal_url: str | None = None
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "run_id": self.run_id,
+            "status": self.status,
+            "aml_status": self.aml_status,
+            "terminal": self.terminal,
+            "created_at": self.created_at,
+            "ended_at": self.ended_at,
+            "portal_url": self.portal_url,
+        }
+        if self.steps is not None:
+            body["steps"] = [step.to_dict() for step in self.steps]
+        if self.error:
+            body["error"] = self.error
+        body.update(self.extra)
+        return body

@@ -1,0 +1,128 @@
+"""The one description of the pipeline: its three steps, their scripts and arguments, the data they hand
+each other, and the run parameters. The Azure ML definition and the local runner are both built from it,
+so the two cannot drift apart.
+
+An argument is a literal string or one of four placeholders each backend resolves its own way:
+`Param` (a run parameter: a PipelineParameter on Azure ML, its value locally), `Setting` (fixed when the
+pipeline is built: a name on Azure ML, a path locally), `DataIn`/`DataOut` (PipelineData on Azure ML,
+a folder locally).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline_def.errors import InvalidRequest
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+
+
+@dataclass(frozen=True)
+class Setting:
+    """`dataset`, `model`, `destination` or `fingerprint`; see the backends for what each becomes."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class DataIn:
+    name: str
+
+
+@dataclass(frozen=True)
+class DataOut:
+    name: str
+
+
+Argument = str | Param | Setting | DataIn | DataOut
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    script: str
+    arguments: tuple[Argument, ...]
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return tuple(a.name for a in self.arguments if isinstance(a, DataIn))
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return tuple(a.name for a in self.arguments if isinstance(a, DataOut))
+
+
+STEPS: tuple[Step, ...] = (
+    Step(
+        name="fetch_data",
+        script="fetch_data.py",
+        arguments=(
+            "--dataset", Setting("dataset"),
+            "--sample-size", Param("sample_size"),
+            "--output", DataOut("new_data"),
+        ),
+    ),
+    Step(
+        name="predict",
+        script="predict.py",
+        arguments=(
+            "--input", DataIn("new_data"),
+            "--model", Setting("model"),
+            "--model-version", Param("model_version"),
+            "--output", DataOut("predictions"),
+        ),
+    ),
+    Step(
+        name="save_predictions",
+        script="save_predictions.py",
+        arguments=(
+            "--input", DataIn("predictions"),
+            "--destination", Setting("destination"),
+            "--pipeline-fingerprint", Setting("fingerprint"),
+        ),
+    ),
+)  # fmt: skip
+
+PARAMETER_NAMES = ("sample_size", "model_version")
+MAX_SAMPLE_SIZE = 10_000_000
+
+
+def validate_parameters(raw: Any) -> dict[str, str]:
+    """Check run parameters given by a caller and return them as Azure ML wants them (strings).
+
+    `raw` is what the caller sent (a JSON object, or None for no overrides). Unknown names, wrong types and
+    out-of-range values raise InvalidRequest naming the parameter, so nothing is ever submitted with them.
+    """
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise InvalidRequest("'parameters' must be a JSON object")
+    unknown = sorted(str(k) for k in raw if k not in PARAMETER_NAMES)
+    if unknown:
+        raise InvalidRequest(
+            f"unknown parameter(s): {', '.join(unknown)[:200]}; known: {', '.join(PARAMETER_NAMES)}"
+        )
+    result: dict[str, str] = {}
+    if "sample_size" in raw:
+        value = raw["sample_size"]
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidRequest("'sample_size' must be a whole number (0 means every row)")
+        if not 0 <= value <= MAX_SAMPLE_SIZE:
+            raise InvalidRequest(f"'sample_size' must be from 0 to {MAX_SAMPLE_SIZE}")
+        result["sample_size"] = str(value)
+    if "model_version" in raw:
+        value = raw["model_version"]
+        if isinstance(value, str) and value.strip().lower() == "latest":
+            result["model_version"] = "latest"
+        elif isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 1_000_000:
+            result["model_version"] = str(value)
+        elif isinstance(value, str) and value.isascii() and value.isdigit() and 1 <= int(value) <= 1_000_000:
+            result["model_version"] = str(int(value))
+        else:
+            raise InvalidRequest("'model_version' must be a positive whole number or 'latest'")
+    return result

@@ -99,7 +99,9 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if args.command == "cancel":
         service.cancel(args.run_id)
-        _emit(args, {"run_id": args.run_id, "cancel": "requested"}, lambda r: f"cancel requested: {r['run_id']}")
+        _emit(
+            args, {"run_id": args.run_id, "cancel": "requested"}, lambda r: f"cancel requested: {r['run_id']}"
+        )
         return 0
     if args.command == "publish":
         outcome = backend.ensure_published()

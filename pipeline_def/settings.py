@@ -103,7 +103,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         ("AML_MODEL_NAME", model_name),
     ):
         if not _AML_NAME.fullmatch(value):
-            problems.append(f"{name} must be letters, digits, '-' or '_' (at most 255, starting alphanumeric)")
+            problems.append(
+                f"{name} must be letters, digits, '-' or '_' (at most 255, starting alphanumeric)"
+            )
 
     model_version = get("AML_MODEL_VERSION", "latest")
     if model_version.lower() == "latest":
@@ -138,7 +140,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         if api_base:
             parts = urlsplit(api_base)
             if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
-                problems.append("AML_API_BASE must be an http(s) URL such as https://westeurope.api.azureml.ms")
+                problems.append(
+                    "AML_API_BASE must be an http(s) URL such as https://westeurope.api.azureml.ms"
+                )
         elif not region:
             problems.append("AML_REGION is required unless AML_API_BASE is set")
         elif not _REGION.fullmatch(region):

@@ -126,3 +126,13 @@ def validate_parameters(raw: Any) -> dict[str, str]:
         else:
             raise InvalidRequest("'model_version' must be a positive whole number or 'latest'")
     return result
+
+
+# The environment the steps run in on Azure ML. Its pip packages are step_scripts/requirements.txt (hashed
+# with the scripts); the rest is here so that a change to it changes the fingerprint too.
+STEP_ENVIRONMENT = {
+    "name": "house-price-batch-steps",
+    "base_image": "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04",
+    "python_version": "3.11",
+    "requirements_file": "requirements.txt",
+}

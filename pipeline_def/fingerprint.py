@@ -1,0 +1,44 @@
+"""The pipeline fingerprint: the `Version` a published pipeline is compared against. It changes when, and only
+when, something that defines the pipeline changes: the step scripts' bytes (with the steps' requirements),
+the step description and environment, and the settings that shape the graph."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from pipeline_def.settings import STEP_SCRIPTS_DIR, Settings
+from pipeline_def.steps import STEP_ENVIRONMENT, STEPS
+
+FINGERPRINT_LENGTH = 16
+
+
+def step_script_files(folder: Path = STEP_SCRIPTS_DIR) -> list[Path]:
+    """The files Azure ML uploads as the steps' snapshot (caches and editor droppings left out)."""
+    return sorted(
+        path
+        for path in folder.rglob("*")
+        if path.is_file()
+        and "__pycache__" not in path.parts
+        and not path.name.startswith(".")
+        and path.suffix not in (".pyc", ".pyo")
+    )
+
+
+def compute_fingerprint(settings: Settings, folder: Path = STEP_SCRIPTS_DIR) -> str:
+    """A short, stable hex digest of everything that defines the published pipeline."""
+    digest = hashlib.sha256()
+    for path in step_script_files(folder):
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    shape = {
+        "steps": [repr(step) for step in STEPS],
+        "environment": STEP_ENVIRONMENT,
+        "compute": settings.compute_name,
+        "dataset": settings.dataset_name,
+        "model": settings.model_name,
+        "parameters": settings.parameter_defaults,
+    }
+    digest.update(json.dumps(shape, sort_keys=True).encode())
+    return digest.hexdigest()[:FINGERPRINT_LENGTH]

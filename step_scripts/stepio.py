@@ -1,0 +1,79 @@
+"""What the three step scripts share: Parquet hand-over between steps, the run id, and clean failures.
+
+This folder is the steps' snapshot on Azure ML, so nothing here may import pipeline_def.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:  # pandas is imported where frames are read, so `--help` stays fast
+    import pandas as pd
+
+PART_NAME = "part-{index:05d}.parquet"
+
+
+class StepError(Exception):
+    """A failure the step reports as one clear line (bad input, missing column, unreadable model)."""
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def parquet_parts(folder: str | os.PathLike) -> list[Path]:
+    """The Parquet files a previous step wrote into `folder`, in order."""
+    path = Path(folder)
+    if not path.is_dir():
+        raise StepError(f"input folder {str(path)!r} does not exist")
+    parts = sorted(p for p in path.iterdir() if p.suffix == ".parquet")
+    if not parts:
+        raise StepError(f"input folder {str(path)!r} holds no .parquet file")
+    return parts
+
+
+def read_frame(folder: str | os.PathLike) -> pd.DataFrame:
+    """Every row a previous step wrote into `folder`, as one frame."""
+    import pandas as pd
+
+    frames = [pd.read_parquet(part) for part in parquet_parts(folder)]
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+
+def iter_batches(folder: str | os.PathLike, batch_rows: int) -> Iterator[pd.DataFrame]:
+    """The rows of `folder` in frames of at most `batch_rows`, without holding the whole input in memory."""
+    import pyarrow.parquet as pq
+
+    for part in parquet_parts(folder):
+        with pq.ParquetFile(part) as parquet:
+            for batch in parquet.iter_batches(batch_size=batch_rows):
+                yield batch.to_pandas()
+
+
+def write_frame(folder: str | os.PathLike, frame: pd.DataFrame, index: int = 0) -> Path:
+    """Write `frame` as part `index` of `folder` (created if missing) and return the file's path."""
+    path = Path(folder)
+    path.mkdir(parents=True, exist_ok=True)
+    target = path / PART_NAME.format(index=index)
+    frame.to_parquet(target, index=False)
+    return target
+
+
+def current_run_id() -> str:
+    """The pipeline run this step belongs to: PIPELINE_RUN_ID when the local runner set it, otherwise the
+    parent of the Azure ML step run, otherwise 'offline'."""
+    run_id = os.environ.get("PIPELINE_RUN_ID")
+    if run_id:
+        return run_id
+    if os.environ.get("AZUREML_RUN_ID"):
+        from azureml.core import Run
+
+        run = Run.get_context()
+        parent = getattr(run, "parent", None)
+        return parent.id if parent is not None else run.id
+    return "offline"

@@ -1,0 +1,1 @@
+"""Fixtures (fakes): filled in by its owner."""

@@ -1,0 +1,1 @@
+"""Fixtures (local): filled in by its owner."""

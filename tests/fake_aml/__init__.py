@@ -1,0 +1,7 @@
+"""The project's fake Azure ML service (SDK v1 pipelines, run history) over real HTTP on 127.0.0.1."""
+
+from tests.fake_aml.faults import Fault
+from tests.fake_aml.server import FakeAzureML, RecordedRequest
+from tests.fake_aml.state import DEFAULT_STEP_NAMES, FakeRun, FakeStep
+
+__all__ = ["DEFAULT_STEP_NAMES", "FakeAzureML", "FakeRun", "FakeStep", "Fault", "RecordedRequest"]

@@ -1,0 +1,315 @@
+"""The fake Azure ML service's state: published pipelines, endpoints, runs and their step runs, with the
+status vocabularies of the pipelines service, run history and graph nodes kept apart as the real ones are."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+DEFAULT_STEP_NAMES = ("fetch_data", "predict", "save_predictions")
+
+# pipelines service (PipelineRunEntity.Status.StatusCode)
+PIPELINE_CODES = ("NotStarted", "Running", "Failed", "Finished", "Canceled")
+# pipelines-service code -> run-history status
+HISTORY_OF_PIPELINE = {
+    "NotStarted": "NotStarted",
+    "Running": "Running",
+    "Finished": "Completed",
+    "Failed": "Failed",
+    "Canceled": "Canceled",
+}
+HISTORY_STATUSES = (
+    "NotStarted",
+    "Queued",
+    "Preparing",
+    "Provisioning",
+    "Starting",
+    "Running",
+    "Finalizing",
+    "CancelRequested",
+    "Completed",
+    "Failed",
+    "Canceled",
+    "NotResponding",
+    "Unapproved",
+    "Pausing",
+    "Paused",
+)
+HISTORY_TERMINAL = frozenset({"Completed", "Failed", "Canceled"})
+# run-history status of a step -> graph node StatusCode (Graph/AllNodes/Status)
+NODE_OF_HISTORY = {
+    "NotStarted": "NotStarted",
+    "Queued": "Queued",
+    "Preparing": "Queued",
+    "Provisioning": "Queued",
+    "Starting": "Queued",
+    "Unapproved": "Queued",
+    "Running": "Running",
+    "Finalizing": "Running",
+    "NotResponding": "Running",
+    "Pausing": "Running",
+    "Paused": "Running",
+    "CancelRequested": "Running",
+    "Completed": "Finished",
+    "Failed": "Failed",
+    "Canceled": "Canceled",
+}
+# a run-history spelling given to set_run_status -> the pipelines-service code it implies
+PIPELINE_OF_HISTORY = {
+    "NotStarted": "NotStarted",
+    "Queued": "NotStarted",
+    "Preparing": "NotStarted",
+    "Provisioning": "NotStarted",
+    "Starting": "NotStarted",
+    "Unapproved": "NotStarted",
+    "Running": "Running",
+    "Finalizing": "Running",
+    "NotResponding": "Running",
+    "Pausing": "Running",
+    "Paused": "Running",
+    "Completed": "Finished",
+    "Failed": "Failed",
+    "Canceled": "Canceled",
+}
+ENTITY_STATUSES = ("Active", "Deprecated", "Disabled")
+ARM_AUDIENCES = frozenset(
+    {
+        "https://management.azure.com",
+        "https://management.azure.com/",
+        "https://management.core.windows.net",
+        "https://management.core.windows.net/",
+    }
+)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def iso(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+class Clock:
+    """UTC time that never repeats a value, so entities created in one test have a strict order."""
+
+    def __init__(self, now: Any = None) -> None:
+        self._now = now or (lambda: datetime.now(UTC))
+        self._last: datetime | None = None
+
+    def __call__(self) -> datetime:
+        moment = self._now()
+        if self._last is not None and moment <= self._last:
+            moment = self._last + timedelta(milliseconds=1)
+        self._last = moment
+        return moment
+
+
+@dataclass
+class FakeStep:
+    """One step run of a pipeline run (a run-history child with its graph node)."""
+
+    name: str
+    node_id: str
+    run_id: str
+    status: str = "NotStarted"  # run-history spelling
+    run_number: int = 0
+    created: datetime | None = None
+    started: datetime | None = None
+    ended: datetime | None = None
+
+    @property
+    def node_status(self) -> str:
+        return NODE_OF_HISTORY.get(self.status, "Running")
+
+
+@dataclass
+class FakeRun:
+    """A pipeline run. `status` is the pipelines-service code; `history_status` what run history says."""
+
+    run_id: str
+    pipeline_id: str
+    experiment: str
+    created: datetime
+    tags: dict[str, str] = field(default_factory=dict)
+    parameters: dict[str, str] = field(default_factory=dict)
+    status: str = "NotStarted"
+    history_status: str = "NotStarted"
+    steps: list[FakeStep] = field(default_factory=list)
+    description: str | None = None
+    run_source: str = "SDK"
+    run_type: str = "SDK"
+    properties: dict[str, str] = field(default_factory=dict)
+    endpoint_id: str | None = None
+    continue_on_step_failure: bool | None = None
+    graph_id: str | None = None
+    started: datetime | None = None
+    ended: datetime | None = None
+    cancel_requested: bool = False
+    error_message: str | None = None
+    submission: dict[str, Any] | None = None  # the body the run was submitted with, as sent
+    run_number: int = 0
+
+    @property
+    def id(self) -> str:
+        return self.run_id
+
+    @property
+    def entity(self) -> dict[str, Any]:
+        """The PipelineRunEntity the pipelines service returns for this run."""
+        return {
+            "Id": self.run_id,
+            "Description": self.description,
+            "Status": {
+                "StatusCode": self.status,
+                "StatusDetail": None,
+                "CreationTime": iso(self.created),
+                "EndTime": iso(self.ended),
+            },
+            "GraphId": self.graph_id,
+            "IsSubmitted": True,
+            "HasErrors": self.status == "Failed",
+            "HasWarnings": False,
+            "UploadState": "Completed",
+            "ParameterAssignments": dict(self.parameters),
+            "DataSetDefinitionValueAssignments": {},
+            "RunHistoryExperimentName": self.experiment,
+            "PipelineId": self.pipeline_id,
+            "RunSource": self.run_source,
+            "RunType": self.run_type,
+            "TotalRunSteps": len(self.steps),
+            "ScheduleId": None,
+            "tags": dict(self.tags),
+            "Properties": dict(self.properties),
+            "EntityStatus": "Active",
+            "Etag": f'"{self.run_id[:8]}-{len(self.status)}"',
+            "CreatedDate": iso(self.created),
+            "LastModifiedDate": iso(self.ended or self.started or self.created),
+        }
+
+    def history_dto(self, workspace_id: str) -> dict[str, Any]:
+        """The run-history RunDto of the pipeline run."""
+        error = None
+        if self.history_status == "Failed":
+            error = {
+                "error": {
+                    "code": "UserError",
+                    "message": self.error_message or "A step of the pipeline failed.",
+                    "details": [],
+                    "innerError": None,
+                },
+                "correlation": None,
+            }
+        return {
+            "runId": self.run_id,
+            "runNumber": self.run_number,
+            "heartbeatEnabled": False,
+            "runUuid": self.run_id,
+            "rootRunId": self.run_id,
+            "parentRunId": None,
+            "experimentId": _experiment_id(self.experiment),
+            "name": None,
+            "displayName": self.description or self.run_id,
+            "status": self.history_status,
+            "runType": "azureml.PipelineRun",
+            "createdUtc": iso(self.created),
+            "startTimeUtc": iso(self.started),
+            "endTimeUtc": iso(self.ended),
+            "tags": {**self.tags, "azureml.pipelineComponent": "pipelinerun"},
+            "properties": {
+                **self.properties,
+                "azureml.runsource": "azureml.PipelineRun",
+                "runSource": self.run_source,
+                "runType": self.run_type,
+                "azureml.parameters": _json_dumps(self.parameters),
+                "azureml.pipelineid": self.pipeline_id,
+            },
+            "target": None,
+            "error": error,
+            "warnings": None,
+            "hidden": False,
+            "dataContainerId": f"dcid.{self.run_id}",
+            "description": self.description,
+            "userId": "00000000-0000-0000-0000-0000000000aa",
+            "createdBy": {
+                "userName": "fake-identity",
+                "userObjectId": "00000000-0000-0000-0000-0000000000aa",
+            },
+            "portalUrl": f"https://ml.azure.com/runs/{self.run_id}?wsid={workspace_id}",
+        }
+
+    def step_dto(self, step: FakeStep) -> dict[str, Any]:
+        """The run-history RunDto of one step run (a child of the pipeline run)."""
+        return {
+            "runId": step.run_id,
+            "runNumber": step.run_number,
+            "heartbeatEnabled": False,
+            "runUuid": step.run_id,
+            "rootRunId": self.run_id,
+            "parentRunId": self.run_id,
+            "experimentId": _experiment_id(self.experiment),
+            "name": step.name,
+            "displayName": step.name,
+            "status": step.status,
+            "runType": "azureml.StepRun",
+            "createdUtc": iso(step.created),
+            "startTimeUtc": iso(step.started),
+            "endTimeUtc": iso(step.ended),
+            "tags": {"azureml.nodeid": step.node_id, "azureml.pipeline": self.run_id},
+            "properties": {
+                "azureml.runsource": "azureml.StepRun",
+                "azureml.nodeid": step.node_id,
+                "azureml.pipelinerunid": self.run_id,
+                "StepType": "PythonScriptStep",
+            },
+            "target": "cpu-cluster",
+            "error": (
+                {
+                    "error": {"code": "UserError", "message": f"{step.name} failed", "details": []},
+                    "correlation": None,
+                }
+                if step.status == "Failed"
+                else None
+            ),
+            "hidden": False,
+            "dataContainerId": f"dcid.{step.run_id}",
+        }
+
+    def node_statuses(self) -> dict[str, dict[str, Any]]:
+        """What Graph/AllNodes/Status returns: {nodeId: TaskStatus}."""
+        return {
+            step.node_id: {
+                "StatusCode": step.node_status,
+                "StatusDetail": None,
+                "CreationTime": iso(step.created),
+                "ScheduleTime": None,
+                "StartTime": iso(step.started),
+                "EndTime": iso(step.ended),
+                "RequestId": None,
+                "RunId": step.run_id,
+                "RealTimeLogPath": None,
+                "HasWarnings": False,
+                "ReuseInfo": None,
+            }
+            for step in self.steps
+        }
+
+    def step(self, name: str) -> FakeStep:
+        for step in self.steps:
+            if step.name == name:
+                return step
+        raise KeyError(f"run {self.run_id} has no step {name!r}")
+
+
+def _experiment_id(experiment: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"experiment/{experiment}"))
+
+
+def _json_dumps(value: Any) -> str:
+    import json
+
+    return json.dumps(value, sort_keys=True)

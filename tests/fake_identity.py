@@ -1,0 +1,153 @@
+"""A loopback App Service managed-identity endpoint (what Azure Functions exposes as IDENTITY_ENDPOINT), so
+azure-identity's real ManagedIdentityCredential / DefaultAzureCredential can get tokens in tests."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import secrets
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+TOKEN_PREFIX = "fake-mi"
+
+
+def make_token(resource: str, serial: int) -> str:
+    """`fake-mi.<base64url(resource)>.<n>`: opaque to the app, readable by the fake Azure ML (audience check)."""
+    encoded = base64.urlsafe_b64encode(resource.encode()).decode().rstrip("=")
+    return f"{TOKEN_PREFIX}.{encoded}.{serial}"
+
+
+def token_resource(token: str) -> str | None:
+    """The resource a fake-mi token was issued for, or None if `token` is not one."""
+    parts = token.split(".")
+    if len(parts) != 3 or parts[0] != TOKEN_PREFIX:
+        return None
+    try:
+        resource = base64.b64decode(parts[1] + "=" * (-len(parts[1]) % 4), altchars=b"-_", validate=True)
+        return resource.decode() or None
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+class FakeManagedIdentity:
+    """App Service style managed identity (api-version 2019-08-01) on 127.0.0.1, port 0."""
+
+    def __init__(self) -> None:
+        self.header = secrets.token_hex(16)
+        self.requests: list[tuple[str, str | None]] = []
+        self.expires_in = 3600
+        self._serial = itertools.count(1)
+        self._fail_status: int | None = None
+        self._fail_times: int | None = None
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # lifecycle
+    def start(self) -> FakeManagedIdentity:
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-mi", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> FakeManagedIdentity:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "FakeManagedIdentity is not started"
+        return self._server.server_address[1]
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}/msi/token"
+
+    def environ(self) -> dict[str, str]:
+        return {"IDENTITY_ENDPOINT": self.endpoint, "IDENTITY_HEADER": self.header}
+
+    # failure control
+    def fail(self, status: int = 500, times: int | None = None) -> None:
+        """Answer `status` to the next `times` token requests (None: until recover())."""
+        with self._lock:
+            self._fail_status, self._fail_times = status, times
+
+    def recover(self) -> None:
+        with self._lock:
+            self._fail_status, self._fail_times = None, None
+
+    def _take_failure(self) -> int | None:
+        with self._lock:
+            if self._fail_status is None:
+                return None
+            status = self._fail_status
+            if self._fail_times is not None:
+                self._fail_times -= 1
+                if self._fail_times <= 0:
+                    self._fail_status, self._fail_times = None, None
+            return status
+
+    def _answer(self, path: str, headers: Any) -> tuple[int, dict[str, Any]]:
+        parts = urlsplit(path)
+        if parts.path != "/msi/token":
+            return 404, {"error": "not_found", "error_description": f"no route {parts.path}"}
+        query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+        if headers.get("X-IDENTITY-HEADER") != self.header:
+            return 400, {
+                "error": "invalid_request",
+                "error_description": "X-IDENTITY-HEADER missing or wrong",
+            }
+        resource = query.get("resource")
+        if not resource:
+            return 400, {"error": "invalid_request", "error_description": "resource is required"}
+        if query.get("api-version") != "2019-08-01":
+            return 400, {"error": "invalid_request", "error_description": "api-version must be 2019-08-01"}
+        client_id = query.get("client_id") or query.get("clientid")
+        with self._lock:
+            self.requests.append((resource, client_id))
+        status = self._take_failure()
+        if status is not None:
+            return status, {"error": "service_unavailable", "error_description": "fake failure"}
+        expires_on = int(time.time()) + int(self.expires_in)
+        return 200, {
+            "access_token": make_token(resource, next(self._serial)),
+            "expires_on": str(expires_on),
+            "resource": resource,
+            "token_type": "Bearer",
+            "client_id": client_id or "00000000-0000-0000-0000-00000000c11d",
+        }
+
+
+def _handler_for(mi: FakeManagedIdentity) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+            status, payload = mi._answer(self.path, self.headers)
+            body = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:  # keep pytest output clean
+            pass
+
+    return Handler

@@ -1,0 +1,303 @@
+"""The real azureml SDK v1 against the fake Azure ML service: if the SDK can get, list, submit, follow, cancel
+and publish through it, the fake speaks the wire contract the SDK was written for."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.fake_aml import FakeAzureML
+
+pytest.importorskip("azureml.pipeline.core")
+
+WS = "{WS}"
+
+
+@pytest.fixture
+def loopback_only(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Refuse name resolution of anything but loopback, and list what was asked: no call may leave 127.0.0.1
+    (a blob upload to *.blob.core.windows.net, cloud metadata, ARM)."""
+    real = socket.getaddrinfo
+    refused: list[str] = []
+
+    def guarded(host, *args, **kwargs):
+        if host not in ("127.0.0.1", "localhost", "::1", None):
+            refused.append(str(host))
+            raise OSError(f"test refuses to resolve {host}")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", guarded)
+    return refused
+
+
+@pytest.fixture
+def workspace(fake_aml: FakeAzureML, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loopback_only):
+    """The SDK's Workspace aimed at the fake as aml-v1-rest.md shows, with HOME in a temporary folder."""
+    from azureml.core import Workspace
+    from azureml.core.authentication import ArmTokenAuthentication
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    auth = ArmTokenAuthentication("test-token", cloud="AzureCloud")
+    ws = Workspace(
+        fake_aml.subscription_id,
+        fake_aml.resource_group,
+        fake_aml.workspace_name,
+        auth=auth,
+        _disable_service_check=True,
+        _workspace_id=str(uuid.uuid4()),  # a fresh discovery-cache key per test: ports differ between tests
+        _location="local",
+    )
+    ws._discovery_url_internal = fake_aml.discovery_url
+    yield ws
+    assert loopback_only == [], f"the SDK tried to reach {loopback_only}"
+
+
+def _wire(fake: FakeAzureML) -> list[str]:
+    return [f"{r.method} {r.path.replace(fake.workspace_path, WS)}" for r in fake.requests]
+
+
+def test_published_pipeline_get_reads_name_version_status_and_endpoint(fake_aml, workspace):
+    from azureml.pipeline.core import PublishedPipeline
+
+    entity = fake_aml.add_published_pipeline("batch", "fp-1", {"sample_size": "10"})
+    published = PublishedPipeline.get(workspace, entity["Id"])
+    assert (published.name, published.version, published.status) == ("batch", "fp-1", "Active")
+    assert published.endpoint == entity["Url"]
+    assert f"GET /pipelines/v1.0{WS}/Pipelines/{entity['Id']}" in _wire(fake_aml)
+
+
+def test_published_pipeline_list_shows_active_pipelines_only(fake_aml, workspace):
+    from azureml.pipeline.core import PublishedPipeline
+
+    active = fake_aml.add_published_pipeline("batch", "1")
+    fake_aml.add_published_pipeline("batch", "0", status="Disabled")
+    assert [p.id for p in PublishedPipeline.list(workspace)] == [active["Id"]]
+    listing = fake_aml.calls("GET", "/Pipelines")
+    assert listing[-1].query == {"activeOnly": "true"}
+
+
+def test_published_pipeline_submit_starts_a_run_with_string_parameters(fake_aml, workspace):
+    from azureml.pipeline.core import PublishedPipeline
+
+    entity = fake_aml.add_published_pipeline("batch", "1", {"sample_size": "10", "model_version": "latest"})
+    run = PublishedPipeline.get(workspace, entity["Id"]).submit(
+        workspace, "exp-sdk", pipeline_parameters={"sample_size": 3}
+    )
+    fake_run = fake_aml.runs[run.id]
+    assert fake_run.pipeline_id == entity["Id"]
+    assert fake_run.experiment == "exp-sdk"
+    assert fake_run.parameters == {"sample_size": "3", "model_version": "latest"}
+    submit = fake_aml.calls("POST", "/PipelineSubmit/")[-1]
+    assert submit.json()["ParameterAssignments"] == {"sample_size": "3"}
+    assert submit.json()["RunSource"] == "SDK"
+    assert submit.header("Content-Type").startswith("application/json-patch+json")
+    assert submit.header("Authorization") == "Bearer test-token"
+
+
+def test_pipeline_endpoint_get_by_name_then_submit_runs_the_default_version(fake_aml, workspace):
+    from azureml.pipeline.core import PipelineEndpoint
+
+    old = fake_aml.add_published_pipeline("batch", "1")
+    new = fake_aml.add_published_pipeline("batch", "2", {"sample_size": "10"})
+    endpoint = fake_aml.add_endpoint("house-prices", old["Id"])
+    fake_aml.add_endpoint_version(endpoint["Id"], new["Id"], make_default=True)
+
+    sdk_endpoint = PipelineEndpoint.get(workspace, name="house-prices")
+    assert (sdk_endpoint.id, sdk_endpoint.default_version) == (endpoint["Id"], "1")
+    run = sdk_endpoint.submit("exp-ep", pipeline_parameters={"sample_size": 5})
+    assert fake_aml.runs[run.id].pipeline_id == new["Id"]
+    assert fake_aml.runs[run.id].parameters == {"sample_size": "5"}
+    assert fake_aml.calls("GET", "/PipelineEndpoints/Name")[-1].query == {"Name": "house-prices"}
+    assert f"POST /pipelines/v1.0{WS}/PipelineRuns/PipelineEndpointSubmit/Id/{endpoint['Id']}" in _wire(
+        fake_aml
+    )
+
+
+def test_pipeline_endpoint_submit_of_a_given_version_runs_that_version(fake_aml, workspace):
+    from azureml.pipeline.core import PipelineEndpoint
+
+    old = fake_aml.add_published_pipeline("batch", "1")
+    new = fake_aml.add_published_pipeline("batch", "2")
+    endpoint = fake_aml.add_endpoint("house-prices", old["Id"])
+    fake_aml.add_endpoint_version(endpoint["Id"], new["Id"], make_default=True)
+
+    run = PipelineEndpoint.get(workspace, name="house-prices").submit("exp-ep", pipeline_version="0")
+    assert fake_aml.runs[run.id].pipeline_id == old["Id"]
+    submit = fake_aml.calls("POST", "/PipelineEndpointSubmit/")[-1]
+    assert submit.path.endswith(f"/PipelineEndpointSubmit/Id/{endpoint['Id']}/0")
+    assert submit.query == {"pipelineVersion": "0"}
+
+
+def test_pipeline_run_status_follows_the_fake_and_cancel_reaches_it(fake_aml, workspace):
+    from azureml.core import Experiment
+    from azureml.pipeline.core import PipelineRun
+
+    pipeline = fake_aml.add_published_pipeline("batch", "1")
+    fake_run = fake_aml.add_run(pipeline["Id"], experiment="exp-runs")
+    run = PipelineRun(Experiment(workspace, "exp-runs"), fake_run.run_id)
+    assert run.get_status() == "NotStarted"
+    fake_aml.set_run_status(fake_run.run_id, "Running")
+    assert run.get_status() == "Running"
+    run.cancel()
+    assert fake_run.cancel_requested
+    assert fake_run.history_status == "CancelRequested"
+    assert f"DELETE /pipelines/v1.0{WS}/PipelineRuns/{fake_run.run_id}/Execution" in _wire(fake_aml)
+    fake_aml.set_run_status(fake_run.run_id, "Canceled")
+    assert run.get_status() == "Canceled"
+
+
+def test_pipeline_run_get_steps_lists_the_step_runs_by_name(fake_aml, workspace):
+    from azureml.core import Experiment
+    from azureml.pipeline.core import PipelineRun
+
+    pipeline = fake_aml.add_published_pipeline("batch", "1")
+    fake_run = fake_aml.add_run(pipeline["Id"], experiment="exp-steps")
+    fake_aml.set_run_status(fake_run.run_id, "Finished")
+    run = PipelineRun(Experiment(workspace, "exp-steps"), fake_run.run_id)
+    # a StepRun's status is its graph node's code (Finished), not run history's (Completed)
+    steps = {step.name: step.get_status() for step in run.get_steps()}
+    assert steps == {"fetch_data": "Finished", "predict": "Finished", "save_predictions": "Finished"}
+    children = fake_aml.calls("GET", "/children")[-1]
+    assert children.query == {"$orderby": "StartTimeUtc desc", "$top": "500"}
+
+
+def test_sdk_error_for_a_submit_to_a_disabled_pipeline_carries_the_service_message(fake_aml, workspace):
+    from azureml.pipeline.core import PublishedPipeline
+
+    entity = fake_aml.add_published_pipeline("batch", "1")
+    published = PublishedPipeline.get(workspace, entity["Id"])
+    fake_aml.pipelines[entity["Id"]]["EntityStatus"] = "Disabled"
+    with pytest.raises(Exception, match="disabled") as caught:
+        published.submit(workspace, "exp")
+    # the SDK parsed the PascalCase error body (code and message) of a 404
+    assert caught.value.response.status_code == 404
+    assert caught.value.error.error.code == "PipelineDisabled"
+    assert fake_aml.runs == {}
+
+
+def _minimal_pipeline(workspace, folder: Path):
+    from azureml.pipeline.core import Pipeline, PipelineParameter
+    from azureml.pipeline.steps import PythonScriptStep
+
+    folder.mkdir(exist_ok=True)
+    (folder / "hello.py").write_text("print('hello')\n")
+    step = PythonScriptStep(
+        name="hello",
+        script_name="hello.py",
+        arguments=["--n", PipelineParameter("sample_size", default_value=10)],
+        source_directory=str(folder),
+        compute_target="cpu-cluster",
+        allow_reuse=False,
+    )
+    return Pipeline(workspace, steps=[step])
+
+
+def test_sdk_publishes_a_minimal_pipeline_without_uploading_any_blob(fake_aml, workspace, tmp_path):
+    pipeline = _minimal_pipeline(workspace, tmp_path / "src")
+    published = pipeline.publish(
+        name="batch", description="d", version="fp-1", continue_on_step_failure=False
+    )
+
+    entity = fake_aml.pipelines[published.id]
+    assert (entity["Name"], entity["Version"], entity["TotalRunSteps"]) == ("batch", "fp-1", 1)
+    assert entity["ParameterAssignments"] == {"sample_size": "10"}
+    assert [name for _node, name in fake_aml.pipeline_steps[published.id]] == ["hello"]
+    (snapshot_id,) = fake_aml.snapshots
+    assert fake_aml.snapshot_files(snapshot_id) == ["hello.py"]
+    wire = _wire(fake_aml)
+    for call in (
+        f"GET /pipelines/v1.0{WS}/DataTypes",
+        f"GET /datastore/v1.0{WS}/default",
+        f"GET /content/v1.0{WS}/snapshots/latest/metadata",
+        f"POST /content/v2.0{WS}/snapshots/getblob",
+        f"POST /pipelines/v1.0{WS}/Modules",
+        f"POST /pipelines/v1.0{WS}/Pipelines/Create",
+    ):
+        assert call in wire, call
+    assert all(r.status is not None and r.status < 500 for r in fake_aml.requests)
+
+
+def test_sdk_publishes_an_endpoint_and_adds_a_new_default_version(fake_aml, workspace, tmp_path):
+    from azureml.pipeline.core import PipelineEndpoint
+
+    pipeline = _minimal_pipeline(workspace, tmp_path / "src")
+    first = pipeline.publish(name="batch", version="fp-1")
+    endpoint = PipelineEndpoint.publish(workspace, name="house-prices", pipeline=first, description="e")
+    assert fake_aml.endpoints[endpoint.id]["PipelineVersionList"] == [
+        {"Version": "0", "PipelineId": first.id}
+    ]
+
+    second = pipeline.publish(name="batch", version="fp-2")
+    fake_aml.clear_requests()
+    endpoint.add_default(second)
+    entity = fake_aml.endpoints[endpoint.id]
+    assert entity["DefaultVersion"] == "1"
+    assert entity["PipelineVersionList"][1] == {"Version": "1", "PipelineId": second.id}
+    assert _wire(fake_aml)[-2:] == [
+        f"GET /pipelines/v1.0{WS}/PipelineEndpoints/Id/{endpoint.id}",
+        f"PUT /pipelines/v1.0{WS}/PipelineEndpoints/{endpoint.id}",
+    ]
+    # a second endpoint of the same name is refused by the SDK itself, after a look-up by name
+    with pytest.raises(ValueError, match="already exists"):
+        PipelineEndpoint.publish(workspace, name="house-prices", pipeline=second, description="e")
+
+
+def test_project_definition_publishes_through_the_fake_with_a_managed_identity_token(
+    fake_aml, fake_identity, aml_env, loopback_only
+):
+    definition = pytest.importorskip("pipeline_def.definition")
+    from azure.identity import DefaultAzureCredential
+    from azureml.pipeline.core import PipelineEndpoint
+
+    from pipeline_def.settings import load_settings
+    from pipeline_def.steps import STEPS
+
+    settings = load_settings()
+    workspace = definition.connect_workspace(settings, DefaultAzureCredential())
+    pipeline = definition.build_pipeline(workspace, settings, "fp-test")
+    published = pipeline.publish(name=settings.endpoint_name, version="fp-test")
+    endpoint = PipelineEndpoint.publish(
+        workspace, name=settings.endpoint_name, pipeline=published, description="e"
+    )
+
+    entity = fake_aml.pipelines[published.id]
+    assert entity["ParameterAssignments"] == settings.parameter_defaults
+    assert [name for _node, name in fake_aml.pipeline_steps[published.id]] == [s.name for s in STEPS]
+    (snapshot_id,) = fake_aml.snapshots
+    assert {f"{s.script}" for s in STEPS} <= set(fake_aml.snapshot_files(snapshot_id))
+    # every call carried a managed-identity token for ARM
+    assert {r.audience for r in fake_aml.requests if not r.path.startswith("/discovery")} <= {
+        "https://management.azure.com",
+        "https://management.core.windows.net",
+        "https://management.core.windows.net/",
+    }
+    assert fake_identity.requests
+    assert loopback_only == []
+
+    run = endpoint.submit(settings.experiment_name)
+    assert [step.name for step in fake_aml.runs[run.id].steps] == [s.name for s in STEPS]
+
+
+def test_sdk_disables_a_published_pipeline_and_an_endpoint(fake_aml, workspace):
+    from azureml.pipeline.core import PipelineEndpoint, PublishedPipeline
+
+    entity = fake_aml.add_published_pipeline("batch", "1")
+    endpoint = fake_aml.add_endpoint("house-prices", entity["Id"])
+    PublishedPipeline.get(workspace, entity["Id"]).disable()
+    assert fake_aml.pipelines[entity["Id"]]["EntityStatus"] == "Disabled"
+    status_put = fake_aml.calls("PUT", "/status")[-1]
+    assert status_put.json() == "Disabled"
+    PipelineEndpoint.get(workspace, id=endpoint["Id"]).disable()
+    assert fake_aml.endpoints[endpoint["Id"]]["EntityStatus"] == "Disabled"
+
+
+def test_sdk_creates_an_experiment_it_does_not_find(fake_aml, workspace):
+    from azureml.core import Experiment
+
+    experiment = Experiment(workspace, "brand-new")
+    assert experiment.id == fake_aml.experiments["brand-new"]["experimentId"]
+    assert [r.method for r in fake_aml.calls(path_contains="/experiments/brand-new")] == ["GET", "POST"]

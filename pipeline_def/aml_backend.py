@@ -1,0 +1,198 @@
+"""The Azure ML backend of the service: publish when stale, submit to the PipelineEndpoint, read runs and
+their steps, cancel. Plain REST through AzureMLClient; the SDK is imported only to publish."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from pipeline_def import publisher
+from pipeline_def.aml_client import SUBMISSION_TAG, AzureMLClient
+from pipeline_def.errors import NotFound, RunNotFound
+from pipeline_def.fingerprint import compute_fingerprint
+from pipeline_def.runs import RunInfo, StepStatus, normalize_status
+from pipeline_def.service import PublishOutcome
+from pipeline_def.settings import STEP_SCRIPTS_DIR, Settings
+from pipeline_def.steps import STEPS
+
+log = logging.getLogger(__name__)
+
+_STEP_ORDER = {step.name: index for index, step in enumerate(STEPS)}
+
+
+class AzureMLBackend:
+    """The `Backend` of service.py on Azure ML. A steady-state tick costs four calls: endpoint and default
+    pipeline (ensure_published), the pipeline's runs (find_active_run), the submit."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        client: AzureMLClient | None = None,
+        step_folder: Path = STEP_SCRIPTS_DIR,
+        publish_fn: publisher.PublishFn | None = None,
+    ):
+        self.settings = settings
+        self.client = client or AzureMLClient(settings)
+        self.step_folder = Path(step_folder)
+        self._publish_fn = publish_fn
+        # What the last ensure_published found: the endpoint and its default pipeline, reused by the submit
+        # that follows it in the same tick or request.
+        self._current: PublishOutcome | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        # Recomputed on each use (a millisecond of hashing), so an edited step script republishes without a
+        # restart of a long-lived host such as `func start`.
+        return compute_fingerprint(self.settings, self.step_folder)
+
+    def ensure_published(self) -> PublishOutcome:
+        publish_fn = self._publish_fn
+        if publish_fn is None and self.step_folder != STEP_SCRIPTS_DIR:
+            client, folder = self.client, self.step_folder
+
+            def publish_fn(settings: Settings, fingerprint: str) -> str:
+                from pipeline_def.definition import publish_pipeline
+
+                return publish_pipeline(settings, client.credential, fingerprint, folder)
+
+        outcome = publisher.ensure_published(
+            self.settings, self.client, self.fingerprint, publish_fn=publish_fn
+        )
+        self._current = outcome
+        return outcome
+
+    def _endpoint_target(self) -> PublishOutcome:
+        """The endpoint and its default pipeline: from the last ensure_published, else one lookup."""
+        if self._current is not None and self._current.endpoint_id:
+            return self._current
+        endpoint = self.client.get_endpoint_by_name(self.settings.endpoint_name)
+        if endpoint is None:
+            raise NotFound(
+                f"pipeline endpoint {self.settings.endpoint_name!r} does not exist yet: "
+                "run `python -m pipeline_def publish` (or let the timer publish it)",
+                status=404,
+            )
+        return PublishOutcome(False, publisher.default_pipeline_id(endpoint), None, endpoint["Id"])
+
+    def find_active_run(self) -> RunInfo | None:
+        target = self._endpoint_target()
+        if not target.pipeline_id:
+            return None
+        active = [
+            run
+            for run in self.client.list_pipeline_runs(target.pipeline_id)
+            if not self._run_info(run).terminal
+        ]
+        if not active:
+            return None
+        return self._run_info(max(active, key=_created))
+
+    def submit(self, parameters: dict[str, str], tags: dict[str, str]) -> RunInfo:
+        target = self._endpoint_target()
+        entity = self.client.submit_to_endpoint(
+            target.endpoint_id,
+            self.settings.experiment_name,
+            parameters,
+            tags,
+            pipeline_id_for_dedupe=target.pipeline_id,
+        )
+        return self._run_info(entity)
+
+    def get_run(self, run_id: str) -> RunInfo:
+        try:
+            entity = self.client.get_pipeline_run(run_id)
+        except NotFound:
+            raise RunNotFound(run_id) from None
+        experiment = entity.get("RunHistoryExperimentName") or self.settings.experiment_name
+        try:
+            children = self.client.get_step_runs(experiment, run_id)
+        except NotFound:
+            children = []  # run history has not seen the run yet (just submitted)
+        return self._run_info(entity, steps=self._steps(children))
+
+    def list_runs(self, limit: int) -> list[RunInfo]:
+        try:
+            endpoint = self.client.get_endpoint_by_name(self.settings.endpoint_name)
+        except NotFound:
+            endpoint = None
+        if endpoint is None:
+            return []
+        versions = sorted(
+            endpoint.get("PipelineVersionList") or [],
+            key=lambda v: int(v["Version"]) if str(v.get("Version", "")).isdigit() else -1,
+            reverse=True,
+        )
+        runs: list[dict] = []
+        seen: set[str] = set()
+        # Newest version first: an older version was disabled when it was superseded, so its runs are older;
+        # stop as soon as there are enough.
+        for version in versions:
+            pipeline_id = version.get("PipelineId")
+            if not pipeline_id or pipeline_id in seen:
+                continue
+            seen.add(pipeline_id)
+            try:
+                runs.extend(self.client.list_pipeline_runs(pipeline_id))
+            except NotFound:
+                continue
+            if len(runs) >= limit:
+                break
+        runs.sort(key=_created, reverse=True)
+        return [self._run_info(run) for run in runs[:limit]]
+
+    def cancel(self, run_id: str) -> None:
+        try:
+            self.client.cancel_run(run_id)
+        except NotFound:
+            raise RunNotFound(run_id) from None
+
+    # ----- mapping Azure ML entities to RunInfo
+
+    def _run_info(self, entity: dict, steps: list[StepStatus] | None = None) -> RunInfo:
+        status = entity.get("Status") or {}
+        code = status.get("StatusCode") if isinstance(status, dict) else status
+        aml_status = None if code is None else str(code)
+        normalized = normalize_status(code)
+        detail = status.get("StatusDetail") if isinstance(status, dict) else None
+        tags = entity.get("tags") or entity.get("Tags") or {}
+        extra: dict[str, Any] = {}
+        if isinstance(tags, dict) and tags.get("trigger"):
+            extra["trigger"] = tags["trigger"]
+        if isinstance(tags, dict) and tags.get(SUBMISSION_TAG):
+            extra["submission_id"] = tags[SUBMISSION_TAG]
+        return RunInfo(
+            run_id=entity["Id"],
+            status=normalized,
+            aml_status=aml_status,
+            created_at=_created(entity) or None,
+            ended_at=(status.get("EndTime") if isinstance(status, dict) else None) or None,
+            steps=steps,
+            portal_url=self.settings.portal_url(entity["Id"]),
+            error=str(detail)[:500] if normalized == "failed" and detail else None,
+            extra=extra,
+        )
+
+    @staticmethod
+    def _steps(children: list[dict]) -> list[StepStatus]:
+        found = []
+        for child in children:
+            tags = child.get("tags") or {}
+            name = (
+                child.get("displayName")
+                or child.get("name")
+                or tags.get("azureml.nodeid")
+                or child.get("runId")
+            )
+            found.append(StepStatus(str(name), normalize_status(child.get("status"))))
+        return sorted(found, key=lambda s: (_STEP_ORDER.get(s.name, len(_STEP_ORDER)), s.name))
+
+
+def _created(entity: dict) -> str:
+    status = entity.get("Status")
+    created = status.get("CreationTime") if isinstance(status, dict) else None
+    return str(created or entity.get("CreatedDate") or entity.get("CreationTime") or "")
+
+
+__all__ = ["AzureMLBackend"]

@@ -1,0 +1,524 @@
+"""A small Azure ML REST client: the verbs of the pipelines and run-history services (see
+docs aml-v1-rest.md), with ARM tokens from azure-identity, timeouts, a bounded retry budget and typed errors.
+It imports no azureml module, so the steady-state path stays fast."""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote
+
+import requests
+
+from pipeline_def.errors import (
+    AzureMLError,
+    Forbidden,
+    NotFound,
+    ServiceError,
+    Throttled,
+    TokenError,
+    Unauthorized,
+    Unreachable,
+)
+from pipeline_def.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ARM_SCOPE = "https://management.azure.com/.default"
+# A token is renewed this long before it expires, so no call goes out with one about to lapse.
+TOKEN_REFRESH_MARGIN = 300.0
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+BACKOFF_FIRST = 1.0
+BACKOFF_MAX = 20.0
+MAX_ATTEMPTS = 6
+CREDENTIAL_RETRIES = 2
+# The tag that makes a submit idempotent: after an ambiguous failure the run is looked up by it.
+SUBMISSION_TAG = "batchpred_submission_id"
+_CORRELATION_HEADERS = (
+    "x-ms-correlation-request-id",
+    "x-ms-request-id",
+    "x-request-id",
+    "x-ms-client-request-id",
+)
+_MAX_MESSAGE = 300
+
+
+class EntityChanged(AzureMLError):
+    """412: the entity was written by someone else since it was read (optimistic concurrency)."""
+
+    code = "azureml_conflict"
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date); None if absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def error_details(response: requests.Response) -> tuple[str | None, str | None, str | None]:
+    """(code, message, correlation id) from an Azure ML error answer, PascalCase or camelCase."""
+    code = message = correlation_id = None
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        error = body.get("Error") or body.get("error")
+        if isinstance(error, dict):
+            code = error.get("Code") or error.get("code")
+            message = error.get("Message") or error.get("message")
+        elif isinstance(error, str):
+            message = error
+        correlation = body.get("Correlation") or body.get("correlation")
+        if isinstance(correlation, dict):
+            lowered = {str(k).lower(): v for k, v in correlation.items()}
+            correlation_id = lowered.get("request") or lowered.get("operation") or lowered.get("requestid")
+    for header in _CORRELATION_HEADERS:
+        if correlation_id:
+            break
+        correlation_id = response.headers.get(header)
+    return (
+        str(code) if code else None,
+        str(message)[:_MAX_MESSAGE] if message else None,
+        str(correlation_id) if correlation_id else None,
+    )
+
+
+class AzureMLClient:
+    """The REST verbs of Azure ML for one workspace. Thread-safe; keeps one HTTP session and one token."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        credential: Any = None,
+        *,
+        session: requests.Session | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self.settings = settings
+        self._credential = credential
+        self._session = session or requests.Session()
+        self._monotonic = monotonic
+        self._sleep = sleep
+        self._token: tuple[str, float] | None = None
+        self._lock = threading.Lock()
+        self._pipelines = f"{settings.api_base}/pipelines/v1.0{settings.workspace_path}"
+        self._history = f"{settings.api_base}/history/v1.0{settings.workspace_path}"
+
+    # ----- identity
+
+    @property
+    def credential(self) -> Any:
+        """The azure-identity credential (DefaultAzureCredential unless one was given); the SDK shares it."""
+        with self._lock:
+            if self._credential is None:
+                from azure.identity import DefaultAzureCredential
+
+                # azure-core would retry a failing identity endpoint for about 5 s; keep it well inside a
+                # tick's budget (about 0.5 s) and let our own error say what to check.
+                self._credential = DefaultAzureCredential(
+                    managed_identity_client_id=self.settings.azure_client_id,
+                    retry_total=CREDENTIAL_RETRIES,
+                    retry_backoff_factor=0.25,
+                )
+            return self._credential
+
+    def token(self) -> str:
+        """An ARM-audience bearer token, reused until five minutes before it expires."""
+        credential = self.credential
+        with self._lock:
+            if self._token and time.time() < self._token[1] - TOKEN_REFRESH_MARGIN:
+                return self._token[0]
+        try:
+            access = credential.get_token(ARM_SCOPE)
+        except Exception as error:  # azure-identity raises several types; the caller needs only one
+            raise TokenError(
+                "no Azure token could be obtained for https://management.azure.com "
+                f"({type(error).__name__}): check the managed identity (AZURE_CLIENT_ID for a "
+                "user-assigned one) or sign in with `az login` locally"
+            ) from None
+        with self._lock:
+            self._token = (access.token, float(access.expires_on))
+        return access.token
+
+    def _forget_token(self) -> None:
+        with self._lock:
+            self._token = None
+
+    # ----- transport
+
+    def _send(
+        self, method: str, url: str, *, params=None, json_body=None, timeout: float, extra_headers=None
+    ) -> requests.Response:
+        headers = {"Authorization": f"Bearer {self.token()}", "Accept": "application/json"}
+        headers.update(extra_headers or {})
+        if json_body is not None:
+            headers["Content-Type"] = "application/json"
+        return self._session.request(
+            method, url, params=params, json=json_body, headers=headers, timeout=timeout
+        )
+
+    def _timeout(self, deadline: float, first: bool) -> float:
+        if first:
+            return self.settings.request_timeout
+        return min(self.settings.request_timeout, max(0.5, deadline - self._monotonic()))
+
+    def _request(
+        self,
+        method: str,
+        url: str,
+        *,
+        what: str,
+        params: dict[str, str] | None = None,
+        json_body: Any = None,
+        deadline: float | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> requests.Response:
+        """Send one idempotent call (GET/PUT/DELETE), retrying transient failures within the budget."""
+        if deadline is None:
+            deadline = self._monotonic() + self.settings.retry_budget
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = self._send(
+                    method,
+                    url,
+                    params=params,
+                    json_body=json_body,
+                    timeout=self._timeout(deadline, attempt == 1),
+                    extra_headers=headers,
+                )
+            except requests.RequestException as error:
+                failure: AzureMLError = _unreachable(what, error)
+                retry_after = None
+            else:
+                if response.status_code < 400:
+                    return response
+                failure = self.error_for(response, what)
+                if response.status_code not in RETRY_STATUSES:
+                    raise failure
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            self._wait_or_raise(failure, retry_after, attempt, deadline)
+
+    def _wait_or_raise(
+        self, failure: AzureMLError, retry_after: float | None, attempt: int, deadline: float
+    ) -> None:
+        """Sleep before the next attempt, or raise `failure` when the attempts or the budget are spent."""
+        remaining = deadline - self._monotonic()
+        delay = (
+            retry_after if retry_after is not None else min(BACKOFF_FIRST * 2 ** (attempt - 1), BACKOFF_MAX)
+        )
+        if attempt >= MAX_ATTEMPTS or delay > remaining:
+            if isinstance(failure, Throttled) or (retry_after is not None and failure.status == 503):
+                raise Throttled(
+                    f"Azure ML is throttling requests ({failure.message})",
+                    retry_after=retry_after if retry_after is not None else delay,
+                    status=failure.status,
+                    aml_code=failure.aml_code,
+                    correlation_id=failure.correlation_id,
+                )
+            raise failure
+        log.info("Azure ML call failed (%s); retrying in %.1f s", failure.message, delay)
+        self._sleep(delay)
+
+    def error_for(self, response: requests.Response, what: str) -> AzureMLError:
+        """The typed error for an Azure ML error answer."""
+        status = response.status_code
+        code, message, correlation_id = error_details(response)
+        said = (
+            f"{code}: {message}" if code and message else (code or message or response.reason or "no detail")
+        )
+        suffix = f" (Azure ML said {said}; correlation id {correlation_id or 'none'})"
+        kwargs = {"status": status, "aml_code": code, "correlation_id": correlation_id}
+        if status == 401:
+            self._forget_token()  # the next call asks azure-identity again, which renews a lapsed token
+            return Unauthorized(
+                f"Azure ML refused the token for {what} (401): the token audience must be ARM "
+                f"https://management.azure.com, or the token expired{suffix}",
+                **kwargs,
+            )
+        if status == 403:
+            return Forbidden(
+                f"Azure ML denied {what} (403): the identity likely lacks the 'AzureML Data Scientist' "
+                f"(or Contributor) role on workspace {self.settings.workspace_name}{suffix}",
+                **kwargs,
+            )
+        if status == 404:
+            return NotFound(f"Azure ML found no {what} (404){suffix}", **kwargs)
+        if status == 412:
+            return EntityChanged(f"{what} changed since it was read (412){suffix}", **kwargs)
+        if status == 429:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            return Throttled(f"Azure ML throttled {what} (429){suffix}", retry_after=retry_after, **kwargs)
+        if status >= 500:
+            return ServiceError(f"Azure ML failed on {what} ({status}){suffix}", **kwargs)
+        return AzureMLError(f"Azure ML refused {what} ({status}){suffix}", **kwargs)
+
+    @staticmethod
+    def _json(response: requests.Response, what: str) -> Any:
+        if not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            raise ServiceError(
+                f"Azure ML answered {what} with something that is not JSON", status=response.status_code
+            ) from None
+
+    # ----- published pipelines and endpoints
+
+    def get_endpoint_by_name(self, name: str) -> dict | None:
+        """The PipelineEndpoint named `name`, or None when there is none."""
+        try:
+            response = self._request(
+                "GET",
+                f"{self._pipelines}/PipelineEndpoints/Name",
+                params={"Name": name},
+                what=f"pipeline endpoint {name!r}",
+            )
+        except NotFound:
+            return None
+        return self._json(response, "the endpoint lookup")
+
+    def get_endpoint(self, endpoint_id: str) -> dict:
+        response = self._request(
+            "GET",
+            f"{self._pipelines}/PipelineEndpoints/Id/{_seg(endpoint_id)}",
+            what=f"endpoint {endpoint_id}",
+        )
+        return self._json(response, "the endpoint lookup")
+
+    def create_endpoint(
+        self, name: str, pipeline_id: str, description: str = "", properties: dict[str, str] | None = None
+    ) -> dict:
+        """Create a PipelineEndpoint whose first (default) version is `pipeline_id`. Not retried blindly: the
+        caller re-reads the endpoint by name after a failure."""
+        body = {
+            "Name": name,
+            "Description": description,
+            "PipelineId": pipeline_id,
+            "Properties": properties or {},
+        }
+        response = self._post(
+            f"{self._pipelines}/PipelineEndpoints/Create", body, what=f"creating endpoint {name!r}"
+        )
+        return self._json(response, "creating the endpoint")
+
+    def update_endpoint(self, entity: dict) -> dict | None:
+        """Write a whole PipelineEndpoint entity back (add a version, change the default, enable or disable).
+
+        Sent with `If-Match: <Etag read>` so a service that honours it answers 412 (EntityChanged) when
+        someone else wrote in between, instead of silently dropping their version."""
+        etag = entity.get("Etag")
+        response = self._request(
+            "PUT",
+            f"{self._pipelines}/PipelineEndpoints/{_seg(entity['Id'])}",
+            json_body=entity,
+            what=f"endpoint {entity.get('Name') or entity['Id']}",
+            headers={"If-Match": str(etag)} if etag else None,
+        )
+        return self._json(response, "the endpoint update")
+
+    def get_pipeline(self, pipeline_id: str) -> dict:
+        response = self._request(
+            "GET",
+            f"{self._pipelines}/Pipelines/{_seg(pipeline_id)}",
+            what=f"published pipeline {pipeline_id}",
+        )
+        return self._json(response, "the pipeline lookup")
+
+    def list_pipelines(self, active_only: bool = True) -> list[dict]:
+        response = self._request(
+            "GET",
+            f"{self._pipelines}/Pipelines",
+            params={"activeOnly": "true" if active_only else "false"},
+            what="the published pipelines",
+        )
+        return list(self._json(response, "the pipeline list") or [])
+
+    def set_pipeline_status(self, pipeline_id: str, status: str) -> None:
+        """Disable or re-enable a published pipeline (`"Disabled"` or `"Active"`)."""
+        if status not in ("Disabled", "Active"):
+            raise ValueError(f"unknown pipeline status {status!r}")
+        self._request(
+            "PUT",
+            f"{self._pipelines}/Pipelines/{_seg(pipeline_id)}/status",
+            json_body=status,
+            what=f"published pipeline {pipeline_id}",
+        )
+
+    # ----- runs
+
+    def submit_to_endpoint(
+        self,
+        endpoint_id: str,
+        experiment: str,
+        parameters: dict[str, str],
+        tags: dict[str, str],
+        pipeline_id_for_dedupe: str | None,
+    ) -> dict:
+        """Start a run of the endpoint's default version and return its PipelineRunEntity (`Id` = run id).
+
+        The submit carries a unique tag. When it may have reached the service but no answer came back
+        (timeout, dropped connection, 5xx), the runs of `pipeline_id_for_dedupe` are searched for that tag
+        before trying again, so one call never starts two runs. A 429 never started anything: it is retried
+        after Retry-After, within the budget.
+        """
+        submission_id = uuid.uuid4().hex
+        body: dict[str, Any] = {
+            "ExperimentName": experiment,
+            "RunSource": "API",
+            "ParameterAssignments": {str(k): str(v) for k, v in parameters.items()},
+            "tags": {**{str(k): str(v) for k, v in tags.items()}, SUBMISSION_TAG: submission_id},
+        }
+        url = f"{self._pipelines}/PipelineRuns/PipelineEndpointSubmit/Id/{_seg(endpoint_id)}"
+        what = "the run submission"
+        deadline = self._monotonic() + self.settings.retry_budget
+        attempt = 0
+        while True:
+            attempt += 1
+            ambiguous = False
+            retry_after = None
+            try:
+                response = self._send(
+                    "POST", url, json_body=body, timeout=self._timeout(deadline, attempt == 1)
+                )
+            except requests.RequestException as error:
+                failure: AzureMLError = _unreachable(what, error)
+                # A refused connection never reached the service; anything else might have.
+                ambiguous = not isinstance(error, requests.exceptions.ConnectTimeout) and not _refused(error)
+            else:
+                if response.status_code < 400:
+                    return self._json(response, what)
+                failure = self.error_for(response, what)
+                if response.status_code not in RETRY_STATUSES:
+                    raise failure
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                ambiguous = response.status_code != 429
+            if ambiguous and pipeline_id_for_dedupe:
+                found = self._find_submission(pipeline_id_for_dedupe, submission_id, deadline)
+                if found is not None:
+                    log.info(
+                        "the submission reached Azure ML despite %s; run %s", failure.message, found.get("Id")
+                    )
+                    return found
+            elif ambiguous:
+                raise failure  # without a pipeline to search, a retry could start a second run
+            self._wait_or_raise(failure, retry_after, attempt, deadline)
+
+    def _find_submission(self, pipeline_id: str, submission_id: str, deadline: float) -> dict | None:
+        for run in self.list_pipeline_runs(pipeline_id, deadline=deadline):
+            tags = run.get("tags") or run.get("Tags") or {}
+            if isinstance(tags, dict) and tags.get(SUBMISSION_TAG) == submission_id:
+                return run
+        return None
+
+    def get_pipeline_run(self, run_id: str) -> dict:
+        response = self._request(
+            "GET", f"{self._pipelines}/PipelineRuns/{_seg(run_id)}", what=f"run {run_id}"
+        )
+        return self._json(response, "the run lookup")
+
+    def list_pipeline_runs(self, pipeline_id: str, *, deadline: float | None = None) -> list[dict]:
+        """Every run of one published pipeline (PipelineRunEntity dicts)."""
+        response = self._request(
+            "GET",
+            f"{self._pipelines}/PipelineRuns/Pipeline/{_seg(pipeline_id)}",
+            what=f"runs of pipeline {pipeline_id}",
+            deadline=deadline,
+        )
+        body = self._json(response, "the run list")
+        if isinstance(body, dict):  # tolerate a paged shape
+            body = body.get("value") or body.get("Value") or []
+        return list(body or [])
+
+    def get_step_runs(self, experiment: str, run_id: str) -> list[dict]:
+        """The run-history children (step runs) of a pipeline run, camelCase RunDto dicts."""
+        url = f"{self._history}/experiments/{_seg(experiment)}/runs/{_seg(run_id)}/children"
+        params: dict[str, str] = {"$orderby": "StartTimeUtc desc", "$top": "500"}
+        children: list[dict] = []
+        for _page in range(10):
+            response = self._request("GET", url, params=params, what=f"steps of run {run_id}")
+            body = self._json(response, "the step list") or {}
+            if isinstance(body, list):
+                return children + body
+            children.extend(body.get("value") or [])
+            token = body.get("continuationToken")
+            if not token:
+                break
+            params = {**params, "$continuationToken": token}
+        return children
+
+    def cancel_run(self, run_id: str) -> None:
+        self._request(
+            "DELETE", f"{self._pipelines}/PipelineRuns/{_seg(run_id)}/Execution", what=f"run {run_id}"
+        )
+
+    # ----- helpers
+
+    def _post(self, url: str, body: Any, *, what: str) -> requests.Response:
+        """A POST that is only retried when Azure ML said it did not take it (429)."""
+        deadline = self._monotonic() + self.settings.retry_budget
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = self._send(
+                    "POST", url, json_body=body, timeout=self._timeout(deadline, attempt == 1)
+                )
+            except requests.RequestException as error:
+                raise _unreachable(what, error) from None
+            if response.status_code < 400:
+                return response
+            failure = self.error_for(response, what)
+            if response.status_code != 429:
+                raise failure
+            self._wait_or_raise(
+                failure, parse_retry_after(response.headers.get("Retry-After")), attempt, deadline
+            )
+
+
+def _seg(value: str) -> str:
+    """One URL path segment; ids and names are validated elsewhere, this is belt and braces."""
+    return quote(str(value), safe="")
+
+
+def _refused(error: requests.RequestException) -> bool:
+    text = str(error).lower()
+    return "refused" in text or "name or service not known" in text or "nodename nor servname" in text
+
+
+def _unreachable(what: str, error: requests.RequestException) -> Unreachable:
+    kind = (
+        "timed out" if isinstance(error, requests.Timeout) else "got no answer (connection failed or dropped)"
+    )
+    return Unreachable(f"Azure ML {kind} on {what}")
+
+
+__all__ = [
+    "ARM_SCOPE",
+    "SUBMISSION_TAG",
+    "AzureMLClient",
+    "EntityChanged",
+    "error_details",
+    "parse_retry_after",
+]

@@ -1,0 +1,160 @@
+"""The Azure ML pipeline built from steps.py with the SDK v1: the only module that imports azureml.
+It runs only when the endpoint is stale and a new version must be published, never on the steady-state path."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipeline_def import steps as step_description
+from pipeline_def.settings import STEP_SCRIPTS_DIR, Settings
+
+if TYPE_CHECKING:
+    from azureml.core import Workspace
+    from azureml.pipeline.core import Pipeline
+
+# What Setting("destination") becomes on Azure ML: save_predictions writes to the default datastore.
+DESTINATION = "default-datastore"
+
+
+def connect_workspace(settings: Settings, credential: Any) -> Workspace:
+    """The SDK's Workspace aimed at `settings.api_base`, authenticated by the azure-identity credential, with no
+    ARM call (the SDK would otherwise look the workspace up on management.azure.com)."""
+    from azureml.core import Workspace
+    from azureml.core.authentication import TokenAuthentication
+
+    def get_token_for_audience(audience: str) -> str:
+        # The SDK passes a resource such as "https://management.core.windows.net/"; azure-identity wants a
+        # scope: the resource without its trailing slash, plus "/.default".
+        return credential.get_token(audience.rstrip("/") + "/.default").token
+
+    # An explicit cloud keeps the SDK from fetching cloud metadata from the internet.
+    auth = TokenAuthentication(get_token_for_audience, cloud="AzureCloud")
+    workspace = Workspace(
+        settings.subscription_id,
+        settings.resource_group,
+        settings.workspace_name,
+        auth=auth,
+        _location=settings.region or "local",
+        _disable_service_check=True,
+        # The SDK uses the workspace id only as the key of its service-discovery cache; a stable id derived
+        # from the workspace path spares an ARM lookup of the real one.
+        _workspace_id=str(uuid.uuid5(uuid.NAMESPACE_URL, settings.workspace_path)),
+        _cloud="AzureCloud",
+    )
+    workspace._discovery_url_internal = f"{settings.api_base}/discovery"
+    return workspace
+
+
+def step_requirements(folder: Path) -> list[str]:
+    """The pip requirements of the steps: the lines of their requirements file without comments."""
+    spec = step_description.STEP_ENVIRONMENT
+    lines = (folder / spec["requirements_file"]).read_text().splitlines()
+    return [
+        line.split(" #", 1)[0].strip() for line in lines if line.strip() and not line.lstrip().startswith("#")
+    ]
+
+
+def _run_configuration(folder: Path) -> Any:
+    from azureml.core import Environment, RunConfiguration
+    from azureml.core.conda_dependencies import CondaDependencies
+
+    spec = step_description.STEP_ENVIRONMENT
+    environment = Environment(spec["name"])
+    environment.python.conda_dependencies = CondaDependencies.create(
+        python_version=spec["python_version"], pip_packages=step_requirements(folder)
+    )
+    environment.docker.base_image = spec["base_image"]
+    environment.environment_variables = {}
+    run_config = RunConfiguration()
+    run_config.environment = environment
+    return run_config
+
+
+def build_pipeline(
+    workspace: Workspace, settings: Settings, fingerprint: str, folder: Path = STEP_SCRIPTS_DIR
+) -> Pipeline:
+    """PythonScriptSteps from steps.STEPS, joined by PipelineData, with the run parameters as
+    PipelineParameters whose defaults are the settings'."""
+    from azureml.pipeline.core import Pipeline, PipelineData, PipelineParameter
+    from azureml.pipeline.steps import PythonScriptStep
+
+    defaults = settings.parameter_defaults
+    parameters = {
+        name: PipelineParameter(name=name, default_value=defaults[name])
+        for name in step_description.PARAMETER_NAMES
+    }
+    fixed = {
+        "dataset": settings.dataset_name,
+        "model": settings.model_name,
+        "destination": DESTINATION,
+        "fingerprint": fingerprint,
+    }
+    data: dict[str, Any] = {}
+    run_config = _run_configuration(Path(folder))
+    # A (name, type) tuple names the compute without the ARM lookup a bare name would cost.
+    compute = (settings.compute_name, "AmlCompute")
+
+    built = []
+    for step in step_description.STEPS:
+        arguments: list[Any] = []
+        inputs: list[Any] = []
+        outputs: list[Any] = []
+        for argument in step.arguments:
+            if isinstance(argument, str):
+                arguments.append(argument)
+            elif isinstance(argument, step_description.Param):
+                arguments.append(parameters[argument.name])
+            elif isinstance(argument, step_description.Setting):
+                arguments.append(fixed[argument.name])
+            elif isinstance(argument, step_description.DataOut):
+                data[argument.name] = PipelineData(argument.name, is_directory=True)
+                arguments.append(data[argument.name])
+                outputs.append(data[argument.name])
+            elif isinstance(argument, step_description.DataIn):
+                arguments.append(data[argument.name])
+                inputs.append(data[argument.name])
+            else:
+                raise TypeError(f"unknown argument {argument!r} in step {step.name}")
+        built.append(
+            PythonScriptStep(
+                script_name=step.script,
+                name=step.name,
+                arguments=arguments,
+                inputs=inputs,
+                outputs=outputs,
+                compute_target=compute,
+                runconfig=run_config,
+                source_directory=str(folder),
+                # fetch_data samples anew on every run; the steps after it depend on its fresh output anyway.
+                allow_reuse=step.name != "fetch_data",
+            )
+        )
+    return Pipeline(workspace=workspace, steps=built, description=_description(fingerprint))
+
+
+def _description(fingerprint: str) -> str:
+    return f"House-price batch predictions (fingerprint {fingerprint})"
+
+
+def publish_pipeline(
+    settings: Settings, credential: Any, fingerprint: str, folder: Path = STEP_SCRIPTS_DIR
+) -> str:
+    """Build and publish a new pipeline whose Version is `fingerprint`; return its id."""
+    # The SDK prints progress ("Created step ...") to stdout; keep stdout for the CLI's own answer.
+    with contextlib.redirect_stdout(sys.stderr):
+        workspace = connect_workspace(settings, credential)
+        pipeline = build_pipeline(workspace, settings, fingerprint, folder)
+        published = pipeline.publish(
+            name=settings.endpoint_name,
+            description=_description(fingerprint),
+            version=fingerprint,
+            continue_on_step_failure=False,
+        )
+    return published.id
+
+
+__all__ = ["DESTINATION", "build_pipeline", "connect_workspace", "publish_pipeline"]

@@ -1,0 +1,160 @@
+"""Ensure the pipeline is published, as product.md defines it: the endpoint exists and is active, and its default
+version is an active pipeline whose Version is the current fingerprint. Checking costs two REST calls and no
+SDK import; only a stale endpoint builds and publishes with the SDK (definition.py)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from pipeline_def.aml_client import AzureMLClient, EntityChanged
+from pipeline_def.errors import AzureMLError, Forbidden, NotFound, TokenError, Unauthorized
+from pipeline_def.service import PublishOutcome
+from pipeline_def.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# publish_fn(settings, fingerprint) -> id of the newly published pipeline
+PublishFn = Callable[[Settings, str], str]
+
+_ACTIVE = ("active", "0")
+MAX_ENDPOINT_WRITES = 5
+
+
+def is_active(entity: dict | None) -> bool:
+    """EntityStatus is "Active"/"Deprecated"/"Disabled" or a legacy "0"/"1"/"2"; absent means active."""
+    if entity is None:
+        return False
+    status = entity.get("EntityStatus")
+    return status is None or str(status).strip().lower() in _ACTIVE
+
+
+def default_pipeline_id(endpoint: dict) -> str | None:
+    """The pipeline id behind the endpoint's DefaultVersion."""
+    default = str(endpoint.get("DefaultVersion") or "")
+    for item in endpoint.get("PipelineVersionList") or []:
+        if str(item.get("Version")) == default:
+            return item.get("PipelineId")
+    return None
+
+
+def current_pipeline(client: AzureMLClient, endpoint: dict | None, fingerprint: str) -> dict | None:
+    """The endpoint's default pipeline when the endpoint is published and current, else None."""
+    if not is_active(endpoint):
+        return None
+    pipeline_id = default_pipeline_id(endpoint)
+    if not pipeline_id:
+        return None
+    try:
+        pipeline = client.get_pipeline(pipeline_id)
+    except NotFound:
+        return None
+    if is_active(pipeline) and str(pipeline.get("Version")) == fingerprint:
+        return pipeline
+    return None
+
+
+def ensure_published(
+    settings: Settings, client: AzureMLClient, fingerprint: str, *, publish_fn: PublishFn | None = None
+) -> PublishOutcome:
+    """Publish and point the endpoint at the new pipeline unless the endpoint is already current."""
+    endpoint = client.get_endpoint_by_name(settings.endpoint_name)
+    pipeline = current_pipeline(client, endpoint, fingerprint)
+    if pipeline is not None:
+        return PublishOutcome(False, pipeline["Id"], fingerprint, endpoint["Id"])
+
+    # An endpoint that was disabled while still pointing at the current, active pipeline only needs enabling.
+    if endpoint is not None and not is_active(endpoint):
+        pipeline_id = default_pipeline_id(endpoint)
+        if pipeline_id and _is_current(client, pipeline_id, fingerprint):
+            endpoint["EntityStatus"] = "Active"
+            client.update_endpoint(endpoint)
+            log.info("re-enabled pipeline endpoint %s", settings.endpoint_name)
+            return PublishOutcome(False, pipeline_id, fingerprint, endpoint["Id"])
+
+    if publish_fn is None:
+        publish_fn = _sdk_publisher(client)
+    log.info("publishing pipeline %s version %s", settings.endpoint_name, fingerprint)
+    pipeline_id = publish_fn(settings, fingerprint)
+    endpoint = _point_endpoint_at(settings, client, endpoint, pipeline_id)
+
+    # Read back what won: with two publishers racing, the last writer's pipeline is the default. Disable
+    # everything else the endpoint knows of, and our own pipeline if it lost.
+    endpoint = client.get_endpoint(endpoint["Id"])
+    winner = default_pipeline_id(endpoint)
+    active = {p.get("Id") for p in client.list_pipelines(active_only=True)}
+    superseded = {item.get("PipelineId") for item in endpoint.get("PipelineVersionList") or []}
+    superseded.add(pipeline_id)
+    superseded.discard(winner)
+    for old_id in sorted(i for i in superseded if i and i in active):
+        try:
+            client.set_pipeline_status(old_id, "Disabled")
+            log.info("disabled superseded pipeline %s", old_id)
+        except NotFound:
+            pass
+    return PublishOutcome(True, winner, fingerprint, endpoint["Id"])
+
+
+def _is_current(client: AzureMLClient, pipeline_id: str, fingerprint: str) -> bool:
+    try:
+        pipeline = client.get_pipeline(pipeline_id)
+    except NotFound:
+        return False
+    return is_active(pipeline) and str(pipeline.get("Version")) == fingerprint
+
+
+def _point_endpoint_at(
+    settings: Settings, client: AzureMLClient, endpoint: dict | None, pipeline_id: str
+) -> dict:
+    """Create the endpoint with `pipeline_id`, or add it as a new version and make it the default."""
+    if endpoint is None:
+        try:
+            return client.create_endpoint(
+                settings.endpoint_name,
+                pipeline_id,
+                description="Scheduled house-price batch predictions",
+            )
+        except (Unauthorized, Forbidden, TokenError):
+            raise
+        except AzureMLError as error:
+            # Someone else may have created it meanwhile (or our create went through but its answer was
+            # lost): use the endpoint that exists, if any.
+            endpoint = client.get_endpoint_by_name(settings.endpoint_name)
+            if endpoint is None:
+                raise
+            log.info("endpoint creation failed (%s); another publisher created it", error.message)
+            if pipeline_id in {i.get("PipelineId") for i in endpoint.get("PipelineVersionList") or []}:
+                return endpoint
+
+    # Read-modify-write on a fresh copy, so a version another publisher added meanwhile is kept; a write that
+    # lost to another one (412) is redone on what that one wrote.
+    for attempt in range(1, MAX_ENDPOINT_WRITES + 1):
+        entity = client.get_endpoint(endpoint["Id"])
+        versions = list(entity.get("PipelineVersionList") or [])
+        numbers = [int(v["Version"]) for v in versions if str(v.get("Version", "")).isdigit()]
+        new_version = str(max(numbers) + 1 if numbers else len(versions))
+        versions.append({"Version": new_version, "PipelineId": pipeline_id})
+        entity["PipelineVersionList"] = versions
+        entity["DefaultVersion"] = new_version
+        entity["EntityStatus"] = "Active"
+        try:
+            client.update_endpoint(entity)
+        except EntityChanged:
+            if attempt == MAX_ENDPOINT_WRITES:
+                raise
+            log.info("endpoint %s changed while being updated; reading it again", settings.endpoint_name)
+            continue
+        return entity
+    raise AssertionError("unreachable")
+
+
+def _sdk_publisher(client: AzureMLClient) -> PublishFn:
+    def publish(settings: Settings, fingerprint: str) -> str:
+        from pipeline_def.definition import publish_pipeline  # the SDK, only now
+
+        return publish_pipeline(settings, client.credential, fingerprint)
+
+    return publish
+
+
+__all__ = ["PublishFn", "current_pipeline", "default_pipeline_id", "ensure_published", "is_active"]

@@ -1,0 +1,316 @@
+"""The Azure ML backend under the service, against the fake service: call counts of the steady state, the
+overlap policy, run status and steps in product.md's words, listing, cancel, and the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pipeline_def.aml_backend import AzureMLBackend
+from pipeline_def.aml_client import SUBMISSION_TAG
+from pipeline_def.errors import RunNotFound, Throttled
+from pipeline_def.runs import STATUSES, normalize_status
+from pipeline_def.service import Service
+from pipeline_def.settings import PROJECT_ROOT, load_settings
+from pipeline_def.steps import STEPS
+
+
+@pytest.fixture
+def settings(aml_env):
+    return load_settings()
+
+
+@pytest.fixture
+def backend(settings):
+    return AzureMLBackend(settings)
+
+
+@pytest.fixture
+def service(settings, backend):
+    return Service(settings, backend)
+
+
+@pytest.fixture
+def current(fake_aml, settings, backend):
+    """An endpoint that is already current (the steady state)."""
+    pipeline = fake_aml.add_published_pipeline(
+        settings.endpoint_name, backend.fingerprint, parameter_defaults=settings.parameter_defaults
+    )
+    endpoint = fake_aml.add_endpoint(settings.endpoint_name, pipeline["Id"])
+    fake_aml.clear_requests()
+    return endpoint, pipeline
+
+
+# ----- the steady state
+
+
+def test_a_steady_state_tick_costs_four_calls(service, fake_aml, current):
+    endpoint, pipeline = current
+    outcome = service.tick(scheduled_for="2026-01-01T01:30:00Z")
+    assert outcome.action == "submitted"
+    assert outcome.publish.published is False
+    assert [(r.method, r.path.rsplit("/", 2)[-2]) for r in fake_aml.requests] == [
+        ("GET", "PipelineEndpoints"),  # .../PipelineEndpoints/Name
+        ("GET", "Pipelines"),  # the default version's pipeline
+        ("GET", "Pipeline"),  # .../PipelineRuns/Pipeline/{id}: is a run still active?
+        ("POST", "Id"),  # .../PipelineEndpointSubmit/Id/{endpointId}
+    ]
+    submit = fake_aml.requests[-1]
+    assert submit.path.endswith(f"/PipelineRuns/PipelineEndpointSubmit/Id/{endpoint['Id']}")
+    body = submit.json()
+    assert body["ExperimentName"] == "house-price-batch-predictions"
+    assert body["tags"]["trigger"] == "timer"
+    assert body["tags"]["scheduled_for"] == "2026-01-01T01:30:00Z"
+    run = fake_aml.runs[outcome.run.run_id]
+    assert run.pipeline_id == pipeline["Id"]
+
+
+def test_a_steady_state_http_submission_costs_three_calls(service, fake_aml, current):
+    run = service.start_run({"sample_size": 25, "model_version": 2})
+    assert len(fake_aml.requests) == 3
+    body = fake_aml.requests[-1].json()
+    assert body["ParameterAssignments"] == {"sample_size": "25", "model_version": "2"}
+    assert body["tags"]["trigger"] == "http"
+    assert run.status == "queued"
+    assert run.aml_status == "NotStarted"
+    assert run.portal_url == service.settings.portal_url(run.run_id)
+    assert fake_aml.runs[run.run_id].parameters["sample_size"] == "25"
+
+
+def test_a_tick_skips_while_a_run_is_still_active(service, fake_aml, current):
+    endpoint, pipeline = current
+    busy = fake_aml.add_run(pipeline["Id"], experiment=service.settings.experiment_name, status="Running")
+    outcome = service.tick()
+    assert outcome.action == "skipped"
+    assert outcome.active_run.run_id == busy.run_id
+    assert fake_aml.calls(method="POST") == []
+
+
+@pytest.mark.parametrize("ended", ["Finished", "Failed", "Canceled"])
+def test_a_tick_submits_when_every_earlier_run_has_ended(service, fake_aml, current, ended):
+    endpoint, pipeline = current
+    done = fake_aml.add_run(pipeline["Id"], experiment="exp")
+    fake_aml.set_run_status(done.run_id, ended)
+    assert service.tick().action == "submitted"
+
+
+def test_a_tick_with_overlap_allowed_does_not_look_for_active_runs(aml_env, monkeypatch, fake_aml):
+    monkeypatch.setenv("PIPELINE_OVERLAP", "allow")
+    settings = load_settings()
+    backend = AzureMLBackend(settings)
+    pipeline = fake_aml.add_published_pipeline(settings.endpoint_name, backend.fingerprint)
+    fake_aml.add_endpoint(settings.endpoint_name, pipeline["Id"])
+    fake_aml.add_run(pipeline["Id"], status="Running")
+    fake_aml.clear_requests()
+    assert Service(settings, backend).tick().action == "submitted"
+    assert len(fake_aml.requests) == 3
+
+
+def test_a_throttled_submit_reaches_the_caller_as_throttled(aml_env, monkeypatch, fake_aml, current):
+    monkeypatch.setenv("AML_RETRY_BUDGET_SECONDS", "5")
+    settings = load_settings()
+    service = Service(settings, AzureMLBackend(settings))
+    fake_aml.inject_fault("POST", "PipelineEndpointSubmit", status=429, retry_after=60)
+    with pytest.raises(Throttled) as caught:
+        service.start_run({})
+    assert caught.value.retry_after == 60
+    assert fake_aml.runs == {}
+
+
+# ----- status, steps, listing, cancel
+
+
+@pytest.mark.parametrize(
+    "code, expected",
+    [
+        ("NotStarted", "queued"),
+        ("Running", "running"),
+        ("Failed", "failed"),
+        ("Finished", "completed"),
+        ("Canceled", "canceled"),
+    ],
+)
+def test_get_run_maps_every_pipelines_service_status(service, fake_aml, current, code, expected):
+    endpoint, pipeline = current
+    run = fake_aml.add_run(pipeline["Id"], experiment="exp")
+    fake_aml.set_run_status(run.run_id, code)
+    info = service.get_run(run.run_id)
+    assert (info.status, info.aml_status) == (expected, code)
+    assert info.terminal == (expected in ("completed", "failed", "canceled"))
+    body = info.to_dict()
+    assert set(body) >= {
+        "run_id",
+        "status",
+        "aml_status",
+        "terminal",
+        "created_at",
+        "ended_at",
+        "steps",
+        "portal_url",
+    }
+    assert body["portal_url"].startswith("https://ml.azure.com/runs/")
+
+
+def test_get_run_lists_the_steps_by_name_in_pipeline_order(service, fake_aml, current):
+    endpoint, pipeline = current
+    run = fake_aml.add_run(pipeline["Id"], experiment="exp")
+    fake_aml.set_run_status(
+        run.run_id,
+        "Running",
+        steps={"fetch_data": "Completed", "predict": "Running", "save_predictions": "NotStarted"},
+    )
+    info = service.get_run(run.run_id)
+    assert [(s.name, s.status) for s in info.steps] == [
+        ("fetch_data", "completed"),
+        ("predict", "running"),
+        ("save_predictions", "queued"),
+    ]
+    assert [s.name for s in info.steps] == [step.name for step in STEPS]
+    history = fake_aml.calls(path_contains="/children")
+    assert history and "/experiments/exp/" in history[0].path
+
+
+def test_a_finished_run_says_completed_in_both_spellings(service, fake_aml, current):
+    endpoint, pipeline = current
+    run = fake_aml.add_run(pipeline["Id"], experiment="exp")
+    fake_aml.set_run_status(run.run_id, "Finished")
+    info = service.get_run(run.run_id)
+    assert info.aml_status == "Finished" and info.status == "completed"
+    assert info.ended_at
+    assert {s.status for s in info.steps} <= {"completed"}  # run history says "Completed"
+
+
+@pytest.mark.parametrize(
+    "spelling, expected",
+    [
+        # pipelines service, words and legacy integers
+        ("NotStarted", "queued"),
+        ("Running", "running"),
+        ("Failed", "failed"),
+        ("Finished", "completed"),
+        ("Canceled", "canceled"),
+        (0, "queued"),
+        (1, "running"),
+        (2, "failed"),
+        (3, "completed"),
+        (4, "canceled"),
+        (None, "queued"),
+        # run history
+        ("Queued", "queued"),
+        ("Preparing", "queued"),
+        ("Provisioning", "queued"),
+        ("Starting", "queued"),
+        ("Unapproved", "queued"),
+        ("Finalizing", "running"),
+        ("NotResponding", "running"),
+        ("Pausing", "running"),
+        ("Paused", "running"),
+        ("CancelRequested", "canceling"),
+        ("Completed", "completed"),
+        ("Cancelled", "canceled"),
+        # graph nodes
+        ("PartiallyExecuted", "failed"),
+        ("Bypassed", "completed"),
+        # never seen: not treated as finished
+        ("SomethingNew", "running"),
+    ],
+)
+def test_normalize_status_covers_every_spelling(spelling, expected):
+    assert normalize_status(spelling) == expected
+    assert expected in STATUSES
+
+
+def test_get_run_of_an_unknown_id_is_run_not_found(service, fake_aml, current):
+    with pytest.raises(RunNotFound):
+        service.get_run("no-such-run")
+
+
+def test_list_runs_gives_the_newest_first_across_versions(settings, service, fake_aml, backend):
+    old = fake_aml.add_published_pipeline(settings.endpoint_name, "old")
+    endpoint = fake_aml.add_endpoint(settings.endpoint_name, old["Id"])
+    first = fake_aml.add_run(old["Id"], experiment="exp")
+    new = fake_aml.add_published_pipeline(settings.endpoint_name, backend.fingerprint)
+    fake_aml.add_endpoint_version(endpoint["Id"], new["Id"], make_default=True)
+    second = fake_aml.add_run(new["Id"], experiment="exp")
+    third = fake_aml.add_run(new["Id"], experiment="exp")
+    fake_aml.add_run(fake_aml.add_published_pipeline("unrelated", "x")["Id"], experiment="exp")
+
+    runs = service.list_runs(10)
+    assert [r.run_id for r in runs] == [third.run_id, second.run_id, first.run_id]
+    assert [r.run_id for r in service.list_runs(2)] == [third.run_id, second.run_id]
+    assert all(r.steps is None for r in runs)
+
+
+def test_list_runs_without_an_endpoint_is_empty(service, fake_aml):
+    assert service.list_runs(5) == []
+
+
+def test_cancel_requests_the_cancel(service, fake_aml, current):
+    endpoint, pipeline = current
+    run = fake_aml.add_run(pipeline["Id"], experiment="exp", status="Running")
+    service.cancel(run.run_id)
+    (request,) = fake_aml.calls(method="DELETE")
+    assert request.path.endswith(f"/PipelineRuns/{run.run_id}/Execution")
+    assert fake_aml.runs[run.run_id].cancel_requested
+
+
+def test_cancel_of_an_unknown_run_is_run_not_found(service, fake_aml, current):
+    with pytest.raises(RunNotFound):
+        service.cancel("no-such-run")
+
+
+def test_a_submission_whose_answer_was_lost_is_one_run(service, fake_aml, current):
+    endpoint, pipeline = current
+    fake_aml.inject_fault("POST", "PipelineEndpointSubmit", drop=True, after_handling=True)
+    run = service.start_run({})
+    assert list(fake_aml.runs) == [run.run_id]
+    assert fake_aml.runs[run.run_id].tags[SUBMISSION_TAG] == run.extra["submission_id"]
+
+
+def test_the_first_tick_publishes_through_the_sdk_then_submits(service, fake_aml, settings, backend):
+    outcome = service.tick()
+    assert outcome.publish.published is True
+    assert outcome.action == "submitted"
+    run = fake_aml.runs[outcome.run.run_id]
+    assert run.pipeline_id == outcome.publish.pipeline_id
+    assert fake_aml.pipelines[run.pipeline_id]["Version"] == backend.fingerprint
+
+
+# ----- the command line
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline_def", "--json", *args],
+        cwd=PROJECT_ROOT,
+        env={**os.environ},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def test_the_command_line_publishes_runs_shows_lists_and_cancels(aml_env, fake_aml):
+    published = _cli("publish")
+    assert published.returncode == 0, published.stderr
+    assert json.loads(published.stdout)["published"] is True
+    again = _cli("publish")
+    assert json.loads(again.stdout)["published"] is False
+
+    started = _cli("run", "--sample-size", "5")
+    assert started.returncode == 0, started.stderr
+    run_id = json.loads(started.stdout)["run_id"]
+    assert fake_aml.runs[run_id].parameters["sample_size"] == "5"
+
+    fake_aml.set_run_status(run_id, "Running", steps={"fetch_data": "Completed"})
+    shown = json.loads(_cli("status", run_id).stdout)
+    assert shown["status"] == "running" and shown["steps"][0] == {"name": "fetch_data", "status": "completed"}
+    assert [r["run_id"] for r in json.loads(_cli("list", "--limit", "5").stdout)["runs"]] == [run_id]
+    assert _cli("cancel", run_id).returncode == 0
+
+    missing = _cli("status", "no-such-run")
+    assert missing.returncode == 1 and "no-such-run" in missing.stderr

@@ -1,0 +1,463 @@
+"""The Azure ML REST client against the fake service over real HTTP, with real azure-identity tokens from the
+fake managed identity: the wire shape of each verb, and the fault matrix (typed errors, bounded retries,
+submits that never start two runs). Time is injected: no test sleeps for real between retries."""
+
+from __future__ import annotations
+
+import dataclasses
+import email.utils
+import time
+
+import pytest
+
+from pipeline_def.aml_client import SUBMISSION_TAG, AzureMLClient, parse_retry_after
+from pipeline_def.errors import (
+    AzureMLError,
+    Forbidden,
+    NotFound,
+    ServiceError,
+    Throttled,
+    TokenError,
+    Unauthorized,
+    Unreachable,
+)
+from pipeline_def.settings import load_settings
+from tests.fake_identity import token_resource
+
+
+class FakeTime:
+    """A monotonic clock that only moves when the client sleeps; records every sleep."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeTime:
+    return FakeTime()
+
+
+@pytest.fixture
+def settings(aml_env):
+    return load_settings()
+
+
+@pytest.fixture
+def client(settings, clock) -> AzureMLClient:
+    return AzureMLClient(settings, monotonic=clock.monotonic, sleep=clock.sleep)
+
+
+@pytest.fixture
+def published(fake_aml, settings):
+    """An endpoint whose default version is an active pipeline."""
+    pipeline = fake_aml.add_published_pipeline(settings.endpoint_name, "v1")
+    endpoint = fake_aml.add_endpoint(settings.endpoint_name, pipeline["Id"])
+    fake_aml.clear_requests()
+    return endpoint, pipeline
+
+
+def _submit(client, endpoint, pipeline, **tags):
+    return client.submit_to_endpoint(
+        endpoint["Id"],
+        "exp-1",
+        {"sample_size": "25"},
+        {"trigger": "test", **tags},
+        pipeline_id_for_dedupe=pipeline["Id"],
+    )
+
+
+# ----- auth and wire shape
+
+
+def test_every_call_carries_an_arm_token_from_the_managed_identity(client, fake_aml, fake_identity):
+    assert client.get_endpoint_by_name("no-such-endpoint") is None
+    (request,) = fake_aml.requests
+    scheme, token = request.header("Authorization").split(" ", 1)
+    assert scheme == "Bearer"
+    assert token_resource(token) == "https://management.azure.com"
+    assert [resource for resource, _ in fake_identity.requests] == ["https://management.azure.com"]
+
+
+class CountingCredential:
+    """The real DefaultAzureCredential, counting how often the client asks it for a token."""
+
+    def __init__(self) -> None:
+        from azure.identity import DefaultAzureCredential
+
+        self.inner = DefaultAzureCredential()
+        self.asked: list[tuple[str, ...]] = []
+
+    def get_token(self, *scopes, **kwargs):
+        self.asked.append(scopes)
+        return self.inner.get_token(*scopes, **kwargs)
+
+
+def test_the_token_is_reused_until_five_minutes_before_it_expires(settings, fake_aml, fake_identity, clock):
+    credential = CountingCredential()
+    client = AzureMLClient(settings, credential, monotonic=clock.monotonic, sleep=clock.sleep)
+    client.get_endpoint_by_name("a")
+    client.get_endpoint_by_name("b")
+    assert credential.asked == [("https://management.azure.com/.default",)]
+    assert len({r.header("Authorization") for r in fake_aml.requests}) == 1
+
+    fake_identity.expires_in = 200  # a token this close to expiry is never reused
+    short = CountingCredential()
+    client = AzureMLClient(settings, short, monotonic=clock.monotonic, sleep=clock.sleep)
+    client.get_endpoint_by_name("c")
+    client.get_endpoint_by_name("d")
+    assert len(short.asked) == 2
+
+
+def test_user_assigned_identity_client_id_is_sent_to_the_identity_endpoint(
+    aml_env, monkeypatch, fake_aml, fake_identity, clock
+):
+    monkeypatch.setenv("AZURE_CLIENT_ID", "11111111-2222-3333-4444-555555555555")
+    client = AzureMLClient(load_settings(), monotonic=clock.monotonic, sleep=clock.sleep)
+    client.get_endpoint_by_name("x")
+    assert fake_identity.requests[-1][1] == "11111111-2222-3333-4444-555555555555"
+
+
+def test_endpoint_lookup_by_name_uses_the_name_query(client, fake_aml, published):
+    endpoint, pipeline = published
+    found = client.get_endpoint_by_name(endpoint["Name"])
+    assert found["Id"] == endpoint["Id"]
+    (request,) = fake_aml.requests
+    assert request.method == "GET"
+    assert request.path.endswith("/PipelineEndpoints/Name")
+    assert request.query == {"Name": endpoint["Name"]}
+    assert "/pipelines/v1.0/subscriptions/" in request.path
+
+
+def test_submit_body_and_headers_follow_the_contract(client, fake_aml, published):
+    endpoint, pipeline = published
+    run = _submit(client, endpoint, pipeline)
+    (request,) = fake_aml.requests
+    assert request.method == "POST"
+    assert request.path.endswith(f"/PipelineRuns/PipelineEndpointSubmit/Id/{endpoint['Id']}")
+    assert request.header("Content-Type").startswith("application/json")
+    assert token_resource(request.header("Authorization").split(" ", 1)[1]) == "https://management.azure.com"
+    body = request.json()
+    assert body["ExperimentName"] == "exp-1"
+    assert body["ParameterAssignments"] == {"sample_size": "25"}
+    assert all(isinstance(v, str) for v in body["ParameterAssignments"].values())
+    assert body["tags"]["trigger"] == "test"
+    assert len(body["tags"][SUBMISSION_TAG]) == 32
+    assert run["Id"] in fake_aml.runs
+    fake_run = fake_aml.runs[run["Id"]]
+    assert fake_run.pipeline_id == pipeline["Id"]
+    assert fake_run.experiment == "exp-1"
+    assert fake_run.parameters.get("sample_size") == "25"
+
+
+def test_parameter_values_are_sent_as_strings(client, fake_aml, published):
+    endpoint, pipeline = published
+    client.submit_to_endpoint(endpoint["Id"], "exp", {"sample_size": 0}, {}, pipeline["Id"])
+    assert fake_aml.requests[-1].json()["ParameterAssignments"] == {"sample_size": "0"}
+
+
+def test_disable_sends_the_json_string_status(client, fake_aml, published):
+    endpoint, pipeline = published
+    client.set_pipeline_status(pipeline["Id"], "Disabled")
+    (request,) = fake_aml.requests
+    assert request.method == "PUT" and request.path.endswith(f"/Pipelines/{pipeline['Id']}/status")
+    assert request.json() == "Disabled"
+    assert fake_aml.pipelines[pipeline["Id"]]["EntityStatus"] in ("Disabled", "2")
+
+
+def test_runs_steps_and_cancel_use_their_own_paths(client, fake_aml, published):
+    endpoint, pipeline = published
+    fake_run = fake_aml.add_run(pipeline["Id"], experiment="exp-1")
+    fake_aml.set_run_status(
+        fake_run.run_id, "Running", steps={"fetch_data": "Completed", "predict": "Running"}
+    )
+    assert client.get_pipeline_run(fake_run.run_id)["Status"]["StatusCode"] == "Running"
+    assert [r["Id"] for r in client.list_pipeline_runs(pipeline["Id"])] == [fake_run.run_id]
+    children = client.get_step_runs("exp-1", fake_run.run_id)
+    assert {c["name"]: c["status"] for c in children if c["name"] in ("fetch_data", "predict")} == {
+        "fetch_data": "Completed",
+        "predict": "Running",
+    }
+    history = [r for r in fake_aml.requests if "/history/v1.0/" in r.path]
+    assert history and history[0].path.endswith(f"/experiments/exp-1/runs/{fake_run.run_id}/children")
+    client.cancel_run(fake_run.run_id)
+    assert fake_aml.requests[-1].method == "DELETE"
+    assert fake_aml.requests[-1].path.endswith(f"/PipelineRuns/{fake_run.run_id}/Execution")
+
+
+# ----- typed errors
+
+
+def test_401_names_the_token_audience_and_is_not_retried(client, fake_aml, fake_identity, clock):
+    fake_aml.inject_fault("GET", "/PipelineEndpoints/Name", status=401)
+    with pytest.raises(Unauthorized) as caught:
+        client.get_endpoint_by_name("x")
+    assert "https://management.azure.com" in caught.value.message
+    assert "expired" in caught.value.message
+    assert caught.value.status == 401
+    assert caught.value.http_status == 502
+    assert len(fake_aml.requests) == 1
+    assert clock.sleeps == []
+
+
+def test_a_token_for_another_audience_is_refused_with_401(settings, fake_aml, fake_identity, clock):
+    class WrongAudience:
+        def get_token(self, *scopes, **kwargs):
+            from azure.identity import DefaultAzureCredential
+
+            return DefaultAzureCredential().get_token("https://storage.azure.com/.default")
+
+    client = AzureMLClient(settings, WrongAudience(), monotonic=clock.monotonic, sleep=clock.sleep)
+    with pytest.raises(Unauthorized) as caught:
+        client.get_endpoint_by_name("x")
+    assert "audience" in caught.value.message
+
+
+def test_403_names_the_role_the_identity_lacks(client, fake_aml, clock):
+    fake_aml.inject_fault("GET", "/PipelineEndpoints/Name", status=403)
+    with pytest.raises(Forbidden) as caught:
+        client.get_endpoint_by_name("x")
+    assert "AzureML Data Scientist" in caught.value.message
+    assert caught.value.aml_code
+    assert len(fake_aml.requests) == 1 and clock.sleeps == []
+
+
+def test_404_is_not_found_and_not_retried(client, fake_aml, clock):
+    with pytest.raises(NotFound) as caught:
+        client.get_pipeline("00000000-dead-beef-0000-000000000000")
+    assert caught.value.status == 404
+    assert len(fake_aml.requests) == 1 and clock.sleeps == []
+
+
+def test_errors_carry_code_and_correlation_id_from_camelcase_bodies(client, fake_aml, published, clock):
+    endpoint, pipeline = published
+    fake_run = fake_aml.add_run(pipeline["Id"], experiment="exp-1")
+    fake_aml.inject_fault("GET", "/children", status=403)
+    with pytest.raises(Forbidden) as caught:
+        client.get_step_runs("exp-1", fake_run.run_id)
+    assert caught.value.aml_code
+    assert caught.value.correlation_id
+
+
+def test_errors_carry_code_and_correlation_id_from_pascalcase_bodies(client, fake_aml, clock):
+    fake_aml.inject_fault("GET", "/Pipelines/", status=400)
+    with pytest.raises(AzureMLError) as caught:
+        client.get_pipeline("some-id")
+    assert caught.value.status == 400
+    assert caught.value.aml_code
+    assert caught.value.correlation_id
+
+
+# ----- bounded retries
+
+
+def test_429_with_retry_after_waits_that_long_then_succeeds(client, fake_aml, clock):
+    fake_aml.inject_fault("GET", "/PipelineEndpoints/Name", status=429, retry_after=7)
+    assert client.get_endpoint_by_name("x") is None
+    assert clock.sleeps == [7.0]
+    assert len(fake_aml.requests) == 2
+
+
+def test_429_asking_longer_than_the_budget_raises_throttled_at_once(client, fake_aml, clock, settings):
+    fake_aml.inject_fault(
+        "GET", "/PipelineEndpoints/Name", status=429, retry_after=int(settings.retry_budget) + 60
+    )
+    with pytest.raises(Throttled) as caught:
+        client.get_endpoint_by_name("x")
+    assert caught.value.retry_after == settings.retry_budget + 60
+    assert caught.value.http_status == 503
+    assert clock.sleeps == []
+    assert len(fake_aml.requests) == 1
+
+
+def test_429_without_retry_after_backs_off_within_the_budget(settings, fake_aml, clock):
+    client = AzureMLClient(
+        dataclasses.replace(settings, retry_budget=10.0), monotonic=clock.monotonic, sleep=clock.sleep
+    )
+    fake_aml.inject_fault("GET", "/PipelineEndpoints/Name", status=429, times=None)
+    with pytest.raises(Throttled) as caught:
+        client.get_endpoint_by_name("x")
+    assert clock.sleeps == [1.0, 2.0, 4.0]  # the next wait (8 s) would pass the 10 s budget
+    assert sum(clock.sleeps) <= 10.0
+    assert caught.value.retry_after is not None
+    assert len(fake_aml.requests) == 4
+
+
+def test_retry_after_as_an_http_date_is_honoured(client, fake_aml, clock):
+    when = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert 25 <= parse_retry_after(when) <= 31
+    assert parse_retry_after("12") == 12.0
+    assert parse_retry_after("soon") is None
+    fake_aml.inject_fault("GET", "/PipelineEndpoints/Name", status=429, retry_after=when)
+    assert client.get_endpoint_by_name("x") is None
+    assert len(clock.sleeps) == 1 and 25 <= clock.sleeps[0] <= 31
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504, 408])
+def test_transient_statuses_are_retried_then_succeed(client, fake_aml, clock, status):
+    fake_aml.inject_fault("GET", "/PipelineEndpoints/Name", status=status, times=2)
+    assert client.get_endpoint_by_name("x") is None
+    assert clock.sleeps == [1.0, 2.0]
+    assert len(fake_aml.requests) == 3
+
+
+def test_a_lasting_500_gives_a_service_error_after_bounded_retries(client, fake_aml, clock, settings):
+    fake_aml.inject_fault("GET", "/PipelineEndpoints/Name", status=500, times=None)
+    with pytest.raises(ServiceError) as caught:
+        client.get_endpoint_by_name("x")
+    assert caught.value.status == 500
+    assert caught.value.aml_code
+    assert 1 < len(fake_aml.requests) <= 6
+    assert sum(clock.sleeps) <= settings.retry_budget
+
+
+def test_a_lasting_503_with_retry_after_past_the_budget_is_throttled(client, fake_aml, clock, settings):
+    fake_aml.inject_fault("GET", "/Pipelines/", status=503, retry_after=1000, times=None)
+    with pytest.raises(Throttled) as caught:
+        client.get_pipeline("p")
+    assert caught.value.retry_after == 1000
+    assert clock.sleeps == []
+
+
+def test_a_response_slower_than_the_timeout_is_retried(settings, fake_aml, clock):
+    client = AzureMLClient(
+        dataclasses.replace(settings, request_timeout=0.3), monotonic=clock.monotonic, sleep=clock.sleep
+    )
+    fake_aml.inject_fault("GET", "/PipelineEndpoints/Name", delay=1.5)
+    started = time.monotonic()
+    assert client.get_endpoint_by_name("x") is None
+    assert time.monotonic() - started < 1.4  # gave up on the slow answer, did not wait for it
+    assert clock.sleeps == [1.0]
+
+
+def test_a_lasting_timeout_gives_unreachable(settings, fake_aml, clock):
+    client = AzureMLClient(
+        dataclasses.replace(settings, request_timeout=0.2, retry_budget=3.0),
+        monotonic=clock.monotonic,
+        sleep=clock.sleep,
+    )
+    fake_aml.inject_fault("GET", "/PipelineEndpoints/Name", delay=1.0, times=None)
+    with pytest.raises(Unreachable) as caught:
+        client.get_endpoint_by_name("x")
+    assert caught.value.http_status == 504
+    assert clock.sleeps == [1.0, 2.0]
+
+
+def test_a_dropped_connection_on_a_read_is_retried(client, fake_aml, clock):
+    fake_aml.inject_fault("GET", "/PipelineEndpoints/Name", drop=True)
+    assert client.get_endpoint_by_name("x") is None
+    assert len(fake_aml.requests) >= 1 and clock.sleeps == [1.0]
+
+
+# ----- submits never start two runs
+
+
+def _runs_of(fake_aml, pipeline):
+    return [r for r in fake_aml.runs.values() if r.pipeline_id == pipeline["Id"]]
+
+
+def test_a_submit_whose_answer_is_lost_returns_the_run_it_started(client, fake_aml, published, clock):
+    endpoint, pipeline = published
+    fake_aml.inject_fault("POST", "PipelineEndpointSubmit", drop=True, after_handling=True)
+    run = _submit(client, endpoint, pipeline)
+    (only,) = _runs_of(fake_aml, pipeline)
+    assert run["Id"] == only.run_id
+    assert len(fake_aml.calls(method="POST")) == 1
+    assert clock.sleeps == []
+
+
+def test_a_submit_that_timed_out_after_reaching_the_service_starts_one_run(
+    settings, fake_aml, published, clock
+):
+    endpoint, pipeline = published
+    client = AzureMLClient(
+        dataclasses.replace(settings, request_timeout=0.3), monotonic=clock.monotonic, sleep=clock.sleep
+    )
+    fake_aml.inject_fault("POST", "PipelineEndpointSubmit", delay=1.0, after_handling=True)
+    run = _submit(client, endpoint, pipeline)
+    (only,) = _runs_of(fake_aml, pipeline)
+    assert run["Id"] == only.run_id
+
+
+def test_a_submit_answered_500_after_handling_starts_one_run(client, fake_aml, published, clock):
+    endpoint, pipeline = published
+    fake_aml.inject_fault("POST", "PipelineEndpointSubmit", status=500, after_handling=True)
+    run = _submit(client, endpoint, pipeline)
+    (only,) = _runs_of(fake_aml, pipeline)
+    assert run["Id"] == only.run_id
+    assert len(fake_aml.calls(method="POST")) == 1
+
+
+def test_a_submit_that_failed_before_handling_is_retried_once_checked(client, fake_aml, published, clock):
+    endpoint, pipeline = published
+    fake_aml.inject_fault("POST", "PipelineEndpointSubmit", status=503)
+    run = _submit(client, endpoint, pipeline)
+    (only,) = _runs_of(fake_aml, pipeline)
+    assert run["Id"] == only.run_id
+    assert len(fake_aml.calls(method="POST")) == 2
+    assert len(fake_aml.calls(method="GET", path_contains="/PipelineRuns/Pipeline/")) == 1
+    assert clock.sleeps == [1.0]
+
+
+def test_a_throttled_submit_is_retried_after_retry_after(client, fake_aml, published, clock):
+    endpoint, pipeline = published
+    fake_aml.inject_fault("POST", "PipelineEndpointSubmit", status=429, retry_after=5)
+    _submit(client, endpoint, pipeline)
+    assert len(_runs_of(fake_aml, pipeline)) == 1
+    assert clock.sleeps == [5.0]
+    assert fake_aml.calls(method="GET") == []  # a 429 never started anything: no need to look
+
+
+def test_a_submit_throttled_past_the_budget_raises_throttled_and_starts_nothing(
+    client, fake_aml, published, clock
+):
+    endpoint, pipeline = published
+    fake_aml.inject_fault("POST", "PipelineEndpointSubmit", status=429, retry_after=100000)
+    with pytest.raises(Throttled) as caught:
+        _submit(client, endpoint, pipeline)
+    assert caught.value.retry_after == 100000
+    assert _runs_of(fake_aml, pipeline) == []
+
+
+def test_a_refused_submit_is_not_retried(client, fake_aml, published, clock):
+    endpoint, pipeline = published
+    fake_aml.inject_fault("POST", "PipelineEndpointSubmit", status=400)
+    with pytest.raises(AzureMLError) as caught:
+        _submit(client, endpoint, pipeline)
+    assert caught.value.status == 400
+    assert len(fake_aml.calls(method="POST")) == 1
+    assert _runs_of(fake_aml, pipeline) == []
+
+
+def test_a_submit_that_keeps_failing_stops_within_the_budget(settings, fake_aml, published, clock):
+    endpoint, pipeline = published
+    client = AzureMLClient(
+        dataclasses.replace(settings, retry_budget=5.0), monotonic=clock.monotonic, sleep=clock.sleep
+    )
+    fake_aml.inject_fault("POST", "PipelineEndpointSubmit", status=503, times=None)
+    with pytest.raises(ServiceError):
+        _submit(client, endpoint, pipeline)
+    assert sum(clock.sleeps) <= 5.0
+    assert _runs_of(fake_aml, pipeline) == []
+
+
+# ----- identity failures
+
+
+def test_token_endpoint_down_gives_token_error_and_no_azure_ml_call(client, fake_aml, fake_identity):
+    fake_identity.fail(status=500)
+    started = time.monotonic()
+    with pytest.raises(TokenError) as caught:
+        client.get_endpoint_by_name("x")
+    assert time.monotonic() - started < 10
+    assert "managed identity" in caught.value.message
+    assert fake_aml.requests == []
+    fake_identity.recover()
+    assert client.get_endpoint_by_name("x") is None

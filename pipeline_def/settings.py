@@ -89,7 +89,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 
     schedule = get("PIPELINE_SCHEDULE", DEFAULT_SCHEDULE)
     fields = schedule.split()
-    if len(fields) != 6 or not all(_CRON_FIELD.fullmatch(f) for f in fields):
+    from pipeline_def.schedule import is_valid_schedule  # here: schedule.py imports this module
+
+    if (
+        len(fields) != 6
+        or not all(_CRON_FIELD.fullmatch(f) for f in fields)
+        or not is_valid_schedule(schedule)
+    ):
         problems.append("PIPELINE_SCHEDULE must be a six-field NCRONTAB expression such as '0 30 1,13 * * *'")
 
     endpoint_name = get("PIPELINE_ENDPOINT_NAME", DEFAULT_ENDPOINT_NAME)

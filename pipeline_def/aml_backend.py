@@ -11,7 +11,7 @@ from pipeline_def import publisher
 from pipeline_def.aml_client import SUBMISSION_TAG, AzureMLClient
 from pipeline_def.errors import NotFound, RunNotFound
 from pipeline_def.fingerprint import compute_fingerprint
-from pipeline_def.runs import RunInfo, StepStatus, normalize_status
+from pipeline_def.runs import TERMINAL, RunInfo, StepStatus, normalize_status
 from pipeline_def.service import PublishOutcome
 from pipeline_def.settings import STEP_SCRIPTS_DIR, Settings
 from pipeline_def.steps import STEPS
@@ -101,16 +101,22 @@ class AzureMLBackend:
         return self._run_info(entity)
 
     def get_run(self, run_id: str) -> RunInfo:
+        """The run with its steps. While the pipelines service has not ended the run, run history is asked
+        too: it says `CancelRequested` as soon as a cancel is asked for, long before the pipelines service
+        says `Canceled`, and that is reported as `canceling`."""
         try:
             entity = self.client.get_pipeline_run(run_id)
         except NotFound:
             raise RunNotFound(run_id) from None
         experiment = entity.get("RunHistoryExperimentName") or self.settings.experiment_name
+        history_status = None
+        if normalize_status(_status_code(entity)) not in TERMINAL:
+            history_status = self._history_status(experiment, run_id)
         try:
             children = self.client.get_step_runs(experiment, run_id)
         except NotFound:
             children = []  # run history has not seen the run yet (just submitted)
-        return self._run_info(entity, steps=self._steps(children))
+        return self._run_info(entity, steps=self._steps(children), history_status=history_status)
 
     def list_runs(self, limit: int) -> list[RunInfo]:
         try:
@@ -148,16 +154,36 @@ class AzureMLBackend:
         except NotFound:
             raise RunNotFound(run_id) from None
 
+    def _history_status(self, experiment: str, run_id: str) -> str | None:
+        """The parent run's status in run history; None while run history has not seen the run yet."""
+        try:
+            dto = self.client.get_history_run(experiment, run_id)
+        except NotFound:
+            return None
+        status = dto.get("status") if isinstance(dto, dict) else None
+        return str(status) if status else None
+
     # ----- mapping Azure ML entities to RunInfo
 
-    def _run_info(self, entity: dict, steps: list[StepStatus] | None = None) -> RunInfo:
+    def _run_info(
+        self, entity: dict, steps: list[StepStatus] | None = None, history_status: str | None = None
+    ) -> RunInfo:
+        """`aml_status` is always the pipelines service's StatusCode; `history_status`, when run history
+        was read, is reported beside it as `aml_history_status`."""
         status = entity.get("Status") or {}
-        code = status.get("StatusCode") if isinstance(status, dict) else status
+        code = _status_code(entity)
         aml_status = None if code is None else str(code)
         normalized = normalize_status(code)
+        extra: dict[str, Any] = {}
+        if history_status is not None:
+            extra["aml_history_status"] = history_status
+            # Only a run the pipelines service has not ended can be canceling: if it finished or failed
+            # before the cancel took effect, that outcome stands. Run history may also reach Canceled
+            # first; the run is still winding down until the pipelines service agrees.
+            if normalize_status(history_status) in ("canceling", "canceled") and normalized not in TERMINAL:
+                normalized = "canceling"
         detail = status.get("StatusDetail") if isinstance(status, dict) else None
         tags = entity.get("tags") or entity.get("Tags") or {}
-        extra: dict[str, Any] = {}
         if isinstance(tags, dict) and tags.get("trigger"):
             extra["trigger"] = tags["trigger"]
         if isinstance(tags, dict) and tags.get(SUBMISSION_TAG):
@@ -187,6 +213,12 @@ class AzureMLBackend:
             )
             found.append(StepStatus(str(name), normalize_status(child.get("status"))))
         return sorted(found, key=lambda s: (_STEP_ORDER.get(s.name, len(_STEP_ORDER)), s.name))
+
+
+def _status_code(entity: dict) -> str | int | None:
+    """The pipelines service's StatusCode (a word, or a legacy integer); None when it has none yet."""
+    status = entity.get("Status")
+    return status.get("StatusCode") if isinstance(status, dict) else status
 
 
 def _created(entity: dict) -> str:

@@ -17,6 +17,7 @@ import requests
 
 from pipeline_def.errors import (
     AzureMLError,
+    EntityChanged,
     Forbidden,
     NotFound,
     ServiceError,
@@ -33,6 +34,8 @@ ARM_SCOPE = "https://management.azure.com/.default"
 # A token is renewed this long before it expires, so no call goes out with one about to lapse.
 TOKEN_REFRESH_MARGIN = 300.0
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+# The one answer that says Azure ML did not act on a request: what a non-idempotent POST may retry blindly.
+_NOT_TAKEN = frozenset({429})
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 20.0
 MAX_ATTEMPTS = 6
@@ -46,12 +49,6 @@ _CORRELATION_HEADERS = (
     "x-ms-client-request-id",
 )
 _MAX_MESSAGE = 300
-
-
-class EntityChanged(AzureMLError):
-    """412: the entity was written by someone else since it was read (optimistic concurrency)."""
-
-    code = "azureml_conflict"
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -191,8 +188,12 @@ class AzureMLClient:
         json_body: Any = None,
         deadline: float | None = None,
         headers: dict[str, str] | None = None,
+        retry_statuses: frozenset[int] = RETRY_STATUSES,
+        retry_no_answer: bool = True,
     ) -> requests.Response:
-        """Send one idempotent call (GET/PUT/DELETE), retrying transient failures within the budget."""
+        """Send one call, retrying within the budget the answers in `retry_statuses` and, when
+        `retry_no_answer`, timeouts and dropped connections. The defaults suit idempotent calls
+        (GET/PUT/DELETE); a POST that must not be repeated blindly retries only what Azure ML did not take."""
         if deadline is None:
             deadline = self._monotonic() + self.settings.retry_budget
         attempt = 0
@@ -209,12 +210,14 @@ class AzureMLClient:
                 )
             except requests.RequestException as error:
                 failure: AzureMLError = _unreachable(what, error)
+                if not retry_no_answer:
+                    raise failure from None
                 retry_after = None
             else:
                 if response.status_code < 400:
                     return response
                 failure = self.error_for(response, what)
-                if response.status_code not in RETRY_STATUSES:
+                if response.status_code not in retry_statuses:
                     raise failure
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
             self._wait_or_raise(failure, retry_after, attempt, deadline)
@@ -273,6 +276,13 @@ class AzureMLClient:
             return ServiceError(f"Azure ML failed on {what} ({status}){suffix}", **kwargs)
         return AzureMLError(f"Azure ML refused {what} ({status}){suffix}", **kwargs)
 
+    def _get_json(
+        self, url: str, *, what: str, params: dict[str, str] | None = None, deadline: float | None = None
+    ) -> Any:
+        """GET `url` (retried within the budget) and return its JSON body."""
+        response = self._request("GET", url, params=params, what=what, deadline=deadline)
+        return self._json(response, what)
+
     @staticmethod
     def _json(response: requests.Response, what: str) -> Any:
         if not response.content:
@@ -281,7 +291,7 @@ class AzureMLClient:
             return response.json()
         except ValueError:
             raise ServiceError(
-                f"Azure ML answered {what} with something that is not JSON", status=response.status_code
+                f"Azure ML answered with something that is not JSON for {what}", status=response.status_code
             ) from None
 
     # ----- published pipelines and endpoints
@@ -289,23 +299,18 @@ class AzureMLClient:
     def get_endpoint_by_name(self, name: str) -> dict | None:
         """The PipelineEndpoint named `name`, or None when there is none."""
         try:
-            response = self._request(
-                "GET",
+            return self._get_json(
                 f"{self._pipelines}/PipelineEndpoints/Name",
                 params={"Name": name},
                 what=f"pipeline endpoint {name!r}",
             )
         except NotFound:
             return None
-        return self._json(response, "the endpoint lookup")
 
     def get_endpoint(self, endpoint_id: str) -> dict:
-        response = self._request(
-            "GET",
-            f"{self._pipelines}/PipelineEndpoints/Id/{_seg(endpoint_id)}",
-            what=f"endpoint {endpoint_id}",
+        return self._get_json(
+            f"{self._pipelines}/PipelineEndpoints/Id/{_seg(endpoint_id)}", what=f"endpoint {endpoint_id}"
         )
-        return self._json(response, "the endpoint lookup")
 
     def create_endpoint(
         self, name: str, pipeline_id: str, description: str = "", properties: dict[str, str] | None = None
@@ -318,8 +323,13 @@ class AzureMLClient:
             "PipelineId": pipeline_id,
             "Properties": properties or {},
         }
-        response = self._post(
-            f"{self._pipelines}/PipelineEndpoints/Create", body, what=f"creating endpoint {name!r}"
+        response = self._request(
+            "POST",
+            f"{self._pipelines}/PipelineEndpoints/Create",
+            json_body=body,
+            what=f"creating endpoint {name!r}",
+            retry_statuses=_NOT_TAKEN,
+            retry_no_answer=False,
         )
         return self._json(response, "creating the endpoint")
 
@@ -339,21 +349,17 @@ class AzureMLClient:
         return self._json(response, "the endpoint update")
 
     def get_pipeline(self, pipeline_id: str) -> dict:
-        response = self._request(
-            "GET",
-            f"{self._pipelines}/Pipelines/{_seg(pipeline_id)}",
-            what=f"published pipeline {pipeline_id}",
+        return self._get_json(
+            f"{self._pipelines}/Pipelines/{_seg(pipeline_id)}", what=f"published pipeline {pipeline_id}"
         )
-        return self._json(response, "the pipeline lookup")
 
     def list_pipelines(self, active_only: bool = True) -> list[dict]:
-        response = self._request(
-            "GET",
+        found = self._get_json(
             f"{self._pipelines}/Pipelines",
             params={"activeOnly": "true" if active_only else "false"},
             what="the published pipelines",
         )
-        return list(self._json(response, "the pipeline list") or [])
+        return list(found or [])
 
     def set_pipeline_status(self, pipeline_id: str, status: str) -> None:
         """Disable or re-enable a published pipeline (`"Disabled"` or `"Active"`)."""
@@ -433,23 +439,27 @@ class AzureMLClient:
         return None
 
     def get_pipeline_run(self, run_id: str) -> dict:
-        response = self._request(
-            "GET", f"{self._pipelines}/PipelineRuns/{_seg(run_id)}", what=f"run {run_id}"
-        )
-        return self._json(response, "the run lookup")
+        """The pipelines service's PipelineRunEntity of a run (`Status.StatusCode`: NotStarted ... Finished)."""
+        return self._get_json(f"{self._pipelines}/PipelineRuns/{_seg(run_id)}", what=f"run {run_id}")
 
     def list_pipeline_runs(self, pipeline_id: str, *, deadline: float | None = None) -> list[dict]:
         """Every run of one published pipeline (PipelineRunEntity dicts)."""
-        response = self._request(
-            "GET",
+        body = self._get_json(
             f"{self._pipelines}/PipelineRuns/Pipeline/{_seg(pipeline_id)}",
             what=f"runs of pipeline {pipeline_id}",
             deadline=deadline,
         )
-        body = self._json(response, "the run list")
         if isinstance(body, dict):  # tolerate a paged shape
             body = body.get("value") or body.get("Value") or []
         return list(body or [])
+
+    def get_history_run(self, experiment: str, run_id: str) -> dict:
+        """Run history's camelCase RunDto of a run. Its `status` moves to `CancelRequested` as soon as a
+        cancel is asked for, while the pipelines service still says `Running`."""
+        return self._get_json(
+            f"{self._history}/experiments/{_seg(experiment)}/runs/{_seg(run_id)}",
+            what=f"run {run_id} in run history",
+        )
 
     def get_step_runs(self, experiment: str, run_id: str) -> list[dict]:
         """The run-history children (step runs) of a pipeline run, camelCase RunDto dicts."""
@@ -457,8 +467,7 @@ class AzureMLClient:
         params: dict[str, str] = {"$orderby": "StartTimeUtc desc", "$top": "500"}
         children: list[dict] = []
         for _page in range(10):
-            response = self._request("GET", url, params=params, what=f"steps of run {run_id}")
-            body = self._json(response, "the step list") or {}
+            body = self._get_json(url, params=params, what=f"steps of run {run_id}") or {}
             if isinstance(body, list):
                 return children + body
             children.extend(body.get("value") or [])
@@ -472,29 +481,6 @@ class AzureMLClient:
         self._request(
             "DELETE", f"{self._pipelines}/PipelineRuns/{_seg(run_id)}/Execution", what=f"run {run_id}"
         )
-
-    # ----- helpers
-
-    def _post(self, url: str, body: Any, *, what: str) -> requests.Response:
-        """A POST that is only retried when Azure ML said it did not take it (429)."""
-        deadline = self._monotonic() + self.settings.retry_budget
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                response = self._send(
-                    "POST", url, json_body=body, timeout=self._timeout(deadline, attempt == 1)
-                )
-            except requests.RequestException as error:
-                raise _unreachable(what, error) from None
-            if response.status_code < 400:
-                return response
-            failure = self.error_for(response, what)
-            if response.status_code != 429:
-                raise failure
-            self._wait_or_raise(
-                failure, parse_retry_after(response.headers.get("Retry-After")), attempt, deadline
-            )
 
 
 def _seg(value: str) -> str:
@@ -518,7 +504,6 @@ __all__ = [
     "ARM_SCOPE",
     "SUBMISSION_TAG",
     "AzureMLClient",
-    "EntityChanged",
     "error_details",
     "parse_retry_after",
 ]

@@ -102,6 +102,13 @@ class NotFound(AzureMLError):
     code = "azureml_not_found"
 
 
+class EntityChanged(AzureMLError):
+    """412: the entity was written by someone else since it was read (optimistic concurrency); the caller
+    reads it again and redoes its change."""
+
+    code = "azureml_conflict"
+
+
 class ServiceError(AzureMLError):
     """5xx from Azure ML, or an answer the client cannot read."""
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from pipeline_def.aml_client import AzureMLClient, EntityChanged
-from pipeline_def.errors import AzureMLError, Forbidden, NotFound, TokenError, Unauthorized
+from pipeline_def.aml_client import AzureMLClient
+from pipeline_def.errors import AzureMLError, EntityChanged, Forbidden, NotFound, TokenError, Unauthorized
 from pipeline_def.service import PublishOutcome
 from pipeline_def.settings import Settings
 

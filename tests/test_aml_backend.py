@@ -1,5 +1,6 @@
 """The Azure ML backend under the service, against the fake service: call counts of the steady state, the
-overlap policy, run status and steps in product.md's words, listing, cancel, and the command line."""
+overlap policy, run status and steps in product.md's words (`canceling` from run history after a cancel),
+listing, cancel, and the command line."""
 
 from __future__ import annotations
 
@@ -263,6 +264,113 @@ def test_cancel_of_an_unknown_run_is_run_not_found(service, fake_aml, current):
         service.cancel("no-such-run")
 
 
+# ----- canceling: run history knows of a cancel before the pipelines service does
+
+
+def _parent_history_reads(fake_aml, run_id):
+    """GETs of the pipeline run itself in run history (not of its children)."""
+    return [r for r in fake_aml.calls(method="GET", path_contains="/history/") if r.path.endswith(run_id)]
+
+
+@pytest.mark.parametrize("before", ["Running", "NotStarted"])
+def test_a_run_reads_canceling_after_a_cancel_until_the_pipelines_service_says_canceled(
+    service, fake_aml, current, before
+):
+    endpoint, pipeline = current
+    run = fake_aml.add_run(pipeline["Id"], experiment="exp", status=before)
+    service.cancel(run.run_id)
+
+    info = service.get_run(run.run_id)
+    assert (info.status, info.aml_status) == ("canceling", before)  # aml_status: the pipelines service
+    assert info.extra["aml_history_status"] == "CancelRequested"
+    assert info.terminal is False
+    assert info.to_dict()["status"] == "canceling"
+    assert {s.status for s in info.steps} == {"canceling"}
+    (read,) = _parent_history_reads(fake_aml, run.run_id)
+    assert read.path.endswith(f"/history/v1.0{fake_aml.workspace_path}/experiments/exp/runs/{run.run_id}")
+
+    fake_aml.set_run_status(run.run_id, "Canceled")
+    info = service.get_run(run.run_id)
+    assert (info.status, info.aml_status, info.terminal) == ("canceled", "Canceled", True)
+
+
+def test_a_running_run_without_a_cancel_is_running_with_both_statuses(service, fake_aml, current):
+    endpoint, pipeline = current
+    run = fake_aml.add_run(pipeline["Id"], experiment="exp", status="Running")
+    info = service.get_run(run.run_id)
+    assert (info.status, info.aml_status, info.extra["aml_history_status"]) == (
+        "running",
+        "Running",
+        "Running",
+    )
+
+
+def test_run_history_reaching_canceled_first_still_reads_canceling(service, fake_aml, current):
+    endpoint, pipeline = current
+    run = fake_aml.add_run(pipeline["Id"], experiment="exp", status="Running")
+    fake_aml.runs[run.run_id].history_status = "Canceled"  # the pipelines service lags behind
+    info = service.get_run(run.run_id)
+    assert (info.status, info.aml_status, info.terminal) == ("canceling", "Running", False)
+
+
+def test_a_cancel_that_settles_at_once_reads_canceled(service, fake_aml, current):
+    endpoint, pipeline = current
+    fake_aml.cancel_settles = True
+    run = fake_aml.add_run(pipeline["Id"], experiment="exp", status="Running")
+    service.cancel(run.run_id)
+    fake_aml.clear_requests()
+    info = service.get_run(run.run_id)
+    assert (info.status, info.aml_status) == ("canceled", "Canceled")
+    assert _parent_history_reads(fake_aml, run.run_id) == []  # an ended run needs no run-history read
+
+
+def test_a_run_that_finished_before_the_cancel_took_effect_is_completed(service, fake_aml, current):
+    endpoint, pipeline = current
+    run = fake_aml.add_run(pipeline["Id"], experiment="exp", status="Running")
+    service.cancel(run.run_id)
+    fake_aml.runs[run.run_id].status = "Finished"  # run history still says CancelRequested
+    assert fake_aml.runs[run.run_id].history_status == "CancelRequested"
+    fake_aml.clear_requests()
+    info = service.get_run(run.run_id)
+    assert (info.status, info.aml_status) == ("completed", "Finished")
+    assert "aml_history_status" not in info.extra
+    assert _parent_history_reads(fake_aml, run.run_id) == []
+
+
+def test_get_run_still_answers_while_run_history_has_not_seen_the_run(service, fake_aml, current):
+    endpoint, pipeline = current
+    run = fake_aml.add_run(pipeline["Id"], experiment="exp", status="NotStarted")
+    fake_aml.inject_fault("GET", rf"/history/.*/runs/{run.run_id}(/children)?$", status=404, times=2)
+    info = service.get_run(run.run_id)
+    assert (info.status, info.aml_status) == ("queued", "NotStarted")
+    assert "aml_history_status" not in info.extra
+    assert info.steps == []
+    assert fake_aml.pending_faults == []  # both run-history reads were made and answered 404
+
+
+def test_get_run_costs_three_calls_while_running_and_two_once_ended(service, fake_aml, current):
+    endpoint, pipeline = current
+    run = fake_aml.add_run(pipeline["Id"], experiment="exp", status="Running")
+    fake_aml.clear_requests()
+    service.get_run(run.run_id)
+    assert len(fake_aml.requests) == 3  # pipelines service, run history (parent), run history (children)
+    fake_aml.set_run_status(run.run_id, "Finished")
+    fake_aml.clear_requests()
+    service.get_run(run.run_id)
+    assert len(fake_aml.requests) == 2
+
+
+def test_list_runs_costs_no_run_history_call(service, fake_aml, current):
+    endpoint, pipeline = current
+    run = fake_aml.add_run(pipeline["Id"], experiment="exp", status="Running")
+    service.cancel(run.run_id)
+    fake_aml.clear_requests()
+    (listed,) = service.list_runs(5)
+    assert (listed.run_id, listed.status) == (run.run_id, "running")  # the pipelines service's view
+    assert fake_aml.calls(path_contains="/history/") == []
+    assert len(fake_aml.requests) == 2
+
+
 def test_a_submission_whose_answer_was_lost_is_one_run(service, fake_aml, current):
     endpoint, pipeline = current
     fake_aml.inject_fault("POST", "PipelineEndpointSubmit", drop=True, after_handling=True)
@@ -311,6 +419,7 @@ def test_the_command_line_publishes_runs_shows_lists_and_cancels(aml_env, fake_a
     assert shown["status"] == "running" and shown["steps"][0] == {"name": "fetch_data", "status": "completed"}
     assert [r["run_id"] for r in json.loads(_cli("list", "--limit", "5").stdout)["runs"]] == [run_id]
     assert _cli("cancel", run_id).returncode == 0
+    assert json.loads(_cli("status", run_id).stdout)["status"] == "canceling"
 
     missing = _cli("status", "no-such-run")
     assert missing.returncode == 1 and "no-such-run" in missing.stderr

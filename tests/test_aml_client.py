@@ -13,6 +13,7 @@ import pytest
 from pipeline_def.aml_client import SUBMISSION_TAG, AzureMLClient, parse_retry_after
 from pipeline_def.errors import (
     AzureMLError,
+    EntityChanged,
     Forbidden,
     NotFound,
     ServiceError,
@@ -52,7 +53,14 @@ def settings(aml_env):
 
 @pytest.fixture
 def client(settings, clock) -> AzureMLClient:
-    return AzureMLClient(settings, monotonic=clock.monotonic, sleep=clock.sleep)
+    return _client_with(settings, clock)
+
+
+def _client_with(settings, clock: FakeTime, **changes) -> AzureMLClient:
+    """A client whose settings differ from the environment's by `changes` (timeouts, budget)."""
+    return AzureMLClient(
+        dataclasses.replace(settings, **changes), monotonic=clock.monotonic, sleep=clock.sleep
+    )
 
 
 @pytest.fixture
@@ -192,6 +200,20 @@ def test_runs_steps_and_cancel_use_their_own_paths(client, fake_aml, published):
     assert fake_aml.requests[-1].path.endswith(f"/PipelineRuns/{fake_run.run_id}/Execution")
 
 
+def test_the_run_history_read_of_a_run_is_camelcase_and_sees_a_cancel_first(client, fake_aml, published):
+    endpoint, pipeline = published
+    fake_run = fake_aml.add_run(pipeline["Id"], experiment="exp-1", status="Running")
+    assert client.get_history_run("exp-1", fake_run.run_id)["status"] == "Running"
+    client.cancel_run(fake_run.run_id)
+    dto = client.get_history_run("exp-1", fake_run.run_id)
+    assert (dto["runId"], dto["status"]) == (fake_run.run_id, "CancelRequested")
+    assert client.get_pipeline_run(fake_run.run_id)["Status"]["StatusCode"] == "Running"
+    reads = fake_aml.calls(method="GET", path_contains="/history/")
+    assert reads[0].path == f"/history/v1.0{fake_aml.workspace_path}/experiments/exp-1/runs/{fake_run.run_id}"
+    with pytest.raises(NotFound):
+        client.get_history_run("another-experiment", fake_run.run_id)
+
+
 # ----- typed errors
 
 
@@ -233,6 +255,25 @@ def test_404_is_not_found_and_not_retried(client, fake_aml, clock):
     with pytest.raises(NotFound) as caught:
         client.get_pipeline("00000000-dead-beef-0000-000000000000")
     assert caught.value.status == 404
+    assert len(fake_aml.requests) == 1 and clock.sleeps == []
+
+
+def test_a_write_over_a_changed_endpoint_is_entity_changed_and_not_retried(
+    client, fake_aml, published, clock
+):
+    endpoint, pipeline = published
+    stale = client.get_endpoint(endpoint["Id"])
+    client.update_endpoint(dict(stale))  # someone else writes first: the Etag moves on
+    fake_aml.clear_requests()
+    with pytest.raises(EntityChanged) as caught:
+        client.update_endpoint(stale)
+    assert isinstance(caught.value, AzureMLError)
+    assert (caught.value.status, caught.value.code, caught.value.http_status) == (
+        412,
+        "azureml_conflict",
+        502,
+    )
+    assert "412" in caught.value.message
     assert len(fake_aml.requests) == 1 and clock.sleeps == []
 
 
@@ -278,9 +319,7 @@ def test_429_asking_longer_than_the_budget_raises_throttled_at_once(client, fake
 
 
 def test_429_without_retry_after_backs_off_within_the_budget(settings, fake_aml, clock):
-    client = AzureMLClient(
-        dataclasses.replace(settings, retry_budget=10.0), monotonic=clock.monotonic, sleep=clock.sleep
-    )
+    client = _client_with(settings, clock, retry_budget=10.0)
     fake_aml.inject_fault("GET", "/PipelineEndpoints/Name", status=429, times=None)
     with pytest.raises(Throttled) as caught:
         client.get_endpoint_by_name("x")
@@ -327,9 +366,7 @@ def test_a_lasting_503_with_retry_after_past_the_budget_is_throttled(client, fak
 
 
 def test_a_response_slower_than_the_timeout_is_retried(settings, fake_aml, clock):
-    client = AzureMLClient(
-        dataclasses.replace(settings, request_timeout=0.3), monotonic=clock.monotonic, sleep=clock.sleep
-    )
+    client = _client_with(settings, clock, request_timeout=0.3)
     fake_aml.inject_fault("GET", "/PipelineEndpoints/Name", delay=1.5)
     started = time.monotonic()
     assert client.get_endpoint_by_name("x") is None
@@ -338,11 +375,7 @@ def test_a_response_slower_than_the_timeout_is_retried(settings, fake_aml, clock
 
 
 def test_a_lasting_timeout_gives_unreachable(settings, fake_aml, clock):
-    client = AzureMLClient(
-        dataclasses.replace(settings, request_timeout=0.2, retry_budget=3.0),
-        monotonic=clock.monotonic,
-        sleep=clock.sleep,
-    )
+    client = _client_with(settings, clock, request_timeout=0.2, retry_budget=3.0)
     fake_aml.inject_fault("GET", "/PipelineEndpoints/Name", delay=1.0, times=None)
     with pytest.raises(Unreachable) as caught:
         client.get_endpoint_by_name("x")
@@ -377,9 +410,7 @@ def test_a_submit_that_timed_out_after_reaching_the_service_starts_one_run(
     settings, fake_aml, published, clock
 ):
     endpoint, pipeline = published
-    client = AzureMLClient(
-        dataclasses.replace(settings, request_timeout=0.3), monotonic=clock.monotonic, sleep=clock.sleep
-    )
+    client = _client_with(settings, clock, request_timeout=0.3)
     fake_aml.inject_fault("POST", "PipelineEndpointSubmit", delay=1.0, after_handling=True)
     run = _submit(client, endpoint, pipeline)
     (only,) = _runs_of(fake_aml, pipeline)
@@ -438,14 +469,31 @@ def test_a_refused_submit_is_not_retried(client, fake_aml, published, clock):
 
 def test_a_submit_that_keeps_failing_stops_within_the_budget(settings, fake_aml, published, clock):
     endpoint, pipeline = published
-    client = AzureMLClient(
-        dataclasses.replace(settings, retry_budget=5.0), monotonic=clock.monotonic, sleep=clock.sleep
-    )
+    client = _client_with(settings, clock, retry_budget=5.0)
     fake_aml.inject_fault("POST", "PipelineEndpointSubmit", status=503, times=None)
     with pytest.raises(ServiceError):
         _submit(client, endpoint, pipeline)
     assert sum(clock.sleeps) <= 5.0
     assert _runs_of(fake_aml, pipeline) == []
+
+
+@pytest.mark.parametrize("fault", [{"status": 500}, {"drop": True}])
+def test_creating_an_endpoint_is_not_repeated_when_it_may_have_been_taken(client, fake_aml, clock, fault):
+    pipeline = fake_aml.add_published_pipeline("p", "v1")
+    fake_aml.clear_requests()
+    fake_aml.inject_fault("POST", "/PipelineEndpoints/Create", after_handling=True, **fault)
+    with pytest.raises(AzureMLError):
+        client.create_endpoint("ep", pipeline["Id"])
+    assert len(fake_aml.calls(method="POST")) == 1 and clock.sleeps == []
+    assert [e["Name"] for e in fake_aml.endpoints.values()] == ["ep"]  # the caller re-reads it by name
+
+
+def test_creating_an_endpoint_is_retried_after_a_429(client, fake_aml, clock):
+    pipeline = fake_aml.add_published_pipeline("p", "v1")
+    fake_aml.inject_fault("POST", "/PipelineEndpoints/Create", status=429, retry_after=3)
+    created = client.create_endpoint("ep", pipeline["Id"])
+    assert created["Name"] == "ep" and len(fake_aml.endpoints) == 1
+    assert clock.sleeps == [3.0]
 
 
 # ----- identity failures

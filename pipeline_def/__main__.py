@@ -7,6 +7,7 @@ PIPELINE_BACKEND. Errors print one line to stderr and exit non-zero.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -20,23 +21,29 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline_def", description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=("azureml", "local"), help="overrides PIPELINE_BACKEND")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    # The same two options are accepted after the command too (`run --backend local`, as `make demo` does);
+    # SUPPRESS keeps a subcommand from resetting a value given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--backend", choices=("azureml", "local"), default=argparse.SUPPRESS)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True)
+    add_command = functools.partial(commands.add_parser, parents=[common])
 
-    run = commands.add_parser("run", help="run the pipeline now (locally: waits for it to finish)")
+    run = add_command("run", help="run the pipeline now (locally: waits for it to finish)")
     run.add_argument("--sample-size", type=int, help="rows to score (0 means every row)")
     run.add_argument("--model-version", help="model version to use (default: the latest)")
     run.add_argument("--show", type=int, default=0, metavar="N", help="print the first N predicted rows")
     run.add_argument("--no-wait", action="store_true", help="local backend: start the run and return")
 
-    status = commands.add_parser("status", help="show one run")
+    status = add_command("status", help="show one run")
     status.add_argument("run_id")
-    listing = commands.add_parser("list", help="show the most recent runs, newest first")
+    listing = add_command("list", help="show the most recent runs, newest first")
     listing.add_argument("--limit", type=int, default=20)
-    cancel = commands.add_parser("cancel", help="cancel a run")
+    cancel = add_command("cancel", help="cancel a run")
     cancel.add_argument("run_id")
-    commands.add_parser("publish", help="publish the pipeline if the endpoint is not current (Azure ML)")
-    commands.add_parser("fingerprint", help="print the fingerprint the published pipeline is compared to")
-    train = commands.add_parser("train", help="train the baseline model into the local model registry")
+    add_command("publish", help="publish the pipeline if the endpoint is not current (Azure ML)")
+    add_command("fingerprint", help="print the fingerprint the published pipeline is compared to")
+    train = add_command("train", help="train the baseline model into the local model registry")
     train.add_argument("--seed", type=int, default=42)
 
     args = parser.parse_args(argv)
@@ -81,7 +88,14 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         if args.model_version is not None:
             parameters["model_version"] = args.model_version
         if settings.backend == "local" and not args.no_wait:
-            run = backend.run(parameters, {"trigger": "cli"})
+            from pipeline_def.steps import validate_parameters
+
+            # Progress goes to stderr, so that stdout stays the run (or its JSON).
+            run = backend.run(
+                validate_parameters(parameters),
+                {"trigger": "cli"},
+                progress=lambda line: print(line, file=sys.stderr, flush=True),
+            )
         else:
             run = service.start_run(parameters, trigger="cli")
         _emit(args, run.to_dict(), _format_run)
@@ -89,7 +103,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             from pipeline_def.local_runner import preview
 
             print(preview(run.extra["predictions_path"], args.show))
-        return 0 if run.status != "failed" else 1
+        if run.status in ("failed", "canceled"):
+            print(f"error: run {run.run_id} {run.status}: {run.error or 'no reason given'}", file=sys.stderr)
+            return 1
+        return 0
     if args.command == "status":
         _emit(args, service.get_run(args.run_id).to_dict(), _format_run)
         return 0

@@ -1,1 +1,99 @@
-"""Fixtures (local): filled in by its owner."""
+"""Fixtures (local): the `local` backend in a temporary work dir (`local_env`), and helpers to run a step
+script the way the runner does (a separate process) or to import its pure functions."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from pipeline_def.settings import STEP_SCRIPTS_DIR
+
+STEP_TIMEOUT_SECONDS = 120.0
+# Settings a developer's shell may hold that would change what the local backend does in a test.
+_LOCAL_SETTINGS = (
+    "LOCAL_DATASET_PATH",
+    "AML_MODEL_NAME",
+    "AML_MODEL_VERSION",
+    "PIPELINE_SAMPLE_SIZE",
+    "PIPELINE_OVERLAP",
+    "PIPELINE_RUN_ID",
+    "AZUREML_RUN_ID",
+    "AZURE_STORAGE_CONNECTION_STRING",
+)
+
+
+@pytest.fixture
+def local_env(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, trained_registry: Path
+) -> Iterator[dict[str, str]]:
+    """PIPELINE_BACKEND=local with LOCAL_WORK_DIR a fresh tmp dir whose model registry already holds the
+    session's trained model (so no test retrains); returns what it set."""
+    from pipeline_def.service import reset_service
+
+    work_dir = tmp_path / "local-work"
+    shutil.copytree(trained_registry, work_dir / "models")
+    for name in _LOCAL_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    values = {"PIPELINE_BACKEND": "local", "LOCAL_WORK_DIR": str(work_dir)}
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    reset_service()
+    try:
+        yield values
+    finally:
+        reset_service()
+
+
+def load_step_module(name: str) -> ModuleType:
+    """A step script imported as a module, for its pure functions (the scripts import `stepio` as a sibling,
+    as they do on Azure ML, so their folder goes on sys.path)."""
+    folder = str(STEP_SCRIPTS_DIR)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    return importlib.import_module(name)
+
+
+@pytest.fixture
+def run_step() -> Callable[..., subprocess.CompletedProcess]:
+    """Run `step_scripts/<script>` with arguments as its own process, as the local runner and Azure ML do;
+    `env` adds to (or, with a None value, removes from) the current environment."""
+
+    def run(script: str, *args: str, env: dict[str, str | None] | None = None) -> subprocess.CompletedProcess:
+        environ = dict(os.environ)
+        for name, value in (env or {}).items():
+            if value is None:
+                environ.pop(name, None)
+            else:
+                environ[name] = value
+        return subprocess.run(
+            [sys.executable, str(STEP_SCRIPTS_DIR / script), *map(str, args)],
+            cwd=STEP_SCRIPTS_DIR,
+            env=environ,
+            capture_output=True,
+            text=True,
+            timeout=STEP_TIMEOUT_SECONDS,
+        )
+
+    return run
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 90.0, interval: float = 0.05) -> object:
+    """Poll `condition` until it returns something truthy, within a bounded deadline. Only for waiting on
+    real processes (a local run's runner), never on a clock."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)

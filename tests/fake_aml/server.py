@@ -1347,6 +1347,8 @@ class FakeAzureML:
 # ---------------------------------------------------------------------- helpers
 def _handler_for(fake: FakeAzureML) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        # Small answers on kept-alive connections otherwise stall on Nagle + delayed ACK (~40 ms a call).
+        disable_nagle_algorithm = True
         protocol_version = "HTTP/1.1"
 
         def _any(self) -> None:

@@ -1,0 +1,192 @@
+"""fetch_data: sampling the new rows (pure functions) and the step as a process, on the shipped Ames data."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.fixtures_local import load_step_module
+
+fetch_data = load_step_module("fetch_data")
+stepio = load_step_module("stepio")
+
+
+@pytest.fixture(scope="module")
+def ames(ames_csv: Path) -> pd.DataFrame:
+    return pd.read_csv(ames_csv)
+
+
+def test_sample_rows_draws_the_asked_number_reproducibly_for_a_seed(ames: pd.DataFrame) -> None:
+    first = fetch_data.sample_rows(ames, 25, seed=7)
+    again = fetch_data.sample_rows(ames, 25, seed=7)
+    other = fetch_data.sample_rows(ames, 25, seed=8)
+
+    assert len(first) == 25
+    assert first["Order"].is_unique
+    assert first["Order"].tolist() == again["Order"].tolist()
+    assert first["Order"].tolist() != other["Order"].tolist()
+    assert list(first.index) == list(range(25))
+
+
+@pytest.mark.parametrize("size", [0, 2930, 5000])
+def test_sample_rows_zero_or_more_than_the_data_takes_every_row_in_order(
+    ames: pd.DataFrame, size: int
+) -> None:
+    rows = fetch_data.sample_rows(ames, size, seed=1)
+
+    assert rows["Order"].tolist() == ames["Order"].tolist()
+
+
+def test_sample_rows_refuses_a_negative_size(ames: pd.DataFrame) -> None:
+    with pytest.raises(stepio.StepError, match="sample size"):
+        fetch_data.sample_rows(ames, -1, seed=1)
+
+
+def test_drop_target_removes_sale_price_only_when_present(ames: pd.DataFrame) -> None:
+    without = fetch_data.drop_target(ames)
+
+    assert "SalePrice" not in without.columns
+    assert list(without.columns) == [c for c in ames.columns if c != "SalePrice"]
+    assert list(fetch_data.drop_target(without).columns) == list(without.columns)
+
+
+def test_read_dataset_file_reads_csv_gzip_csv_and_parquet_alike(ames: pd.DataFrame, tmp_path: Path) -> None:
+    head = ames.head(50)
+    head.to_csv(tmp_path / "a.csv", index=False)
+    head.to_csv(tmp_path / "a.csv.gz", index=False)
+    head.to_parquet(tmp_path / "a.parquet", index=False)
+
+    for name in ("a.csv", "a.csv.gz", "a.parquet"):
+        frame = fetch_data.read_dataset_file(tmp_path / name)
+        assert frame["PID"].tolist() == head["PID"].tolist(), name
+        assert list(frame.columns) == list(ames.columns), name
+
+
+def test_a_dataset_argument_is_a_file_unless_it_can_only_be_a_registered_name(tmp_path: Path) -> None:
+    assert fetch_data.looks_like_file(str(tmp_path))
+    assert fetch_data.looks_like_file("missing/ames.csv")
+    assert fetch_data.looks_like_file("ames.parquet")
+    assert not fetch_data.looks_like_file("AmesHousing")
+
+
+def test_fetch_step_writes_the_sample_without_the_target_and_its_metadata(
+    run_step, ames_csv: Path, ames: pd.DataFrame, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+
+    done = run_step("fetch_data.py", "--dataset", ames_csv, "--sample-size", 10, "--seed", 3, "--output", out)
+
+    assert done.returncode == 0, done.stderr
+    rows = stepio.read_frame(out)
+    assert len(rows) == 10
+    assert "SalePrice" not in rows.columns
+    assert set(rows["PID"]) <= set(ames["PID"])
+    assert json.loads((out / "_metadata.json").read_text()) == {
+        "dataset": str(ames_csv),
+        "dataset_rows": 2930,
+        "rows": 10,
+        "sample_size": 10,
+        "seed": 3,
+    }
+
+
+def test_fetch_step_without_a_seed_records_the_one_it_drew_so_the_sample_can_be_redrawn(
+    run_step, ames_csv: Path, tmp_path: Path
+) -> None:
+    first = run_step("fetch_data.py", "--dataset", ames_csv, "--sample-size", 5, "--output", tmp_path / "a")
+    assert first.returncode == 0, first.stderr
+    seed = json.loads((tmp_path / "a" / "_metadata.json").read_text())["seed"]
+    again = run_step(
+        "fetch_data.py", "--dataset", ames_csv, "--sample-size", 5, "--seed", seed, "--output", tmp_path / "b"
+    )
+
+    assert again.returncode == 0, again.stderr
+    assert isinstance(seed, int)
+    assert (
+        stepio.read_frame(tmp_path / "a")["Order"].tolist()
+        == stepio.read_frame(tmp_path / "b")["Order"].tolist()
+    )
+
+
+def test_fetch_step_with_a_size_above_the_data_takes_every_row_and_says_so(
+    run_step, ames_csv: Path, tmp_path: Path
+) -> None:
+    done = run_step(
+        "fetch_data.py", "--dataset", ames_csv, "--sample-size", 99999, "--output", tmp_path / "o"
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert len(stepio.read_frame(tmp_path / "o")) == 2930
+    assert "larger than the dataset (2930 rows): taking every row" in done.stderr
+
+
+def test_fetch_step_reads_a_parquet_dataset(run_step, ames: pd.DataFrame, tmp_path: Path) -> None:
+    ames.to_parquet(tmp_path / "ames.parquet", index=False)
+
+    done = run_step(
+        "fetch_data.py",
+        "--dataset",
+        tmp_path / "ames.parquet",
+        "--sample-size",
+        0,
+        "--output",
+        tmp_path / "o",
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert stepio.read_frame(tmp_path / "o")["Order"].tolist() == ames["Order"].tolist()
+
+
+def _write_garbage_gzip(path: Path) -> Path:
+    path.write_bytes(gzip.compress(b"Order,PID\n1,2\n")[:12] + b"\x00garbage")
+    return path
+
+
+def _write(path: Path, content: bytes) -> Path:
+    path.write_bytes(content)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make_dataset", "message"),
+    [
+        (lambda d: d / "nowhere" / "ames.csv", "does not exist"),
+        (lambda d: _write_garbage_gzip(d / "broken.csv.gz"), "cannot read dataset file"),
+        (lambda d: _write(d / "empty.csv", b""), "is empty"),
+        (lambda d: _write(d / "header.csv", b"Order,PID,SalePrice\n"), "holds no rows"),
+        (lambda d: _write(d / "x.parquet", b"PAR1 not really"), "cannot read dataset"),
+        (lambda d: "AmesHousing", "registered dataset name is read only on Azure ML"),
+    ],
+    ids=["missing-path", "corrupt-gzip", "empty-file", "no-rows", "corrupt-parquet", "name-outside-azureml"],
+)
+def test_fetch_step_reports_a_bad_dataset_in_one_line_and_exits_2(
+    run_step, tmp_path: Path, make_dataset, message: str
+) -> None:
+    out = tmp_path / "out"
+
+    done = run_step("fetch_data.py", "--dataset", make_dataset(tmp_path), "--sample-size", 5, "--output", out)
+
+    assert done.returncode == 2
+    error_lines = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(error_lines) == 1 and message in error_lines[0], done.stderr
+    assert "Traceback" not in done.stderr
+    assert not out.exists()
+
+
+def test_fetch_step_refuses_a_negative_sample_size(run_step, ames_csv: Path, tmp_path: Path) -> None:
+    done = run_step("fetch_data.py", "--dataset", ames_csv, "--sample-size", -3, "--output", tmp_path / "o")
+
+    assert done.returncode == 2
+    assert "error: --sample-size must be 0 (every row) or more, not -3" in done.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_fetch_step_help_runs_alone(run_step) -> None:
+    done = run_step("fetch_data.py", "--help")
+
+    assert done.returncode == 0
+    assert "--sample-size" in done.stdout and "--dataset" in done.stdout

@@ -9,7 +9,7 @@ from typing import Any
 
 from pipeline_def import publisher
 from pipeline_def.aml_client import SUBMISSION_TAG, AzureMLClient
-from pipeline_def.errors import NotFound, RunNotFound
+from pipeline_def.errors import NotFound, RunNotFound, ServiceError
 from pipeline_def.fingerprint import compute_fingerprint
 from pipeline_def.runs import TERMINAL, RunInfo, StepStatus, normalize_status
 from pipeline_def.service import PublishOutcome
@@ -105,7 +105,7 @@ class AzureMLBackend:
         too: it says `CancelRequested` as soon as a cancel is asked for, long before the pipelines service
         says `Canceled`, and that is reported as `canceling`."""
         try:
-            entity = self.client.get_pipeline_run(run_id)
+            entity = _require_run(self.client.get_pipeline_run(run_id))
         except NotFound:
             raise RunNotFound(run_id) from None
         experiment = entity.get("RunHistoryExperimentName") or self.settings.experiment_name
@@ -170,6 +170,7 @@ class AzureMLBackend:
     ) -> RunInfo:
         """`aml_status` is always the pipelines service's StatusCode; `history_status`, when run history
         was read, is reported beside it as `aml_history_status`."""
+        entity = _require_run(entity)
         status = entity.get("Status") or {}
         code = _status_code(entity)
         aml_status = None if code is None else str(code)
@@ -219,6 +220,14 @@ def _status_code(entity: dict) -> str | int | None:
     """The pipelines service's StatusCode (a word, or a legacy integer); None when it has none yet."""
     status = entity.get("Status")
     return status.get("StatusCode") if isinstance(status, dict) else status
+
+
+def _require_run(entity: Any) -> dict:
+    """A PipelineRunEntity as Azure ML should answer it; any other shape is Azure ML's fault (502), not a
+    crash of ours (500)."""
+    if not isinstance(entity, dict) or not isinstance(entity.get("Id"), str) or not entity["Id"]:
+        raise ServiceError("Azure ML answered a pipeline run without an Id")
+    return entity
 
 
 def _created(entity: dict) -> str:

@@ -13,7 +13,7 @@ import pytest
 
 from pipeline_def.aml_backend import AzureMLBackend
 from pipeline_def.aml_client import SUBMISSION_TAG
-from pipeline_def.errors import RunNotFound, Throttled
+from pipeline_def.errors import RunNotFound, ServiceError, Throttled
 from pipeline_def.runs import STATUSES, normalize_status
 from pipeline_def.service import Service
 from pipeline_def.settings import PROJECT_ROOT, load_settings
@@ -228,6 +228,15 @@ def test_normalize_status_covers_every_spelling(spelling, expected):
 def test_get_run_of_an_unknown_id_is_run_not_found(service, fake_aml, current):
     with pytest.raises(RunNotFound):
         service.get_run("no-such-run")
+
+
+@pytest.mark.parametrize("body", [{"Status": {"StatusCode": "Running"}}, ["not", "a", "run"], {"Id": 7}])
+def test_a_run_of_the_wrong_shape_is_a_service_error_not_a_crash(service, fake_aml, current, body):
+    run = fake_aml.add_run(current[1]["Id"], experiment="exp")
+    fake_aml.inject_fault("GET", rf"/PipelineRuns/{run.run_id}$", status=200, body=body)
+    with pytest.raises(ServiceError) as caught:
+        service.get_run(run.run_id)
+    assert caught.value.http_status == 502
 
 
 def test_list_runs_gives_the_newest_first_across_versions(settings, service, fake_aml, backend):

@@ -157,6 +157,11 @@ def model_registry_dir(settings: Settings) -> Path:
     return Path(settings.local_work_dir) / "models"
 
 
+def model_folder(settings: Settings) -> Path:
+    """`<registry>/<model name>`: the folder whose numbered subfolders are the model's versions."""
+    return model_registry_dir(settings) / settings.model_name
+
+
 def registered_versions(model_dir: Path) -> list[int]:
     """The complete versions under `<registry>/<ModelName>`, ascending (other entries are ignored)."""
     if not model_dir.is_dir():
@@ -241,7 +246,7 @@ def train_and_register(settings: Settings, seed: int = DEFAULT_SEED) -> dict[str
 
 def ensure_model(settings: Settings) -> Path:
     """`<registry>/<model_name>`, after training version 1 into it if it holds no version yet."""
-    model_dir = model_registry_dir(settings) / settings.model_name
+    model_dir = model_folder(settings)
     if registered_versions(model_dir):
         return model_dir
     model_dir.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline_def.baseline_model import ensure_model, model_folder, registered_versions
 from pipeline_def.errors import LocalRunError, RunNotFound
 from pipeline_def.runs import TERMINAL, RunInfo, StepStatus, is_valid_run_id
 from pipeline_def.settings import PROJECT_ROOT, STEP_SCRIPTS_DIR, Settings
@@ -64,11 +65,6 @@ def new_run_id(now: datetime | None = None) -> str:
 
 
 # --- turning steps.py into command lines -----------------------------------------------------------------
-
-
-def model_folder(settings: Settings) -> Path:
-    """`<registry>/<model name>` as the model helper's registry lays it out (see baseline_model.py)."""
-    return settings.local_work_dir / "models" / settings.model_name
 
 
 def destination_folder(settings: Settings) -> Path:
@@ -174,9 +170,7 @@ def execute_run(run_dir: Path, progress: Progress | None = None) -> dict[str, An
         write_record(run_dir, record)
         say(f"run {record['id']}: running")
         try:
-            from pipeline_def.baseline_model import ensure_model, model_registry_dir, registered_versions
-
-            if not registered_versions(model_registry_dir(settings) / settings.model_name):
+            if not registered_versions(model_folder(settings)):
                 say(
                     f"run {record['id']}: no {settings.model_name} model yet, training the baseline model once"
                 )

@@ -129,8 +129,7 @@ def build_pipeline(
                 compute_target=compute,
                 runconfig=run_config,
                 source_directory=str(folder),
-                # fetch_data samples anew on every run; the steps after it depend on its fresh output anyway.
-                allow_reuse=step.name != "fetch_data",
+                allow_reuse=step.reusable,
             )
         )
     return Pipeline(workspace=workspace, steps=built, description=_description(fingerprint))

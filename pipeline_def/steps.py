@@ -47,6 +47,8 @@ class Step:
     name: str
     script: str
     arguments: tuple[Argument, ...]
+    # Whether Azure ML may reuse an earlier run's output when the step's inputs and arguments are unchanged.
+    reusable: bool = True
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -66,6 +68,7 @@ STEPS: tuple[Step, ...] = (
             "--sample-size", Param("sample_size"),
             "--output", DataOut("new_data"),
         ),
+        reusable=False,  # samples anew on every run: "new data" must never be an earlier run's output
     ),
     Step(
         name="predict",

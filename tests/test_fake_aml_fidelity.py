@@ -269,6 +269,11 @@ def test_project_definition_publishes_through_the_fake_with_a_managed_identity_t
     assert [name for _node, name in fake_aml.pipeline_steps[published.id]] == [s.name for s in STEPS]
     (snapshot_id,) = fake_aml.snapshots
     assert {f"{s.script}" for s in STEPS} <= set(fake_aml.snapshot_files(snapshot_id))
+    # fetch_data must never be reused: every run samples new rows; the steps after it may be
+    reuse = {
+        module["Data"]["Name"]: module["Data"]["IsDeterministic"] for module in fake_aml.modules.values()
+    }
+    assert reuse == {s.name: s.reusable for s in STEPS} and reuse["fetch_data"] is False
     # every call carried a managed-identity token for ARM
     assert {r.audience for r in fake_aml.requests if not r.path.startswith("/discovery")} <= {
         "https://management.azure.com",

@@ -131,7 +131,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     compute_name = get("AML_COMPUTE_NAME")
     if backend == "azureml":
         if not subscription_id:
-            problems.append("AML_SUBSCRIPTION_ID is required")
+            problems.append(
+                "AML_SUBSCRIPTION_ID is required"
+                + ("" if get("PIPELINE_BACKEND") else " (or set PIPELINE_BACKEND=local to run without Azure)")
+            )
         elif not _GUID.fullmatch(subscription_id):
             problems.append("AML_SUBSCRIPTION_ID must be a GUID")
         for name, value in (

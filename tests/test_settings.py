@@ -61,6 +61,15 @@ def test_every_missing_azure_setting_is_named_at_once():
     assert len(caught.value.problems) == 5
 
 
+def test_a_newcomer_without_azure_settings_is_pointed_at_the_local_backend():
+    with pytest.raises(ConfigError) as caught:
+        load_settings({})
+    assert "PIPELINE_BACKEND=local" in caught.value.message
+    with pytest.raises(ConfigError) as chosen:
+        load_settings({"PIPELINE_BACKEND": "azureml"})
+    assert "PIPELINE_BACKEND=local" not in chosen.value.message
+
+
 def test_every_malformed_setting_is_named_and_no_value_is_echoed():
     secret_like = "s3cr3t-VALUE-xyz"
     bad = {

@@ -74,17 +74,28 @@ class AzureMLBackend:
                 "run `python -m pipeline_def publish` (or let the timer publish it)",
                 status=404,
             )
-        return PublishOutcome(False, publisher.default_pipeline_id(endpoint), None, endpoint["Id"])
+        return PublishOutcome(
+            False,
+            publisher.default_pipeline_id(endpoint),
+            None,
+            endpoint["Id"],
+            publisher.previous_pipeline_id(endpoint),
+        )
 
     def find_active_run(self) -> RunInfo | None:
         target = self._endpoint_target()
         if not target.pipeline_id:
             return None
-        active = [
-            run
-            for run in self.client.list_pipeline_runs(target.pipeline_id)
-            if not self._run_info(run).terminal
-        ]
+        runs = self.client.list_pipeline_runs(target.pipeline_id)
+        if not runs and target.previous_pipeline_id:
+            # The default pipeline has never run, so it was published since the last run: a run of the
+            # pipeline it superseded may still be going, and it is a run of this endpoint too. This costs a
+            # call only until the new pipeline's first run.
+            try:
+                runs = self.client.list_pipeline_runs(target.previous_pipeline_id)
+            except NotFound:
+                runs = []
+        active = [run for run in runs if not self._run_info(run).terminal]
         if not active:
             return None
         return self._run_info(max(active, key=_created))

@@ -38,6 +38,24 @@ def default_pipeline_id(endpoint: dict) -> str | None:
     return None
 
 
+def previous_pipeline_id(endpoint: dict) -> str | None:
+    """The pipeline behind the highest endpoint version below the default one (the pipeline the default
+    superseded), or None when the endpoint has no earlier version."""
+    default = str(endpoint.get("DefaultVersion") or "")
+    if not default.isdigit():
+        return None
+    current = default_pipeline_id(endpoint)
+    earlier = [
+        (int(item["Version"]), item.get("PipelineId"))
+        for item in endpoint.get("PipelineVersionList") or []
+        if str(item.get("Version", "")).isdigit() and int(item["Version"]) < int(default)
+    ]
+    for _version, pipeline_id in sorted(earlier, reverse=True):
+        if pipeline_id and pipeline_id != current:
+            return pipeline_id
+    return None
+
+
 def current_pipeline(client: AzureMLClient, endpoint: dict | None, fingerprint: str) -> dict | None:
     """The endpoint's default pipeline when the endpoint is published and current, else None."""
     if not is_active(endpoint):
@@ -61,7 +79,9 @@ def ensure_published(
     endpoint = client.get_endpoint_by_name(settings.endpoint_name)
     pipeline = current_pipeline(client, endpoint, fingerprint)
     if pipeline is not None:
-        return PublishOutcome(False, pipeline["Id"], fingerprint, endpoint["Id"])
+        return PublishOutcome(
+            False, pipeline["Id"], fingerprint, endpoint["Id"], previous_pipeline_id(endpoint)
+        )
 
     # An endpoint that was disabled while still pointing at the current, active pipeline only needs enabling.
     if endpoint is not None and not is_active(endpoint):
@@ -70,7 +90,9 @@ def ensure_published(
             endpoint["EntityStatus"] = "Active"
             client.update_endpoint(endpoint)
             log.info("re-enabled pipeline endpoint %s", settings.endpoint_name)
-            return PublishOutcome(False, pipeline_id, fingerprint, endpoint["Id"])
+            return PublishOutcome(
+                False, pipeline_id, fingerprint, endpoint["Id"], previous_pipeline_id(endpoint)
+            )
 
     if publish_fn is None:
         publish_fn = _sdk_publisher(client)
@@ -92,7 +114,7 @@ def ensure_published(
             log.info("disabled superseded pipeline %s", old_id)
         except NotFound:
             pass
-    return PublishOutcome(True, winner, fingerprint, endpoint["Id"])
+    return PublishOutcome(True, winner, fingerprint, endpoint["Id"], previous_pipeline_id(endpoint))
 
 
 def _is_current(client: AzureMLClient, pipeline_id: str, fingerprint: str) -> bool:
@@ -157,4 +179,11 @@ def _sdk_publisher(client: AzureMLClient) -> PublishFn:
     return publish
 
 
-__all__ = ["PublishFn", "current_pipeline", "default_pipeline_id", "ensure_published", "is_active"]
+__all__ = [
+    "PublishFn",
+    "current_pipeline",
+    "default_pipeline_id",
+    "ensure_published",
+    "is_active",
+    "previous_pipeline_id",
+]

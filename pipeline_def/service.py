@@ -25,12 +25,14 @@ DEFAULT_LIST_LIMIT = 20
 
 @dataclass(frozen=True)
 class PublishOutcome:
-    """What ensure_published found or did. `published` is True when this call published a new pipeline."""
+    """What ensure_published found or did. `published` is True when this call published a new pipeline;
+    `previous_pipeline_id` is the pipeline the endpoint's default superseded, if any."""
 
     published: bool
     pipeline_id: str | None = None
     version: str | None = None
     endpoint_id: str | None = None
+    previous_pipeline_id: str | None = None
 
 
 @dataclass(frozen=True)

@@ -91,6 +91,45 @@ def test_a_tick_skips_while_a_run_is_still_active(service, fake_aml, current):
     assert fake_aml.calls(method="POST") == []
 
 
+@pytest.fixture
+def republished(fake_aml, settings, backend):
+    """An endpoint whose current default (new fingerprint) superseded an older pipeline, which still has a
+    run going: the state right after `python -m pipeline_def publish` in a deployment pipeline."""
+    old = fake_aml.add_published_pipeline(settings.endpoint_name, "older-fingerprint", status="Disabled")
+    endpoint = fake_aml.add_endpoint(settings.endpoint_name, old["Id"])
+    new = fake_aml.add_published_pipeline(
+        settings.endpoint_name, backend.fingerprint, parameter_defaults=settings.parameter_defaults
+    )
+    fake_aml.add_endpoint_version(endpoint["Id"], new["Id"], make_default=True)
+    still_going = fake_aml.add_run(old["Id"], experiment=settings.experiment_name, status="Running")
+    fake_aml.clear_requests()
+    return old, new, still_going
+
+
+def test_a_tick_after_a_republish_skips_while_the_superseded_pipeline_still_runs(
+    service, fake_aml, republished
+):
+    old, new, still_going = republished
+    outcome = service.tick()
+    assert outcome.action == "skipped"
+    assert outcome.active_run.run_id == still_going.run_id
+    assert fake_aml.calls(method="POST") == []
+    runs_asked = [r.path.rsplit("/", 1)[-1] for r in fake_aml.calls(path_contains="/PipelineRuns/Pipeline/")]
+    assert runs_asked == [new["Id"], old["Id"]]
+
+    fake_aml.set_run_status(still_going.run_id, "Finished")
+    submitted = service.tick()
+    assert submitted.action == "submitted"
+    assert fake_aml.runs[submitted.run.run_id].pipeline_id == new["Id"]
+
+    # Once the new pipeline has a run, the superseded one is not asked about again: four calls a tick.
+    fake_aml.set_run_status(submitted.run.run_id, "Finished")
+    fake_aml.clear_requests()
+    assert service.tick().action == "submitted"
+    assert len(fake_aml.requests) == 4
+    assert old["Id"] not in " ".join(r.path for r in fake_aml.requests)
+
+
 @pytest.mark.parametrize("ended", ["Finished", "Failed", "Canceled"])
 def test_a_tick_submits_when_every_earlier_run_has_ended(service, fake_aml, current, ended):
     endpoint, pipeline = current

@@ -16,7 +16,7 @@ import pytest
 from pipeline_def.aml_backend import AzureMLBackend
 from pipeline_def.aml_client import AzureMLClient
 from pipeline_def.fingerprint import compute_fingerprint
-from pipeline_def.publisher import default_pipeline_id, ensure_published
+from pipeline_def.publisher import default_pipeline_id, ensure_published, previous_pipeline_id
 from pipeline_def.settings import PROJECT_ROOT, STEP_SCRIPTS_DIR, load_settings
 from tests.fake_identity import token_resource
 
@@ -349,3 +349,22 @@ def test_an_endpoint_write_sends_the_etag_it_read(settings, client, fake_aml, fi
     ensure_published(settings, client, fingerprint, publish_fn=publish_into(fake_aml))
     (put,) = fake_aml.calls(method="PUT", path_contains="/PipelineEndpoints/")
     assert put.header("If-Match") == etag_before
+
+
+@pytest.mark.parametrize(
+    ("versions", "default", "expected"),
+    [
+        ([("0", "a")], "0", None),
+        ([("0", "a"), ("1", "b")], "1", "a"),
+        ([("0", "a"), ("1", "b"), ("2", "c")], "2", "b"),
+        ([("0", "a"), ("1", "b"), ("2", "c")], "1", "a"),
+        ([("0", "a"), ("1", "b"), ("2", "b")], "2", "a"),  # the same pipeline twice is not "previous"
+        ([("0", "a"), ("1", "b")], "x", None),
+    ],
+)
+def test_previous_pipeline_is_the_one_the_default_superseded(versions, default, expected):
+    endpoint = {
+        "DefaultVersion": default,
+        "PipelineVersionList": [{"Version": v, "PipelineId": p} for v, p in versions],
+    }
+    assert previous_pipeline_id(endpoint) == expected

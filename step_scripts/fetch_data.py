@@ -10,14 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import re
 import secrets
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stepio import StepError, fail, write_frame
+from stepio import StepError, aml_workspace, fail, write_frame
 
 if TYPE_CHECKING:  # pandas is imported where frames are read, so `--help` stays fast
     import pandas as pd
@@ -96,13 +95,11 @@ def read_dataset_file(path: str | Path) -> pd.DataFrame:
 
 def read_registered_dataset(name: str) -> pd.DataFrame:
     """The latest version of the registered tabular dataset `name` in the workspace of this Azure ML run."""
-    if not os.environ.get("AZUREML_RUN_ID"):  # outside Azure ML there is no workspace to read it from
-        raise StepError(
-            f"dataset {name!r} is not an existing file (a registered dataset name is read only on Azure ML)"
-        )
-    from azureml.core import Dataset, Run
+    workspace = aml_workspace(
+        f"dataset {name!r} is not an existing file (a registered dataset name is read only on Azure ML)"
+    )
+    from azureml.core import Dataset
 
-    workspace = Run.get_context().experiment.workspace
     try:
         dataset = Dataset.get_by_name(workspace, name=name)
     except Exception as error:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import re
 import sys
 import tempfile
@@ -21,10 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stepio import PART_NAME, StepError, fail, iter_batches, parquet_parts, write_frame
+from stepio import PART_NAME, StepError, aml_workspace, fail, iter_batches, parquet_parts, write_frame
 
 if TYPE_CHECKING:  # pandas is imported where frames are read, so `--help` stays fast
     import pandas as pd
+    from azureml.core import Workspace
 
 log = logging.getLogger("predict")
 
@@ -193,11 +193,10 @@ def local_model_source(path: Path, model_version: str) -> ModelSource:
     )
 
 
-def download_registered_model(name: str, version: str, target: Path) -> ModelSource:
+def download_registered_model(workspace: Workspace, name: str, version: str, target: Path) -> ModelSource:
     """Download a model registered in the workspace of this Azure ML run (only runs on Azure ML)."""
-    from azureml.core import Model, Run
+    from azureml.core import Model
 
-    workspace = Run.get_context().experiment.workspace
     try:
         model = Model(workspace, name=name, version=None if version == "latest" else int(version))
         downloaded = Path(model.download(target_dir=str(target), exist_ok=True))
@@ -213,11 +212,10 @@ def resolve_model(reference: str, model_version: str, download_dir: Path) -> Mod
     if path.exists():
         return local_model_source(path, model_version)
     name, version = parse_model_reference(reference, model_version)
-    if not os.environ.get("AZUREML_RUN_ID"):  # a registered model can only be fetched inside an Azure ML run
-        raise StepError(
-            f"model {reference!r} is not an existing path (a registered model name is resolved only on Azure ML)"
-        )
-    return download_registered_model(name, version, download_dir)
+    workspace = aml_workspace(
+        f"model {reference!r} is not an existing path (a registered model name is resolved only on Azure ML)"
+    )
+    return download_registered_model(workspace, name, version, download_dir)
 
 
 def load_model(path: Path) -> Any:

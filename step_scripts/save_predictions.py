@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from stepio import StepError, current_run_id, fail, iter_batches, parquet_parts
+from stepio import StepError, aml_workspace, current_run_id, fail, iter_batches, parquet_parts
 
 if TYPE_CHECKING:
     from azure.storage.blob import ContainerClient
@@ -228,13 +228,11 @@ def blob_folder_from_url(destination: str, connection_string: str | None) -> Blo
 def default_datastore_folder() -> BlobFolder:
     """The default datastore of the Azure ML workspace this step runs in, with the datastore's own
     credential: its account key, its SAS token, or (credential-less datastore) the compute's identity."""
-    if not os.environ.get("AZUREML_RUN_ID"):
-        raise StepError(f"destination {DEFAULT_DATASTORE!r} is only available inside an Azure ML run")
+    workspace = aml_workspace(f"destination {DEFAULT_DATASTORE!r} is only available inside an Azure ML run")
     from azure.core.credentials import AzureNamedKeyCredential, AzureSasCredential
     from azure.storage.blob import ContainerClient
-    from azureml.core import Run
 
-    datastore = Run.get_context().experiment.workspace.get_default_datastore()
+    datastore = workspace.get_default_datastore()
     protocol, endpoint = datastore.protocol or "https", datastore.endpoint or "core.windows.net"
     account_url = f"{protocol}://{datastore.account_name}.blob.{endpoint}"
     if datastore.account_key:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 if TYPE_CHECKING:  # pandas is imported where frames are read, so `--help` stays fast
     import pandas as pd
+    from azureml.core import Workspace
 
 PART_NAME = "part-{index:05d}.parquet"
 
@@ -64,13 +65,27 @@ def write_frame(folder: str | os.PathLike, frame: pd.DataFrame, index: int = 0) 
     return target
 
 
+def on_azure_ml() -> bool:
+    """True inside an Azure ML step run (Azure ML sets AZUREML_RUN_ID there)."""
+    return bool(os.environ.get("AZUREML_RUN_ID"))
+
+
+def aml_workspace(unavailable: str) -> Workspace:
+    """The workspace of the Azure ML run this step belongs to; outside Azure ML, StepError(unavailable)."""
+    if not on_azure_ml():
+        raise StepError(unavailable)
+    from azureml.core import Run
+
+    return Run.get_context().experiment.workspace
+
+
 def current_run_id() -> str:
     """The pipeline run this step belongs to: PIPELINE_RUN_ID when the local runner set it, otherwise the
     parent of the Azure ML step run, otherwise 'offline'."""
     run_id = os.environ.get("PIPELINE_RUN_ID")
     if run_id:
         return run_id
-    if os.environ.get("AZUREML_RUN_ID"):
+    if on_azure_ml():
         from azureml.core import Run
 
         run = Run.get_context()

@@ -137,12 +137,17 @@ def read_record(run_dir: Path) -> dict[str, Any]:
     return json.loads((run_dir / RECORD_FILE).read_text(encoding="utf-8"))
 
 
-def _process_start(pid: int) -> str | None:
-    """The kernel's start time of `pid` (Linux), so a recycled pid is not taken for the runner."""
+def _proc_stat(pid: int, field: int) -> str | None:
+    """One field of /proc/<pid>/stat (Linux), counted after the command name; None if unreadable."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[field]
     except (OSError, IndexError):
         return None
+
+
+def _process_start(pid: int) -> str | None:
+    """The kernel's start time of `pid`, so a recycled pid is not taken for the runner."""
+    return _proc_stat(pid, 19)
 
 
 def _write_pid(run_dir: Path, pid: int) -> None:
@@ -201,11 +206,7 @@ def execute_run(run_dir: Path, progress: Progress | None = None) -> dict[str, An
         _finish(run_dir, record, "completed", None)
         return record
     except (_Canceled, KeyboardInterrupt) as stop:
-        if current is not None and current.poll() is None:
-            current.terminate()
-            current.wait()
-        if step is not None and step["status"] == "running":
-            step.update(status="canceled", ended_at=utc_now())
+        _stop_step(current, step, status="canceled")
         interrupted = isinstance(stop, KeyboardInterrupt)
         _finish(run_dir, record, "canceled", "interrupted" if interrupted else "canceled on request")
         say(f"run {record['id']}: canceled")
@@ -213,13 +214,20 @@ def execute_run(run_dir: Path, progress: Progress | None = None) -> dict[str, An
             raise
         return record
     except Exception as error:  # the runner itself broke (disk full, a step that cannot start): say so
-        if current is not None and current.poll() is None:
-            current.terminate()
-            current.wait()
-        if step is not None and step["status"] == "running":
-            step.update(status="failed", ended_at=utc_now(), error=str(error))
+        _stop_step(current, step, status="failed", error=str(error))
         _finish(run_dir, record, "failed", f"the local runner failed: {error}")
         return record
+
+
+def _stop_step(
+    process: subprocess.Popen | None, step: dict[str, Any] | None, status: str, **details: Any
+) -> None:
+    """End the step that was running when the run stopped: its process, and its entry in the record."""
+    if process is not None and process.poll() is None:
+        process.terminate()
+        process.wait()
+    if step is not None and step["status"] == "running":
+        step.update(status=status, ended_at=utc_now(), **details)
 
 
 def _start_step(run_dir: Path, run_id: str, step: dict[str, Any]) -> subprocess.Popen:
@@ -526,10 +534,7 @@ class LocalBackend:
 
 
 def _is_zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return False
+    return _proc_stat(pid, 0) == "Z"
 
 
 def preview(path: str | os.PathLike, n: int) -> str:

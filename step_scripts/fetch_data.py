@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stepio import StepError, aml_workspace, fail, write_frame
+from stepio import METADATA_FILE, StepError, aml_workspace, fail, write_frame
 
 if TYPE_CHECKING:  # pandas is imported where frames are read, so `--help` stays fast
     import pandas as pd
@@ -24,7 +24,6 @@ if TYPE_CHECKING:  # pandas is imported where frames are read, so `--help` stays
 log = logging.getLogger("fetch_data")
 
 TARGET_COLUMN = "SalePrice"
-METADATA_FILE = "_metadata.json"
 FILE_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
 # A registered dataset name as Azure ML accepts it; anything else can only be meant as a file path.
 _DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,254}")

@@ -20,7 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stepio import PART_NAME, StepError, aml_workspace, fail, iter_batches, parquet_parts, write_frame
+from stepio import (
+    METADATA_FILE,
+    PART_NAME,
+    StepError,
+    aml_workspace,
+    fail,
+    iter_batches,
+    parquet_parts,
+    write_frame,
+)
 
 if TYPE_CHECKING:  # pandas is imported where frames are read, so `--help` stays fast
     import pandas as pd
@@ -29,7 +38,6 @@ if TYPE_CHECKING:  # pandas is imported where frames are read, so `--help` stays
 log = logging.getLogger("predict")
 
 PREDICTION_COLUMN = "PredictedSalePrice"
-METADATA_FILE = "_metadata.json"
 MODEL_FILE = "model.joblib"
 MODEL_METADATA_FILE = "metadata.json"
 MODEL_SUFFIXES = (".joblib", ".pkl", ".pickle")

@@ -23,7 +23,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from stepio import StepError, aml_workspace, current_run_id, fail, iter_batches, parquet_parts
+from stepio import (
+    METADATA_FILE,
+    StepError,
+    aml_workspace,
+    current_run_id,
+    fail,
+    iter_batches,
+    parquet_parts,
+)
 
 if TYPE_CHECKING:
     from azure.storage.blob import ContainerClient
@@ -31,7 +39,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("save_predictions")
 
 PREDICTION_COLUMN = "PredictedSalePrice"
-METADATA_FILE = "_metadata.json"
 LATEST_DIR = "latest_predictions"
 HISTORY_DIR = "history"
 CSV_NAME = "predictions.csv"

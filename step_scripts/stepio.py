@@ -16,6 +16,8 @@ if TYPE_CHECKING:  # pandas is imported where frames are read, so `--help` stays
     from azureml.core import Workspace
 
 PART_NAME = "part-{index:05d}.parquet"
+# What a step records beside its Parquet parts (dataset, seed, model name and version) for the steps after it.
+METADATA_FILE = "_metadata.json"
 
 
 class StepError(Exception):

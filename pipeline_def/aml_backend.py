@@ -9,10 +9,10 @@ from typing import Any
 
 from pipeline_def import publisher
 from pipeline_def.aml_client import SUBMISSION_TAG, AzureMLClient
+from pipeline_def.backend import PublishOutcome
 from pipeline_def.errors import NotFound, RunNotFound, ServiceError
 from pipeline_def.fingerprint import compute_fingerprint
 from pipeline_def.runs import TERMINAL, RunInfo, StepStatus, normalize_status
-from pipeline_def.service import PublishOutcome
 from pipeline_def.settings import STEP_SCRIPTS_DIR, Settings
 from pipeline_def.steps import STEPS
 

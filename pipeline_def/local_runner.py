@@ -22,16 +22,14 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from pipeline_def.backend import PublishOutcome
 from pipeline_def.baseline_model import ensure_model, model_folder, registered_versions
 from pipeline_def.errors import LocalRunError, RunNotFound
 from pipeline_def.runs import TERMINAL, RunInfo, StepStatus, is_valid_run_id
 from pipeline_def.settings import PROJECT_ROOT, STEP_SCRIPTS_DIR, Settings
 from pipeline_def.steps import STEPS, DataIn, DataOut, Param, Setting, Step
-
-if TYPE_CHECKING:  # service.py builds this backend; importing it here at run time would be circular
-    from pipeline_def.service import PublishOutcome
 
 RUNS_DIR = "runs"
 RECORD_FILE = "run.json"
@@ -301,8 +299,6 @@ class LocalBackend:
 
     def ensure_published(self) -> PublishOutcome:
         """Nothing to publish locally: the steps are read from step_scripts/ when they run."""
-        from pipeline_def.service import PublishOutcome
-
         return PublishOutcome(published=False)
 
     def submit(self, parameters: dict[str, str], tags: dict[str, str]) -> RunInfo:

@@ -8,8 +8,8 @@ import logging
 from collections.abc import Callable
 
 from pipeline_def.aml_client import AzureMLClient
+from pipeline_def.backend import PublishOutcome
 from pipeline_def.errors import AzureMLError, EntityChanged, Forbidden, NotFound, TokenError, Unauthorized
-from pipeline_def.service import PublishOutcome
 from pipeline_def.settings import Settings
 
 log = logging.getLogger(__name__)

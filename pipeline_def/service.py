@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
+from pipeline_def.backend import Backend, PublishOutcome, TickOutcome
 from pipeline_def.errors import ConfigError, InvalidRequest, RunNotFound
 from pipeline_def.runs import RunInfo, is_valid_run_id
 from pipeline_def.settings import Settings, load_settings
@@ -21,50 +21,6 @@ log = logging.getLogger(__name__)
 
 MAX_LIST_LIMIT = 100
 DEFAULT_LIST_LIMIT = 20
-
-
-@dataclass(frozen=True)
-class PublishOutcome:
-    """What ensure_published found or did. `published` is True when this call published a new pipeline;
-    `previous_pipeline_id` is the pipeline the endpoint's default superseded, if any."""
-
-    published: bool
-    pipeline_id: str | None = None
-    version: str | None = None
-    endpoint_id: str | None = None
-    previous_pipeline_id: str | None = None
-
-
-@dataclass(frozen=True)
-class TickOutcome:
-    """What one timer tick did: `submitted` (with the run) or `skipped` (with the run still active)."""
-
-    action: str
-    publish: PublishOutcome
-    run: RunInfo | None = None
-    active_run: RunInfo | None = None
-
-
-class Backend(Protocol):
-    def ensure_published(self) -> PublishOutcome: ...
-
-    def find_active_run(self) -> RunInfo | None:
-        """A run of the current pipeline that has not ended yet, if any (for the `skip` overlap policy)."""
-        ...
-
-    def submit(self, parameters: dict[str, str], tags: dict[str, str]) -> RunInfo: ...
-
-    def get_run(self, run_id: str) -> RunInfo:
-        """Raises RunNotFound for an unknown id."""
-        ...
-
-    def list_runs(self, limit: int) -> list[RunInfo]:
-        """The most recent runs, newest first."""
-        ...
-
-    def cancel(self, run_id: str) -> None:
-        """Raises RunNotFound for an unknown id."""
-        ...
 
 
 def make_backend(settings: Settings) -> Backend:

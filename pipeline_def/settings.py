@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from pipeline_def.cron import is_valid_schedule
 from pipeline_def.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -87,8 +88,6 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         problems.append(f"PIPELINE_OVERLAP must be one of {', '.join(OVERLAP_POLICIES)}")
 
     schedule = get("PIPELINE_SCHEDULE", DEFAULT_SCHEDULE)
-    from pipeline_def.schedule import is_valid_schedule  # here: schedule.py imports this module
-
     if not is_valid_schedule(schedule):
         problems.append("PIPELINE_SCHEDULE must be a six-field NCRONTAB expression such as '0 30 1,13 * * *'")
 

@@ -73,7 +73,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         print(compute_fingerprint(settings))
         return 0
     if args.command == "train":
-        from pipeline_def.baseline_model import train_and_register
+        from pipeline_def.local.model import train_and_register
 
         record = train_and_register(settings, seed=args.seed)
         _emit(args, record, lambda r: "\n".join(f"{k}: {v}" for k, v in r.items()))
@@ -100,7 +100,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             run = service.start_run(parameters, trigger="cli")
         _emit(args, run.to_dict(), _format_run)
         if settings.backend == "local" and args.show and run.extra.get("predictions_path"):
-            from pipeline_def.local_runner import preview
+            from pipeline_def.local.runner import preview
 
             print(preview(run.extra["predictions_path"], args.show))
         if run.status in ("failed", "canceled"):

@@ -25,10 +25,10 @@ DEFAULT_LIST_LIMIT = 20
 
 def make_backend(settings: Settings) -> Backend:
     if settings.backend == "local":
-        from pipeline_def.local_runner import LocalBackend
+        from pipeline_def.local.runner import LocalBackend
 
         return LocalBackend(settings)
-    from pipeline_def.aml_backend import AzureMLBackend
+    from pipeline_def.azureml.backend import AzureMLBackend
 
     return AzureMLBackend(settings)
 

@@ -23,7 +23,7 @@ def ames_csv() -> Path:
 def trained_registry(ames_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model registry folder holding `HousePrices/1/{model.joblib, metadata.json}` (seed 42). Shared by
     the whole session: tests that register more versions work on a copy."""
-    from pipeline_def.baseline_model import model_registry_dir, train_and_register
+    from pipeline_def.local.model import model_registry_dir, train_and_register
 
     work_dir = tmp_path_factory.mktemp("model-work")
     settings = Settings(backend="local", local_dataset_path=ames_csv, local_work_dir=work_dir)

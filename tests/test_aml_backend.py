@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from pipeline_def.aml_backend import AzureMLBackend
-from pipeline_def.aml_client import SUBMISSION_TAG
+from pipeline_def.azureml.backend import AzureMLBackend
+from pipeline_def.azureml.client import SUBMISSION_TAG
 from pipeline_def.errors import RunNotFound, ServiceError, Throttled
 from pipeline_def.runs import STATUSES, normalize_status
 from pipeline_def.service import Service

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from pipeline_def.aml_client import SUBMISSION_TAG, AzureMLClient, parse_retry_after
+from pipeline_def.azureml.client import SUBMISSION_TAG, AzureMLClient, parse_retry_after
 from pipeline_def.errors import (
     AzureMLError,
     EntityChanged,

@@ -17,7 +17,8 @@ import pandas as pd
 import pytest
 import sklearn
 
-from pipeline_def.baseline_model import (
+from pipeline_def.errors import LocalRunError
+from pipeline_def.local.model import (
     METADATA_FILE,
     MODEL_FILE,
     ensure_model,
@@ -28,7 +29,6 @@ from pipeline_def.baseline_model import (
     train,
     train_and_register,
 )
-from pipeline_def.errors import LocalRunError
 from pipeline_def.settings import PROJECT_ROOT, Settings
 
 

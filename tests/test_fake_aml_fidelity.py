@@ -249,7 +249,7 @@ def test_sdk_publishes_an_endpoint_and_adds_a_new_default_version(fake_aml, work
 def test_project_definition_publishes_through_the_fake_with_a_managed_identity_token(
     fake_aml, fake_identity, aml_env, loopback_only
 ):
-    definition = pytest.importorskip("pipeline_def.definition")
+    definition = pytest.importorskip("pipeline_def.azureml.definition")
     from azure.identity import DefaultAzureCredential
     from azureml.pipeline.core import PipelineEndpoint
 

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from pipeline_def import http_api
+from pipeline_def.app import http_api
 from pipeline_def.errors import (
     AzureMLError,
     Forbidden,

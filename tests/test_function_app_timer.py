@@ -10,10 +10,10 @@ from types import SimpleNamespace
 
 import pytest
 
+from pipeline_def.app.timer import scheduled_for, timer_schedule
 from pipeline_def.cron import parse_schedule
 from pipeline_def.errors import AzureMLError, ConfigError, Forbidden, ServiceError, Throttled, Unauthorized
 from pipeline_def.fingerprint import compute_fingerprint
-from pipeline_def.schedule import scheduled_for, timer_schedule
 from pipeline_def.service import reset_service
 from pipeline_def.settings import load_settings
 from tests.function_app_helpers import LoadedApp, end_local_runs

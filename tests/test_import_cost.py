@@ -41,7 +41,7 @@ def clean_env(tmp_path) -> dict[str, str]:
     return env
 
 
-@pytest.mark.parametrize("module", ["function_app", "pipeline_def.http_api", "pipeline_def.schedule"])
+@pytest.mark.parametrize("module", ["function_app", "pipeline_def.app.http_api", "pipeline_def.app.timer"])
 def test_importing_the_app_loads_no_heavy_library(clean_env, module):
     loaded = _top_level_modules_after_import(module, clean_env)
     assert module.split(".")[0] in loaded

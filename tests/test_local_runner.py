@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from pipeline_def.errors import RunNotFound
-from pipeline_def.local_runner import LocalBackend, new_run_id, step_command
+from pipeline_def.local.runner import LocalBackend, new_run_id, step_command
 from pipeline_def.runs import RUN_ID_PATTERN, STATUSES
 from pipeline_def.service import Service
 from pipeline_def.settings import PROJECT_ROOT, STEP_SCRIPTS_DIR, load_settings
@@ -80,7 +80,7 @@ def test_every_step_of_steps_py_becomes_a_command_line_with_no_placeholder_left(
 
 def test_importing_the_local_runner_imports_no_pandas_sklearn_or_azureml() -> None:
     code = (
-        "import sys, pipeline_def.local_runner\n"
+        "import sys, pipeline_def.local.runner\n"
         "print([m for m in ('pandas', 'sklearn', 'pyarrow', 'azureml') if m in sys.modules])"
     )
 

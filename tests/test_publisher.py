@@ -13,10 +13,10 @@ import threading
 
 import pytest
 
-from pipeline_def.aml_backend import AzureMLBackend
-from pipeline_def.aml_client import AzureMLClient
+from pipeline_def.azureml.backend import AzureMLBackend
+from pipeline_def.azureml.client import AzureMLClient
+from pipeline_def.azureml.publisher import default_pipeline_id, ensure_published, previous_pipeline_id
 from pipeline_def.fingerprint import compute_fingerprint
-from pipeline_def.publisher import default_pipeline_id, ensure_published, previous_pipeline_id
 from pipeline_def.settings import PROJECT_ROOT, STEP_SCRIPTS_DIR, load_settings
 from tests.fake_identity import token_resource
 
@@ -310,7 +310,7 @@ def test_racing_publishers_leave_one_consistent_endpoint(settings, fake_aml, fin
 
 
 def test_the_steps_run_in_the_environment_of_their_requirements_file(settings, client, fake_aml, fingerprint):
-    from pipeline_def.definition import step_requirements
+    from pipeline_def.azureml.definition import step_requirements
     from pipeline_def.steps import STEP_ENVIRONMENT
 
     ensure_published(settings, client, fingerprint)

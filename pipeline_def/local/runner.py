@@ -1,7 +1,7 @@
 """The `local` backend: the pipeline's step scripts (from steps.py) run as local processes, one after the other,
 with one run record per run in `<local_work_dir>/runs/<run_id>/run.json`. No Azure needed.
 
-`submit` starts the run in a detached runner process (`python -m pipeline_def.local_runner execute RUN_DIR`)
+`submit` starts the run in a detached runner process (`python -m pipeline_def.local.runner execute RUN_DIR`)
 and returns at once; `run` does the same work in this process and returns when the run has ended.
 The record is written only by the runner (atomically), except that a reader finding a record whose runner
 has died marks it failed (or canceled, when a cancel was asked for).
@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline_def.backend import PublishOutcome
-from pipeline_def.baseline_model import ensure_model, model_folder, registered_versions
 from pipeline_def.errors import LocalRunError, RunNotFound
+from pipeline_def.local.model import ensure_model, model_folder, registered_versions
 from pipeline_def.runs import TERMINAL, RunInfo, StepStatus, is_valid_run_id
 from pipeline_def.settings import PROJECT_ROOT, STEP_SCRIPTS_DIR, Settings
 from pipeline_def.steps import STEPS, DataIn, DataOut, Param, Setting, Step
@@ -311,7 +311,7 @@ class LocalBackend:
         with open(run_dir / LOGS_DIR / "runner.log", "ab") as log:
             try:
                 process = subprocess.Popen(
-                    [sys.executable, "-m", "pipeline_def.local_runner", "execute", str(run_dir)],
+                    [sys.executable, "-m", "pipeline_def.local.runner", "execute", str(run_dir)],
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -553,10 +553,10 @@ def _on_sigterm(_signum: int, _frame: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m pipeline_def.local_runner execute RUN_DIR`: the detached runner."""
+    """`python -m pipeline_def.local.runner execute RUN_DIR`: the detached runner."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2 or args[0] != "execute":
-        print("usage: python -m pipeline_def.local_runner execute RUN_DIR", file=sys.stderr)
+        print("usage: python -m pipeline_def.local.runner execute RUN_DIR", file=sys.stderr)
         return 2
     run_dir = Path(args[1])
     signal.signal(signal.SIGTERM, _on_sigterm)

@@ -7,8 +7,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pipeline_def import publisher
-from pipeline_def.aml_client import SUBMISSION_TAG, AzureMLClient
+from pipeline_def.azureml import publisher
+from pipeline_def.azureml.client import SUBMISSION_TAG, AzureMLClient
 from pipeline_def.backend import PublishOutcome
 from pipeline_def.errors import NotFound, RunNotFound, ServiceError
 from pipeline_def.fingerprint import compute_fingerprint
@@ -53,7 +53,7 @@ class AzureMLBackend:
             client, folder = self.client, self.step_folder
 
             def publish_fn(settings: Settings, fingerprint: str) -> str:
-                from pipeline_def.definition import publish_pipeline
+                from pipeline_def.azureml.definition import publish_pipeline
 
                 return publish_pipeline(settings, client.credential, fingerprint, folder)
 

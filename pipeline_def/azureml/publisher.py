@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from pipeline_def.aml_client import AzureMLClient
+from pipeline_def.azureml.client import AzureMLClient
 from pipeline_def.backend import PublishOutcome
 from pipeline_def.errors import AzureMLError, EntityChanged, Forbidden, NotFound, TokenError, Unauthorized
 from pipeline_def.settings import Settings
@@ -172,7 +172,7 @@ def _point_endpoint_at(
 
 def _sdk_publisher(client: AzureMLClient) -> PublishFn:
     def publish(settings: Settings, fingerprint: str) -> str:
-        from pipeline_def.definition import publish_pipeline  # the SDK, only now
+        from pipeline_def.azureml.definition import publish_pipeline  # the SDK, only now
 
         return publish_pipeline(settings, client.credential, fingerprint)
 

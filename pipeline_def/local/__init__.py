@@ -1,0 +1,1 @@
+"""The local backend: the steps as local processes with run records, and the baseline model registry."""

@@ -1,0 +1,65 @@
+"""The tree shows the architecture: every pipeline_def module imports only modules below it in LAYERS, so
+there is no import circle and no backend reaches up into the service or the Functions layer that build it."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent / "pipeline_def"
+
+# Bottom first: a module may import only modules listed before it (function-level imports included).
+LAYERS = [
+    "pipeline_def.errors",
+    "pipeline_def.runs",
+    "pipeline_def.cron",
+    "pipeline_def.settings",
+    "pipeline_def.steps",
+    "pipeline_def.fingerprint",
+    "pipeline_def.backend",
+    "pipeline_def.azureml.client",
+    "pipeline_def.azureml.definition",
+    "pipeline_def.azureml.publisher",
+    "pipeline_def.azureml.backend",
+    "pipeline_def.local.model",
+    "pipeline_def.local.runner",
+    "pipeline_def.service",
+    "pipeline_def.app.http_api",
+    "pipeline_def.app.timer",
+    "pipeline_def.__main__",
+]
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pipeline_def"):
+            for alias in node.names:
+                candidate = f"{node.module}.{alias.name}"
+                found.add(candidate if candidate in LAYERS else node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("pipeline_def"))
+    return found
+
+
+def test_every_module_is_placed_in_a_layer() -> None:
+    modules = {_module_name(p) for p in ROOT.rglob("*.py") if p.name != "__init__.py"}
+    assert modules == set(LAYERS)
+
+
+def test_no_module_imports_upward() -> None:
+    rank = {name: index for index, name in enumerate(LAYERS)}
+    upward = []
+    for path in ROOT.rglob("*.py"):
+        if path.name == "__init__.py":
+            continue
+        name = _module_name(path)
+        for imported in _imports(path):
+            if imported in rank and rank[imported] >= rank[name]:
+                upward.append(f"{name} imports {imported}")
+    assert upward == []

@@ -1,6 +1,7 @@
-"""The infrastructure (infra/*.bicep, azure.yaml) held against the code: the Bicep CLI is not available here, so
-the Bicep files are read with a real Bicep parser (pycep), and what they set is fed to the app's own settings
-loader."""
+"""The infrastructure (infra/*.bicep, azure.yaml) and the deploy workflow held against the code: the Bicep CLI is
+not available here, so the Bicep files are read with a real Bicep parser (pycep), the workflow with PyYAML, the
+workflow's settings query with jmespath (the Azure CLI's own query language), and the results are fed to the
+app's own settings loader and fingerprint."""
 
 from __future__ import annotations
 
@@ -12,16 +13,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jmespath
 import pytest
 import yaml
 from pycep import BicepParser
 
 from pipeline_def import settings as settings_module
 from pipeline_def.errors import ConfigError
+from pipeline_def.fingerprint import compute_fingerprint
 from pipeline_def.settings import REQUIRED_FOR_AZUREML, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 INFRA = ROOT / "infra"
+WORKFLOW = ROOT / ".github" / "workflows" / "deploy.yml"
 
 AML_DATA_SCIENTIST = "f6c7c914-8db3-469d-8ca1-694a8f32e121"
 STORAGE_BLOB_DATA_OWNER = "b7e6dc6d-f1e8-4753-8033-0f276bb0955b"
@@ -240,7 +244,7 @@ def test_storage_is_reached_by_identity_only():
     assert ref(host["AzureWebJobsStorage__accountName"]) == "storage.name"
     assert host["AzureWebJobsStorage__credential"] == "managedidentity"
     # No key, SAS or connection string with a key anywhere in what deploys.
-    texts = [path.read_text() for path in INFRA.iterdir()]
+    texts = [path.read_text() for path in INFRA.iterdir()] + [WORKFLOW.read_text()]
     for text in texts:
         for secret_shape in KEY_SHAPES:
             assert secret_shape not in text
@@ -371,3 +375,87 @@ def test_azure_yaml_deploys_this_folder_to_the_function_host_from_infra():
 def test_funcignore_keeps_the_deployment_files_out_of_the_package():
     ignored = {line.strip() for line in (ROOT / ".funcignore").read_text().splitlines()}
     assert {"infra", "azure.yaml", ".azure", ".github"} <= ignored
+
+
+# The deploy workflow.
+
+
+@functools.cache
+def workflow() -> dict[str, Any]:
+    return yaml.safe_load(WORKFLOW.read_text())
+
+
+def steps(job: str) -> list[dict[str, Any]]:
+    return workflow()["jobs"][job]["steps"]
+
+
+def step_index(job: str, predicate: Callable[[dict[str, Any]], bool], what: str) -> int:
+    found = [index for index, step in enumerate(steps(job)) if predicate(step)]
+    assert len(found) == 1, f"expected one step that {what} in {job}, found {len(found)}"
+    return found[0]
+
+
+def uses(prefix: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda step: step.get("uses", "").lower().startswith(prefix.lower())
+
+
+def runs(text: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda step: text in step.get("run", "")
+
+
+def test_workflow_runs_on_push_to_main_and_by_hand():
+    triggers = workflow().get("on", workflow().get(True))  # YAML 1.1 reads a bare `on` as true
+    assert "main" in triggers["push"]["branches"]
+    assert "workflow_dispatch" in triggers
+
+
+def test_workflow_tests_with_python_3_11_and_node_before_it_deploys():
+    python = step_index("test", uses("actions/setup-python@"), "sets up Python")
+    assert str(steps("test")[python]["with"]["python-version"]) == "3.11"
+    step_index("test", uses("actions/setup-node@"), "sets up Node")
+    step_index("test", lambda step: bool(re.search(r"\bmake test\b", step.get("run", ""))), "runs make test")
+    deploy = workflow()["jobs"]["deploy"]
+    needs = deploy["needs"] if isinstance(deploy["needs"], list) else [deploy["needs"]]
+    assert "test" in needs
+
+
+def test_workflow_signs_in_with_oidc_and_no_stored_secret():
+    deploy = workflow()["jobs"]["deploy"]
+    assert deploy["permissions"] == {"id-token": "write", "contents": "read"}
+    login = steps("deploy")[step_index("deploy", uses("azure/login@v2"), "signs in")]
+    assert set(login["with"]) == {"client-id", "tenant-id", "subscription-id"}
+    for value in login["with"].values():
+        assert re.fullmatch(r"\$\{\{ (vars|secrets)\.\w+ \}\}", value), value
+
+
+def test_workflow_deploys_with_a_remote_build_on_flex_consumption():
+    deploy = steps("deploy")[step_index("deploy", uses("Azure/functions-action@"), "deploys")]
+    assert deploy["with"]["sku"] == "flexconsumption"
+    assert str(deploy["with"]["remote-build"]).lower() == "true"
+    assert str(deploy["with"]["respect-funcignore"]).lower() == "true"
+    assert deploy["with"]["app-name"]
+
+
+def test_workflow_publishes_after_the_deploy_with_the_deployed_app_settings():
+    login = step_index("deploy", uses("azure/login@"), "signs in")
+    deploy = step_index("deploy", uses("Azure/functions-action@"), "deploys")
+    take = step_index("deploy", runs("az functionapp config appsettings list"), "reads the app's settings")
+    publish = step_index("deploy", runs("python -m pipeline_def publish"), "publishes")
+    assert login < deploy < take < publish
+    setup = step_index("deploy", uses("actions/setup-python@"), "sets up Python")
+    assert str(steps("deploy")[setup]["with"]["python-version"]) == "3.11"
+
+    script = steps("deploy")[take]["run"]
+    assert "-o tsv" in script and '>> "$GITHUB_ENV"' in script
+    query = re.search(r'--query "([^"]+)"', script)[1]
+    # What the az CLI lists for an app infra/ built with every optional value changed, and what the query
+    # makes of it: the publish must see the app's settings, so that the fingerprints agree.
+    pipeline = infra_pipeline_settings(CUSTOM_PARAMETERS)
+    listed = [{"name": name, "value": "<runtime>"} for name in host_settings_expressions()]
+    listed += [{"name": name, "value": value} for name, value in pipeline.items()]
+    published_with = dict(line.split("=", 1) for line in jmespath.search(query, listed))
+    app = load_settings(pipeline)
+    assert app != load_settings(infra_pipeline_settings())
+    assert load_settings(published_with) == app
+    assert compute_fingerprint(load_settings(published_with)) == compute_fingerprint(app)
+    assert not any(name.startswith(("AzureWebJobs", "APPLICATIONINSIGHTS")) for name in published_with)

@@ -360,6 +360,11 @@ def test_the_alert_rule_runs_that_query_on_app_insights_and_mails_the_address_gi
     assert main["modules"]["monitoring"]["config"]["params"]["alertEmail"] == "alertEmail"
 
 
+def test_the_readme_shows_the_query_the_alert_runs():
+    query = (INFRA / "failed-scheduled-run.kql").read_text().strip()
+    assert query in (ROOT / "README.md").read_text()
+
+
 def test_azure_yaml_deploys_this_folder_to_the_function_host_from_infra():
     config = yaml.safe_load((ROOT / "azure.yaml").read_text())
     assert config["infra"]["provider"] == "bicep"

@@ -303,3 +303,27 @@ def test_the_step_scripts_azure_ml_paths_run_in_a_job(
     assert manifest["run_id"] == pipeline_run.run_id
     assert (manifest["rows"], manifest["dataset"]) == (5, "AmesHousing")
     assert (manifest["model_name"], str(manifest["model_version"])) == ("HousePrices", "1")
+
+
+def test_the_fake_accepts_a_run_token_it_issued_until_it_expires(
+    workspace: FakeAzureML, step_run: str
+) -> None:
+    import urllib.error
+    import urllib.request
+    from datetime import timedelta
+
+    url = f"{workspace.history_url}/runs/{step_run}"
+
+    def status(token: str) -> int:
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return response.status
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    environ = workspace.job_environment(step_run)
+    assert status(environ["AZUREML_RUN_TOKEN"]) == 200
+    assert status(workspace.run_token(step_run, lifetime=timedelta(seconds=-1))) == 401
+    assert environ["http_proxy"] == workspace.blob_store.proxy_url
+    assert environ["no_proxy"] == "127.0.0.1,localhost"

@@ -266,8 +266,13 @@ def test_the_step_scripts_azure_ml_paths_run_in_a_job(
     workspace: FakeAzureML, step_run: str, tmp_path: Path, ames_csv: Path, trained_registry: Path
 ) -> None:
     """fetch_data reads the registered dataset, predict downloads the registered model, save_predictions
-    writes to the default datastore: each step its own process in its own step run."""
+    writes to the default datastore: each step its own process in its own step run, with a copy of the step
+    scripts as working directory (as Azure ML runs a step from its snapshot; dataprep writes logs/ there)."""
     import gzip
+    import shutil
+
+    snapshot = tmp_path / "snapshot"
+    shutil.copytree(STEP_SCRIPTS, snapshot, ignore=shutil.ignore_patterns("__pycache__", "logs"))
 
     workspace.register_dataset("AmesHousing", gzip.decompress(ames_csv.read_bytes()))
     workspace.register_model("HousePrices", trained_registry / "HousePrices" / "1")
@@ -290,8 +295,8 @@ def test_the_step_scripts_azure_ml_paths_run_in_a_job(
             workspace,
             run_id,
             tmp_path / f"home-{name}",
-            [sys.executable, str(STEP_SCRIPTS / f"{name}.py"), *map(str, args)],
-            cwd=STEP_SCRIPTS,
+            [sys.executable, str(snapshot / f"{name}.py"), *map(str, args)],
+            cwd=snapshot,
         )
         assert done.returncode == 0, (
             f"{name}:\nstdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-5000:]}"

@@ -121,6 +121,11 @@ class FakeStep:
     created: datetime | None = None
     started: datetime | None = None
     ended: datetime | None = None
+    # what the step's own process added through run history (PATCH): tags, properties, and the rest of the
+    # body as sent (e.g. the dataset lineage the SDK records when a step reads a registered dataset)
+    tags: dict[str, str] = field(default_factory=dict)
+    properties: dict[str, str] = field(default_factory=dict)
+    patches: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def node_status(self) -> str:
@@ -259,8 +264,9 @@ class FakeRun:
             "createdUtc": iso(step.created),
             "startTimeUtc": iso(step.started),
             "endTimeUtc": iso(step.ended),
-            "tags": {"azureml.nodeid": step.node_id, "azureml.pipeline": self.run_id},
+            "tags": {**step.tags, "azureml.nodeid": step.node_id, "azureml.pipeline": self.run_id},
             "properties": {
+                **step.properties,
                 "azureml.runsource": "azureml.StepRun",
                 "azureml.nodeid": step.node_id,
                 "azureml.pipelinerunid": self.run_id,

@@ -86,12 +86,24 @@ def _run_configuration(folder: Path) -> Any:
 
 
 def build_pipeline(
-    workspace: Workspace, settings: Settings, fingerprint: str, folder: Path = STEP_SCRIPTS_DIR
+    workspace: Workspace,
+    settings: Settings,
+    fingerprint: str,
+    folder: Path = STEP_SCRIPTS_DIR,
+    *,
+    step_class: type | None = None,
 ) -> Pipeline:
     """PythonScriptSteps from steps.STEPS, joined by PipelineData, with the run parameters as
-    PipelineParameters whose defaults are the settings'."""
+    PipelineParameters whose defaults are the settings'.
+
+    The steps are azureml-pipeline-core's `_PythonScriptStepBase`: azureml-pipeline-steps' `PythonScriptStep`
+    is that class with nothing added (its methods only call the base), and the base names its step type
+    "PythonScriptStep" all the same. Leaving azureml-pipeline-steps out spares the deployed app the AutoML
+    client and dataprep it depends on. `step_class` lets the fidelity test build the SDK's own class."""
     from azureml.pipeline.core import Pipeline, PipelineData, PipelineParameter
-    from azureml.pipeline.steps import PythonScriptStep
+    from azureml.pipeline.core._python_script_step_base import _PythonScriptStepBase
+
+    PythonScriptStep = step_class or _PythonScriptStepBase
 
     defaults = settings.parameter_defaults
     parameters = {

@@ -194,6 +194,8 @@ def private_sdk_state() -> Iterator[Path]:
             tempfile.tempdir = str(temp)
             from azureml._base_sdk_common.service_discovery import CachedServiceDiscovery
 
+            # The SDK builds a CachedServiceDiscovery for every service URL it looks up, always with the default
+            # file_path, which was frozen when the SDK was first imported: change the default, not HOME alone.
             discovery_init = CachedServiceDiscovery.__init__
             saved_defaults = discovery_init.__defaults__ if discovery_loaded else (outer_discovery_file,)
             discovery_init.__defaults__ = (str(home / ".azureml" / ".discovery"),)

@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(PY) bench/predict_step.py
 	$(PY) bench/submit.py
 	$(PY) bench/cold_start.py
+	$(PY) bench/package_size.py
 
 clean:
 	rm -rf $(VENV) node_modules .local .pytest_cache

@@ -126,6 +126,7 @@ class FakeStep:
     tags: dict[str, str] = field(default_factory=dict)
     properties: dict[str, str] = field(default_factory=dict)
     patches: list[dict[str, Any]] = field(default_factory=list)
+    error_message: str | None = None  # what run history's `error` says when the step failed
 
     @property
     def node_status(self) -> str:
@@ -224,7 +225,13 @@ class FakeRun:
             "createdUtc": iso(self.created),
             "startTimeUtc": iso(self.started),
             "endTimeUtc": iso(self.ended),
-            "tags": {**self.tags, "azureml.pipelineComponent": "pipelinerun"},
+            # As a real pipeline run's record shows them (Event Grid's RunStatusChanged carries the same
+            # runTags and runProperties): the published pipeline's id both as a tag and as a property.
+            "tags": {
+                **self.tags,
+                "azureml.pipelineComponent": "pipelinerun",
+                "azureml.pipelineid": self.pipeline_id,
+            },
             "properties": {
                 **self.properties,
                 "azureml.runsource": "azureml.PipelineRun",
@@ -275,7 +282,11 @@ class FakeRun:
             "target": "cpu-cluster",
             "error": (
                 {
-                    "error": {"code": "UserError", "message": f"{step.name} failed", "details": []},
+                    "error": {
+                        "code": "UserError",
+                        "message": step.error_message or f"{step.name} failed",
+                        "details": [],
+                    },
                     "correlation": None,
                 }
                 if step.status == "Failed"

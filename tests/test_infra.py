@@ -19,9 +19,11 @@ import yaml
 from pycep import BicepParser
 
 from pipeline_def import settings as settings_module
+from pipeline_def.app.timer import PREVIOUS_RUN_PREFIX
 from pipeline_def.errors import ConfigError
 from pipeline_def.fingerprint import compute_fingerprint
 from pipeline_def.settings import REQUIRED_FOR_AZUREML, load_settings
+from tests.kql import ALERT_QUERY_FILE, SEVERITY, kql_filter
 
 ROOT = Path(__file__).resolve().parent.parent
 INFRA = ROOT / "infra"
@@ -29,9 +31,9 @@ WORKFLOW = ROOT / ".github" / "workflows" / "deploy.yml"
 
 AML_DATA_SCIENTIST = "f6c7c914-8db3-469d-8ca1-694a8f32e121"
 STORAGE_BLOB_DATA_OWNER = "b7e6dc6d-f1e8-4753-8033-0f276bb0955b"
-# The contract with the timer (pipeline_def.app.timer): how the previous scheduled run ended is logged at ERROR,
-# in a message that starts with this text, when that run failed or was canceled.
-FAILED_RUN_LOG_PREFIX = "previous scheduled run "
+# The contract with the timer: how the previous scheduled run ended is logged at ERROR, in a message that starts
+# with this text, when that run failed or was canceled.
+FAILED_RUN_LOG_PREFIX = PREVIOUS_RUN_PREFIX
 # Settings Flex Consumption refuses or ignores: the runtime lives in functionAppConfig, the package in the
 # deployment container, and the host storage is reached by identity.
 NOT_ON_FLEX = (
@@ -298,32 +300,8 @@ def test_application_insights_is_wired_by_connection_string():
     assert ref(bicep("monitoring.bicep")["outputs"]["appInsightsName"]["value"]) == "appInsights.name"
 
 
-# App Insights severityLevel of a Python log record forwarded by the Functions host.
-SEVERITY = {logging.DEBUG: 0, logging.INFO: 1, logging.WARNING: 2, logging.ERROR: 3, logging.CRITICAL: 4}
-
-
-def kql_filter(query: str) -> Callable[[dict[str, Any]], bool]:
-    """The alert query as a predicate over App Insights trace records. It knows only the clauses the query uses
-    today: a clause it does not know fails the test, so a changed query gets looked at."""
-    lines = [line.strip() for line in query.strip().splitlines()]
-    assert lines[0] == "traces", "the alert reads App Insights traces"
-    predicates: list[Callable[[dict[str, Any]], bool]] = []
-    for line in lines[1:]:
-        assert line.startswith("| "), line
-        clause = line[2:]
-        if match := re.fullmatch(r'where (\w+) startswith "([^"]*)"', clause):
-            column, prefix = match[1], match[2]
-            predicates.append(lambda r, c=column, p=prefix: str(r[c]).lower().startswith(p.lower()))
-        elif match := re.fullmatch(r"where (\w+) >= (\d+)", clause):
-            column, floor = match[1], int(match[2])
-            predicates.append(lambda r, c=column, f=floor: r[c] >= f)
-        elif not clause.startswith("project "):
-            raise AssertionError(f"this test does not know the KQL clause {line!r}")
-    return lambda record: all(predicate(record) for predicate in predicates)
-
-
 def test_the_alert_fires_on_the_timer_failed_run_line_and_nothing_else():
-    query = (INFRA / "failed-scheduled-run.kql").read_text()
+    query = ALERT_QUERY_FILE.read_text()
     assert f'message startswith "{FAILED_RUN_LOG_PREFIX}"' in query
     fires = kql_filter(query)
 

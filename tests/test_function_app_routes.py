@@ -212,9 +212,11 @@ def test_status_url_is_absolute_and_never_carries_the_function_key(url, collecti
 # --- the azureml backend against the fake Azure ML service and the fake managed identity ----------------
 @pytest.fixture
 def aml(fake_aml, aml_env, monkeypatch) -> SimpleNamespace:
-    """The azureml backend on the fakes, with the endpoint published and current (no SDK involved), and no
-    retry budget so a fault is answered at once instead of being slept through."""
+    """The azureml backend on the fakes, with the endpoint published and current (no SDK involved), and the
+    smallest retry budgets (the timer's and an HTTP request's) so a fault is answered at once instead of being
+    slept through."""
     monkeypatch.setenv("AML_RETRY_BUDGET_SECONDS", "0")
+    monkeypatch.setenv("AML_HTTP_BUDGET_SECONDS", "1")
     reset_service()
     settings = load_settings()
     pipeline = fake_aml.add_published_pipeline(

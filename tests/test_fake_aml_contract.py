@@ -1,5 +1,5 @@
 """The fake Azure ML service over plain HTTP: entity and error shapes, run life, faults, the request log and
-the bearer-token check, as /work/shared/docs/aml-v1-rest.md describes the real service."""
+the bearer-token check, as the Azure ML v1 REST contract describes the real service."""
 
 from __future__ import annotations
 

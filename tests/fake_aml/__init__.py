@@ -1,4 +1,5 @@
-"""The project's fake Azure ML service (SDK v1 pipelines, run history) over real HTTP on 127.0.0.1."""
+"""The project's fake Azure ML service (SDK v1 pipelines, run history, ...) over real HTTP on 127.0.0.1; one
+module per service, server.py for the HTTP plumbing."""
 
 from tests.fake_aml.faults import Fault
 from tests.fake_aml.server import FakeAzureML, RecordedRequest

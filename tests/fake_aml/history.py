@@ -1,0 +1,104 @@
+"""Run history (`/history/v1.0{WS}/...`): experiments, runs (a pipeline run and its step runs), children
+and cancel, in run history's camelCase DTOs."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from tests.fake_aml.state import FakeRun, FakeStep, iso
+from tests.fake_aml.wire import SEG, RecordedRequest, Response, Route, ServiceError, route
+
+
+class HistoryService:
+    """Mixed into FakeAzureML; runs are the pipelines service's (fake.runs), experiments are fake.experiments."""
+
+    def _ensure_experiment(self, name: str) -> dict[str, Any]:
+        if name not in self.experiments:
+            self.experiments[name] = {
+                "experimentId": str(uuid.uuid5(uuid.NAMESPACE_URL, f"experiment/{name}")),
+                "name": name,
+                "description": None,
+                "createdUtc": iso(self.clock()),
+                "tags": {},
+                "archivedTime": None,
+                "latestCreatedRunCreatedUtc": None,
+            }
+        return self.experiments[name]
+
+    def _history_routes(self) -> list[Route]:
+        run_ref = rf"(?:/experiments/{SEG}|/experimentids/{SEG})?/runs/{SEG}"
+        return [
+            route("GET", rf"/experiments/{SEG}", self._get_experiment),
+            route("POST", rf"/experiments/{SEG}", self._create_experiment),
+            route("GET", rf"/experiments/{SEG}/runs", self._list_history_runs),
+            route("GET", rf"{run_ref}/children", self._get_history_children),
+            route("GET", rf"{run_ref}/details", self._get_history_run),
+            route("POST", rf"{run_ref}/cancel", self._cancel_history_run),
+            route("GET", rf"{run_ref}", self._get_history_run),
+        ]
+
+    # run history
+    def _history_run(self, run_id: str) -> tuple[FakeRun, FakeStep | None]:
+        if run_id in self.runs:
+            return self.runs[run_id], None
+        for run in self.runs.values():
+            for step in run.steps:
+                if step.run_id == run_id:
+                    return run, step
+        raise ServiceError(404, f"Run {run_id} was not found.", "UserError")
+
+    def _check_experiment(self, run: FakeRun, experiment: str | None, experiment_id: str | None) -> None:
+        if experiment is not None and experiment != run.experiment:
+            raise ServiceError(
+                404, f"Run {run.run_id} was not found in experiment {experiment}.", "UserError"
+            )
+        if (
+            experiment_id is not None
+            and experiment_id != self._ensure_experiment(run.experiment)["experimentId"]
+        ):
+            raise ServiceError(404, f"Run {run.run_id} was not found.", "UserError")
+
+    def _get_history_run(
+        self, record: RecordedRequest, experiment: str | None, experiment_id: str | None, run_id: str
+    ) -> Response:
+        run, step = self._history_run(run_id)
+        self._check_experiment(run, experiment, experiment_id)
+        return Response(200, run.step_dto(step) if step else run.history_dto(self.workspace_path))
+
+    def _get_history_children(
+        self, record: RecordedRequest, experiment: str | None, experiment_id: str | None, run_id: str
+    ) -> Response:
+        run, step = self._history_run(run_id)
+        self._check_experiment(run, experiment, experiment_id)
+        children = [] if step else [run.step_dto(s) for s in run.steps]
+        order = record.query.get("$orderby", "")
+        if order.lower().startswith("starttimeutc"):
+            children.sort(key=lambda d: d["startTimeUtc"] or "", reverse=order.lower().endswith("desc"))
+        top = record.query.get("$top")
+        if top and top.isdigit():
+            children = children[: int(top)]
+        return Response(200, {"value": children, "continuationToken": None, "nextLink": None})
+
+    def _cancel_history_run(
+        self, record: RecordedRequest, experiment: str | None, experiment_id: str | None, run_id: str
+    ) -> Response:
+        run, step = self._history_run(run_id)
+        self._check_experiment(run, experiment, experiment_id)
+        self._cancel(run)
+        return Response(200, run.step_dto(step) if step else run.history_dto(self.workspace_path))
+
+    def _get_experiment(self, record: RecordedRequest, experiment: str) -> Response:
+        if experiment not in self.experiments:
+            raise ServiceError(404, f"Experiment {experiment} not found.", "UserError")
+        return Response(200, self.experiments[experiment])
+
+    def _create_experiment(self, record: RecordedRequest, experiment: str) -> Response:
+        return Response(200, self._ensure_experiment(experiment))
+
+    def _list_history_runs(self, record: RecordedRequest, experiment: str) -> Response:
+        found = [r for r in self.runs.values() if r.experiment == experiment]
+        found.sort(key=lambda r: r.created, reverse=True)
+        return Response(
+            200, {"value": [r.history_dto(self.workspace_path) for r in found], "continuationToken": None}
+        )

@@ -21,6 +21,7 @@ from tests.fake_aml.compute import ComputeService
 from tests.fake_aml.content import ContentService
 from tests.fake_aml.datastore import DatastoreService
 from tests.fake_aml.discovery import DiscoveryService
+from tests.fake_aml.execution import ExecutionService
 from tests.fake_aml.faults import Fault, FaultBook, compile_pattern
 from tests.fake_aml.history import HistoryService
 from tests.fake_aml.pipelines import BUILTIN_DATA_TYPES, PipelinesService
@@ -47,7 +48,13 @@ __all__ = ["FakeAzureML", "RecordedRequest", "Response", "ServiceError"]
 
 
 class FakeAzureML(
-    DiscoveryService, PipelinesService, HistoryService, DatastoreService, ContentService, ComputeService
+    DiscoveryService,
+    PipelinesService,
+    HistoryService,
+    DatastoreService,
+    ContentService,
+    ComputeService,
+    ExecutionService,
 ):
     """The fake workspace. Each service's routes and state helpers live in its own module (a mixin here);
     this class holds the state they share, the request log, the faults and the HTTP plumbing. The README's
@@ -111,6 +118,8 @@ class FakeAzureML(
 
     def stop(self) -> None:
         self._stopping.set()  # wakes every delayed request
+        self._stop_all_executions()
+        self._stop_snapshot_uploads()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 DEFAULT_STEP_NAMES = ("fetch_data", "predict", "save_predictions")
@@ -121,6 +122,8 @@ class FakeStep:
     created: datetime | None = None
     started: datetime | None = None
     ended: datetime | None = None
+    error_message: str | None = None  # a failed step's error (executed runs: its last `error: ...` line)
+    log_path: Path | None = None  # executed runs: the step's stdout and stderr (70_driver_log.txt)
 
     @property
     def node_status(self) -> str:
@@ -269,7 +272,11 @@ class FakeRun:
             "target": "cpu-cluster",
             "error": (
                 {
-                    "error": {"code": "UserError", "message": f"{step.name} failed", "details": []},
+                    "error": {
+                        "code": "UserError",
+                        "message": step.error_message or f"{step.name} failed",
+                        "details": [],
+                    },
                     "correlation": None,
                 }
                 if step.status == "Failed"

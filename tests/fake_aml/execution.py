@@ -263,9 +263,7 @@ class ExecutionService:
             if spec.get("SetEnvironmentVariable"):
                 variable = spec.get("EnvironmentVariableOverride") or f"AML_PARAMETER_{spec['Name']}"
                 environment[variable] = parameter(spec["Name"])
-        # the job's AZUREML_* variables (jobs.py); TEMPORARY guard until the emu branch lands
-        if hasattr(self, "job_environment"):
-            environment.update(self.job_environment(step.run_id))
+        environment.update(self.job_environment(step.run_id))  # the job's AZUREML_* variables (jobs.py)
         snapshot_id = (module.get("DataLocation") or {}).get("StorageId")
         if not snapshot_id:
             raise ValueError(f"step {step.name}: its module names no snapshot")

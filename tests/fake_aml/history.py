@@ -7,7 +7,7 @@ import uuid
 from typing import Any
 
 from tests.fake_aml.state import FakeRun, FakeStep, iso
-from tests.fake_aml.wire import SEG, RecordedRequest, Response, Route, ServiceError, route
+from tests.fake_aml.wire import SEG, RecordedRequest, Response, Route, ServiceError, json_body, route
 
 
 class HistoryService:
@@ -35,6 +35,7 @@ class HistoryService:
             route("GET", rf"{run_ref}/children", self._get_history_children),
             route("GET", rf"{run_ref}/details", self._get_history_run),
             route("POST", rf"{run_ref}/cancel", self._cancel_history_run),
+            route("PATCH", rf"{run_ref}", self._patch_history_run),
             route("GET", rf"{run_ref}", self._get_history_run),
         ]
 
@@ -102,3 +103,20 @@ class HistoryService:
         return Response(
             200, {"value": [r.history_dto(self.workspace_path) for r in found], "continuationToken": None}
         )
+
+    def _patch_history_run(
+        self, record: RecordedRequest, experiment: str | None, experiment_id: str | None, run_id: str
+    ) -> Response:
+        # A step process patches its own run (the SDK records dataset lineage this way); tags and properties
+        # are merged (properties are write-once in the real service: an existing key keeps its value).
+        run, step = self._history_run(run_id)
+        self._check_experiment(run, experiment, experiment_id)
+        body = json_body(record)
+        target = step if step is not None else run
+        for key, value in (body.get("tags") or {}).items():
+            target.tags[str(key)] = "" if value is None else str(value)
+        for key, value in (body.get("properties") or {}).items():
+            target.properties.setdefault(str(key), "" if value is None else str(value))
+        if step is not None:
+            step.patches.append(body)
+        return Response(200, run.step_dto(step) if step else run.history_dto(self.workspace_path))

@@ -17,13 +17,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from tests.fake_aml.artifacts import ArtifactService
 from tests.fake_aml.compute import ComputeService
 from tests.fake_aml.content import ContentService
-from tests.fake_aml.datastore import DatastoreService
+from tests.fake_aml.dataset import DatasetService, FakeDatasetVersion
+from tests.fake_aml.datastore import BlobStore, DatastoreService
 from tests.fake_aml.discovery import DiscoveryService
 from tests.fake_aml.execution import ExecutionService
 from tests.fake_aml.faults import Fault, FaultBook, compile_pattern
 from tests.fake_aml.history import HistoryService
+from tests.fake_aml.jobs import RUN_TOKEN_AUDIENCE, JobContext
+from tests.fake_aml.models import ModelService
 from tests.fake_aml.pipelines import BUILTIN_DATA_TYPES, PipelinesService
 from tests.fake_aml.state import ARM_AUDIENCES, Clock, FakeRun, iso, new_id
 from tests.fake_aml.wire import (
@@ -36,8 +40,10 @@ from tests.fake_aml.wire import (
 )
 from tests.fake_identity import token_resource
 
+# /{service}/v{version}{workspace}{rest} for the data-plane services, /rp/workspaces{workspace}{rest} for the
+# workspace resource provider
 _SERVICE_PATH = re.compile(
-    r"^/(?:(?P<service>pipelines|history|datastore|content)/v(?P<version>\d+\.\d+)|(?P<rp>rp/workspaces))"
+    r"^/(?:(?P<service>[a-z]+)/v(?P<version>\d+\.\d+)|(?P<rp>rp/workspaces))"
     r"(?P<ws>/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.MachineLearningServices/workspaces/[^/]+)"
     r"(?P<rest>/.*)?$",
     re.IGNORECASE,
@@ -55,6 +61,10 @@ class FakeAzureML(
     ContentService,
     ComputeService,
     ExecutionService,
+    DatasetService,
+    ModelService,
+    ArtifactService,
+    JobContext,
 ):
     """The fake workspace. Each service's routes and state helpers live in its own module (a mixin here);
     this class holds the state they share, the request log, the faults and the HTTP plumbing. The README's
@@ -96,6 +106,12 @@ class FakeAzureML(
         self._declared_parameters: dict[str, bool] = {}
         self._run_numbers = 0
         self.computes: dict[str, dict[str, Any]] = {}
+        self.run_tokens: dict[str, str] = {}  # run token -> step run id (job_environment)
+        self.blob_store: BlobStore | None = None  # use_blob_store: what backs workspaceblobstore
+        self.datasets: dict[str, list[FakeDatasetVersion]] = {}  # name -> versions, oldest first
+        self.models: dict[str, list[dict[str, Any]]] = {}  # name -> model DTOs, oldest first
+        self.assets: dict[str, dict[str, Any]] = {}  # asset id -> asset
+        self.artifacts: set[str] = set()  # "{origin}/{container}/{path}" stored in Azurite
         self._faults = FaultBook()
         self._stopping = threading.Event()
         self._server: ThreadingHTTPServer | None = None
@@ -260,7 +276,10 @@ class FakeAzureML(
             payload = fault.body
         else:
             payload = self._error_body(
-                record, ERROR_CODES.get(fault.status, "Error"), f"Injected fault ({fault.status})."
+                record,
+                fault.status,
+                ERROR_CODES.get(fault.status, "Error"),
+                f"Injected fault ({fault.status}).",
             )
         self._send(handler, record, Response(fault.status, payload, headers, content_type))
 
@@ -290,9 +309,19 @@ class FakeAzureML(
         except (BrokenPipeError, ConnectionResetError):
             handler.close_connection = True  # the client gave up (timeout test): nothing to do
 
-    def _error_body(self, record: RecordedRequest, code: str, message: str) -> dict[str, Any]:
+    def _error_body(self, record: RecordedRequest, status: int, code: str, message: str) -> dict[str, Any]:
         correlation = {"operation": uuid.uuid4().hex, "request": uuid.uuid4().hex[:16]}
-        if record.path.lower().startswith(("/history", "/datastore", "/content")):
+        path = record.path.lower()
+        if path.startswith("/modelmanagement"):
+            # model management's ModelErrorResponse is flat: the SDK reads statusCode and correlation
+            return {
+                "code": code,
+                "statusCode": status,
+                "message": message,
+                "details": [],
+                "correlation": correlation,
+            }
+        if path.startswith(("/history", "/datastore", "/content", "/dataset", "/data/", "/artifact")):
             return {
                 "error": {
                     "code": code,
@@ -340,7 +369,7 @@ class FakeAzureML(
             if match["ws"].lower() != self.workspace_path.lower():
                 raise ServiceError(404, f"Workspace {match['ws']} not found.", "WorkspaceNotFound")
             service, rest = (match["service"] or "rp").lower(), match["rest"] or "/"
-            for method, pattern, func in self._routes[service]:
+            for method, pattern, func in self._routes.get(service, []):
                 if method != record.method:
                     continue
                 found = pattern.fullmatch(rest)
@@ -349,7 +378,9 @@ class FakeAzureML(
                         return func(record, *[None if g is None else unquote(g) for g in found.groups()])
             raise ServiceError(404, f"No route for {record.method} {record.path}.", "RouteNotFound")
         except ServiceError as error:
-            return Response(error.status, self._error_body(record, error.code, error.message), error.headers)
+            return Response(
+                error.status, self._error_body(record, error.status, error.code, error.message), error.headers
+            )
 
     def _check_auth(self, record: RecordedRequest) -> None:
         challenge = {
@@ -362,7 +393,13 @@ class FakeAzureML(
             raise ServiceError(
                 401, "No bearer token in the Authorization header.", "AuthenticationFailed", challenge
             )
-        audience = _audience(token.strip())
+        token = token.strip()
+        if token in self.run_tokens:  # a step's AZUREML_RUN_TOKEN, issued by job_environment
+            record.audience = RUN_TOKEN_AUDIENCE
+            if _expires(token) <= self.clock().timestamp():
+                raise ServiceError(401, "The run token has expired.", "AuthenticationFailed", challenge)
+            return
+        audience = _audience(token)
         record.audience = audience
         if self.require_audience and audience is not None and audience not in ARM_AUDIENCES:
             raise ServiceError(
@@ -381,6 +418,10 @@ class FakeAzureML(
             "datastore": self._datastore_routes(),
             "content": self._content_routes(),
             "rp": self._compute_routes(),
+            "dataset": self._dataset_routes(),
+            "data": self._data_routes(),
+            "modelmanagement": self._model_routes(),
+            "artifact": self._artifact_routes(),
         }
 
 
@@ -425,12 +466,22 @@ def _audience(token: str) -> str | None:
     resource = token_resource(token)
     if resource is not None:
         return resource
+    claims = _claims(token)
+    return claims["aud"] if isinstance(claims.get("aud"), str) else None
+
+
+def _expires(token: str) -> float:
+    exp = _claims(token).get("exp")
+    return float(exp) if isinstance(exp, int | float) else 0.0
+
+
+def _claims(token: str) -> dict[str, Any]:
+    """A JWT's claims, unverified; {} for anything else."""
     parts = token.split(".")
-    if len(parts) == 3:
-        try:
-            claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-        except ValueError:
-            return None
-        if isinstance(claims, dict) and isinstance(claims.get("aud"), str):
-            return claims["aud"]
-    return None
+    if len(parts) != 3:
+        return {}
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except ValueError:
+        return {}
+    return claims if isinstance(claims, dict) else {}

@@ -124,6 +124,11 @@ class FakeStep:
     ended: datetime | None = None
     error_message: str | None = None  # a failed step's error (executed runs: its last `error: ...` line)
     log_path: Path | None = None  # executed runs: the step's stdout and stderr (70_driver_log.txt)
+    # what the step's own process added through run history (PATCH): tags, properties, and the rest of the
+    # body as sent (e.g. the dataset lineage the SDK records when a step reads a registered dataset)
+    tags: dict[str, str] = field(default_factory=dict)
+    properties: dict[str, str] = field(default_factory=dict)
+    patches: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def node_status(self) -> str:
@@ -262,8 +267,9 @@ class FakeRun:
             "createdUtc": iso(step.created),
             "startTimeUtc": iso(step.started),
             "endTimeUtc": iso(step.ended),
-            "tags": {"azureml.nodeid": step.node_id, "azureml.pipeline": self.run_id},
+            "tags": {**step.tags, "azureml.nodeid": step.node_id, "azureml.pipeline": self.run_id},
             "properties": {
+                **step.properties,
                 "azureml.runsource": "azureml.StepRun",
                 "azureml.nodeid": step.node_id,
                 "azureml.pipelinerunid": self.run_id,

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import azure.functions as func
 
-from pipeline_def.app import http_api, timer
+from pipeline_def.app import http_api
+from pipeline_def.app.timer import run_tick, timer_schedule
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
@@ -14,10 +15,10 @@ app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 # The schedule is resolved when the host indexes the app: PIPELINE_SCHEDULE if it is set (and valid), the
 # product default otherwise. A `%PIPELINE_SCHEDULE%` binding expression would leave the timer unloaded
 # whenever the setting is missing.
-@app.timer_trigger(arg_name="timer", schedule=timer.timer_schedule(), run_on_startup=False, use_monitor=True)
+@app.timer_trigger(arg_name="timer", schedule=timer_schedule(), run_on_startup=False, use_monitor=True)
 def scheduled_run(timer: func.TimerRequest) -> None:
     """Publish if needed, apply the overlap policy, submit. A failure re-raises: the invocation fails."""
-    timer.run_tick(past_due=bool(timer.past_due))
+    run_tick(past_due=bool(timer.past_due))
 
 
 @app.route(route="runs", methods=["POST"])

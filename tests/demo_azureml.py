@@ -69,8 +69,8 @@ def _show_rows(csv_path: Path, count: int) -> None:
     with open(csv_path, newline="") as handle:
         rows = list(csv.reader(handle))
     header, body = rows[0], rows[1:]
-    keep = [i for i, name in enumerate(header) if name in ("PID", "Neighborhood", "Gr Liv Area", "Year Built")]
-    keep.append(header.index("PredictedSalePrice"))
+    shown = ("PID", "Neighborhood", "GrLivArea", "YearBuilt", "PredictedSalePrice")
+    keep = [header.index(name) for name in shown if name in header]
     _say("  " + " | ".join(header[i] for i in keep))
     for row in body[:count]:
         _say("  " + " | ".join(row[i] for i in keep))
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         _say(f"predictions: {files['predictions.csv']}")
         _say(f"manifest:    {files['manifest.json']}")
         manifest = json.loads(files["manifest.json"].read_text())
-        _say("  " + json.dumps({k: manifest.get(k) for k in sorted(manifest)}))
+        _say("  " + json.dumps({k: v for k, v in sorted(manifest.items()) if k != "columns"}))
         _show_rows(files["predictions.csv"], SHOW_ROWS)
         _say(f"done in {time.monotonic() - started:.1f} s")
         return 0

@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test step-env lint format bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,7 +22,12 @@ venv: $(STAMP)
 demo: $(STAMP)
 	PIPELINE_BACKEND=local $(PY) -m pipeline_def run --backend local --show 5
 
-test: $(STAMP) node_modules/.bin/azurite-blob
+# The steps' own venv from step_scripts/requirements.txt, as Azure ML builds it: fails when the file stops
+# resolving. Cached by the file's hash in $$STEP_ENV_CACHE (default .local/step-envs/), so a rerun is instant.
+step-env: $(STAMP)
+	$(PY) -m tests.step_env
+
+test: $(STAMP) node_modules/.bin/azurite-blob step-env
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 

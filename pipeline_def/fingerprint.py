@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from pipeline_def.settings import STEP_SCRIPTS_DIR, Settings
 from pipeline_def.steps import STEP_ENVIRONMENT, STEPS
@@ -26,15 +28,18 @@ def step_script_files(folder: Path = STEP_SCRIPTS_DIR) -> list[Path]:
     )
 
 
-def compute_fingerprint(settings: Settings, folder: Path = STEP_SCRIPTS_DIR) -> str:
-    """A short, stable hex digest of everything that defines the published pipeline."""
+def compute_fingerprint(
+    settings: Settings, folder: Path = STEP_SCRIPTS_DIR, environment: Mapping[str, Any] = STEP_ENVIRONMENT
+) -> str:
+    """A short, stable hex digest of everything that defines the published pipeline: `folder` holds the step
+    scripts and their requirements, `environment` the rest of their environment (base image, channels...)."""
     digest = hashlib.sha256()
     for path in step_script_files(folder):
         digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
         digest.update(hashlib.sha256(path.read_bytes()).digest())
     shape = {
         "steps": [repr(step) for step in STEPS],
-        "environment": STEP_ENVIRONMENT,
+        "environment": dict(environment),
         "compute": settings.compute_name,
         "dataset": settings.dataset_name,
         "model": settings.model_name,

@@ -133,9 +133,16 @@ def validate_parameters(raw: Any) -> dict[str, str]:
 
 # The environment the steps run in on Azure ML. Its pip packages are step_scripts/requirements.txt (hashed
 # with the scripts); the rest is here so that a change to it changes the fingerprint too.
-STEP_ENVIRONMENT = {
+STEP_ENVIRONMENT: dict[str, Any] = {
     "name": "house-price-batch-steps",
-    "base_image": "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04",
+    # Dated, as the SDK (azureml-core 1.61, DEFAULT_CPU_IMAGE) lists it: without a tag the image is `latest`,
+    # which would change under an unchanged fingerprint.
+    "base_image": "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:20251130.v1",
     "python_version": "3.11",
+    # conda-forge only: the anaconda/defaults channels carry commercial terms, and non-interactive builds stop
+    # on their terms of service. `nodefaults` keeps conda from adding the image's configured default channels.
+    "conda_channels": ("conda-forge", "nodefaults"),
+    # azureml-dataprep 5.5 requires pip>=25.3; the rest comes from pip.
+    "conda_packages": ("pip>=25.3",),
     "requirements_file": "requirements.txt",
 }

@@ -14,6 +14,7 @@ import pytest
 
 from pipeline_def.fingerprint import FINGERPRINT_LENGTH, compute_fingerprint, step_script_files
 from pipeline_def.settings import PROJECT_ROOT, STEP_SCRIPTS_DIR, load_settings
+from pipeline_def.steps import STEP_ENVIRONMENT
 
 GOOD = {
     "AML_SUBSCRIPTION_ID": "00000000-0000-0000-0000-000000000001",
@@ -141,3 +142,19 @@ def test_readme_and_tests_are_not_part_of_it(settings, tmp_path):
     (project / "README.md").write_text("# two\n")
     (project / "tests" / "test_x.py").write_text("def test(): assert True\n")
     assert compute_fingerprint(settings, project / "step_scripts") == before
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("base_image", "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:20250601.v1"),
+        ("conda_channels", ("conda-forge", "anaconda")),
+        ("conda_packages", ("pip>=26",)),
+        ("python_version", "3.12"),
+    ],
+)
+def test_changing_the_step_environment_changes_it(settings, scripts, field, value):
+    assert STEP_ENVIRONMENT[field] != value
+    default = compute_fingerprint(settings, scripts)
+    assert compute_fingerprint(settings, scripts, dict(STEP_ENVIRONMENT)) == default
+    assert compute_fingerprint(settings, scripts, {**STEP_ENVIRONMENT, field: value}) != default

@@ -63,10 +63,23 @@ def _run_configuration(folder: Path) -> Any:
     from azureml.core.conda_dependencies import CondaDependencies
 
     spec = step_description.STEP_ENVIRONMENT
-    environment = Environment(spec["name"])
-    environment.python.conda_dependencies = CondaDependencies.create(
-        python_version=spec["python_version"], pip_packages=step_requirements(folder)
+    conda = CondaDependencies.create(
+        python_version=spec["python_version"],
+        conda_packages=list(spec["conda_packages"]),
+        pip_packages=step_requirements(folder),
+        # The requirements as written: pinning would rewrite azureml-* pins to this client's SDK version.
+        pin_sdk_version=False,
     )
+    # The SDK's template brings the anaconda channel and pip options that point pip at a find-links page of
+    # all of PyPI; the environment is exactly steps.STEP_ENVIRONMENT and the requirements file.
+    for channel in list(conda.conda_channels):
+        conda.remove_channel(channel)
+    for channel in spec["conda_channels"]:
+        conda.add_channel(channel)
+    for option in list(conda.pip_options):
+        conda.remove_pip_option(option)
+    environment = Environment(spec["name"])
+    environment.python.conda_dependencies = conda
     environment.docker.base_image = spec["base_image"]
     environment.environment_variables = {}
     run_config = RunConfiguration()

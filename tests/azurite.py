@@ -66,7 +66,9 @@ def start_azurite(workdir: Path) -> tuple[AzuriteBlob, subprocess.Popen]:
     """Start azurite-blob in memory with `workdir` as its folder (its debug files); return it and its process.
     The flags matter: current storage SDKs speak an API version newer than Azurite knows."""
     if not installed():
-        raise AzuriteUnavailable(f"Azurite is not installed ({AZURITE_BLOB} or node missing): run `npm install`")
+        raise AzuriteUnavailable(
+            f"Azurite is not installed ({AZURITE_BLOB} or node missing): run `npm install`"
+        )
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / "azurite.log"
     for _attempt in range(3):  # the free port may be taken between the probe and Azurite's bind

@@ -43,11 +43,13 @@ class EmulatedAzure:
     """The workspace, the identity endpoint and the blob store, started together; `environ()` is what the
     Functions app needs to use them. Stop it to end every step process still running."""
 
-    def __init__(self, workdir: Path, azurite: AzuriteBlob, step_python: Path) -> None:
+    def __init__(
+        self, workdir: Path, azurite: AzuriteBlob, step_python: Path, workspace_name: str = "ws-emulated"
+    ) -> None:
         self.workdir = Path(workdir)
         self.azurite = azurite
         self.step_python = Path(step_python)
-        self.fake = FakeAzureML()
+        self.fake = FakeAzureML(workspace_name=workspace_name)
         self.identity = FakeManagedIdentity()
 
     def start(self) -> EmulatedAzure:
@@ -100,13 +102,16 @@ class EmulatedAzure:
             **self.fake.snapshot_uploads.environ(),
         }
 
+    def cleared_variables(self) -> list[str]:
+        """Variables of this process that would override environ(): other credentials, other AML_* and
+        PIPELINE_* settings, a job's AZUREML_* variables."""
+        prefixed = [n for n in os.environ if n.startswith(("AML_", "PIPELINE_", "AZUREML_"))]
+        return [*CLEARED_VARIABLES, *(n for n in prefixed if n not in self.environ(Path("/")))]
+
     def apply_environ(self, home: Path) -> dict[str, str]:
         """Set environ(home) in this process (and clear what would override it); return what was set."""
-        for name in CLEARED_VARIABLES:
+        for name in self.cleared_variables():
             os.environ.pop(name, None)
-        for name in list(os.environ):
-            if name.startswith(("AML_", "PIPELINE_", "AZUREML_")):
-                del os.environ[name]
         values = self.environ(home)
         os.environ.update(values)
         return values

@@ -4,6 +4,7 @@ managed-identity endpoint, registers AmesHousing and HousePrices, runs one timer
 the latest predictions and their manifest from the emulated default datastore.
 
     python -m tests.demo_azureml [--out .local/demo-azureml] [--timeout 1800] [--step-python PATH]
+                                 [--model-version N]
 
 Exit 0 for a completed run; 1 for a failed or canceled run (naming the failed step and its error line);
 2 when the emulated Azure could not be set up.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 import tempfile
 import time
@@ -28,17 +30,23 @@ POLL_SECONDS = 0.5
 SHOW_ROWS = 5
 
 
+_STARTED = time.monotonic()
+
+
 def _say(message: str) -> None:
-    print(message, flush=True)
+    print(f"[{time.monotonic() - _STARTED:6.1f} s] {message}", flush=True)
 
 
-def _train_baseline(work: Path) -> Path:
-    """Train the baseline model on the shipped data into a local registry; return its version folder."""
-    from pipeline_def.local.model import train_and_register
+def _baseline_model() -> Path:
+    """The baseline model's version 1 folder in the local registry (.local/models/HousePrices/1), trained on
+    the shipped data the first time (as `make demo` does; later runs reuse it)."""
+    from pipeline_def.local.model import ensure_model
     from pipeline_def.settings import DEFAULT_DATASET_PATH, Settings
 
-    settings = Settings(backend="local", local_dataset_path=DEFAULT_DATASET_PATH, local_work_dir=work)
-    return Path(train_and_register(settings)["path"])
+    settings = Settings(
+        backend="local", local_dataset_path=DEFAULT_DATASET_PATH, local_work_dir=REPO_ROOT / ".local"
+    )
+    return ensure_model(settings) / "1"
 
 
 def _follow(app, run_id: str, timeout: float) -> dict:
@@ -71,10 +79,10 @@ def _show_rows(csv_path: Path, count: int) -> None:
     header, body = rows[0], rows[1:]
     shown = ("PID", "Neighborhood", "GrLivArea", "YearBuilt", "PredictedSalePrice")
     keep = [header.index(name) for name in shown if name in header]
-    _say("  " + " | ".join(header[i] for i in keep))
+    print("  " + " | ".join(header[i] for i in keep))
     for row in body[:count]:
-        _say("  " + " | ".join(row[i] for i in keep))
-    _say(f"  ({len(body)} rows, {len(header)} columns)")
+        print("  " + " | ".join(row[i] for i in keep))
+    print(f"  ({len(body)} rows, {len(header)} columns)", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,8 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the downloaded files go")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for the run")
     parser.add_argument("--step-python", type=Path, help="the steps' interpreter (default: tests.step_env)")
+    parser.add_argument(
+        "--model-version",
+        help="AML_MODEL_VERSION to publish with (default latest; e.g. 99 shows a failed run)",
+    )
     args = parser.parse_args(argv)
-    started = time.monotonic()
 
     if args.step_python is None:
         from tests.step_env import step_python
@@ -104,11 +115,13 @@ def main(argv: list[str] | None = None) -> int:
         _say(f"emulated workspace: {azure.fake.base_url} (default datastore in Azurite at {azurite.url})")
         azure.register_ames(REPO_ROOT / "data" / "ames_housing.csv.gz")
         _say(f"registered dataset {DATASET_NAME} (version 1)")
-        version = azure.register_model_version(_train_baseline(work / "model"))
-        _say(f"registered model {MODEL_NAME} (version {version}, the baseline trained on the shipped data)")
+        version = azure.register_model_version(_baseline_model())
+        _say(f"registered model {MODEL_NAME} (version {version}: the baseline model of .local/models/)")
         home = work / "home"
         home.mkdir()
         azure.apply_environ(home)
+        if args.model_version:
+            os.environ["AML_MODEL_VERSION"] = args.model_version
 
         from tests.function_app_helpers import LoadedApp
 
@@ -122,21 +135,25 @@ def main(argv: list[str] | None = None) -> int:
         body = _follow(app, run_id, args.timeout)
 
         if body["status"] != "completed":
-            error = body.get("error") or {}
             failed = [s["name"] for s in body.get("steps") or [] if s["status"] == "failed"]
             where = f"step {failed[0]}" if failed else "the run"
-            print(f"error: run {run_id} {body['status']}: {where}: {error.get('message')}", file=sys.stderr)
+            # the route's error names the step and its error line; older apps leave it out, and then the
+            # failed step run's own error (run history) says it
+            message = body.get("error")
+            if not message and failed:
+                message = azure.fake.runs[run_id].step(failed[0]).error_message
+            print(f"error: run {run_id} {body['status']}: {where}: {message}", file=sys.stderr)
             for name in failed:
-                _say(f"--- log of {name} ---\n{azure.fake.step_log(run_id, name)[-3000:]}")
+                print(f"--- log of {name} ---\n{azure.fake.step_log(run_id, name)[-3000:]}", flush=True)
             return 1
         destination = args.out / run_id
         files = azure.download_latest(destination)
         _say(f"predictions: {files['predictions.csv']}")
         _say(f"manifest:    {files['manifest.json']}")
         manifest = json.loads(files["manifest.json"].read_text())
-        _say("  " + json.dumps({k: v for k, v in sorted(manifest.items()) if k != "columns"}))
+        print("  " + json.dumps({k: v for k, v in sorted(manifest.items()) if k != "columns"}))
         _show_rows(files["predictions.csv"], SHOW_ROWS)
-        _say(f"done in {time.monotonic() - started:.1f} s")
+        _say("done")
         return 0
     finally:
         azure.stop()

@@ -133,7 +133,10 @@ def test_a_model_version_that_does_not_exist_fails_the_run_at_predict_and_keeps_
     # the failed step run says why in run history (what Azure ML's studio shows for the step)
     step_error = azure.fake.runs[run_id].step("predict").error_message
     assert step_error.startswith(f"cannot get registered model {MODEL_NAME}:99"), step_error
+    assert f"Model with id {MODEL_NAME}:99 not found" in step_error
     log = azure.fake.step_log(run_id, "predict")
+    predict_run = azure.fake.runs[run_id].step("predict").run_id
+    assert f"ExperimentRun/dcid.{predict_run}/azureml-logs/70_driver_log.txt" in azure.fake.artifacts
     assert f"error: cannot get registered model {MODEL_NAME}:99" in log
     assert azure.fake.step_log(run_id, "save_predictions") == ""
     for name, data in previous.items():

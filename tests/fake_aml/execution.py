@@ -321,6 +321,9 @@ class ExecutionService:
                     error_line = line.removeprefix("error: ")
         rc = process.wait()
         state.process = None
+        if self.blob_store is not None:
+            # where Azure ML keeps a step's driver log: an artifact of the step run's data container
+            self.put_artifact("ExperimentRun", f"dcid.{plan.step.run_id}", DRIVER_LOG, log_path.read_bytes())
         if rc == 0:
             return 0, None
         return rc, error_line or f"{plan.script} exited with code {rc}: {last_line or 'no output on stderr'}"

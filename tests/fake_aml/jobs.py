@@ -69,7 +69,8 @@ class JobContext:
         `http://{account}.blob.core.windows.net` to Azurite and `no_proxy` for the fake itself: dataprep's
         reader honours only the lower-case spellings, and so do requests and azure-storage-blob."""
         pipeline_run, _step = self.step_run(run_id)
-        experiment = self._ensure_experiment(pipeline_run.experiment)
+        with self.lock:
+            experiment = self._ensure_experiment(pipeline_run.experiment)
         environ = {
             "AZUREML_ARM_SUBSCRIPTION": self.subscription_id,
             "AZUREML_ARM_RESOURCEGROUP": self.resource_group,

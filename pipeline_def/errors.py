@@ -46,6 +46,21 @@ class RunNotFound(PipelineError):
         self.run_id = run_id
 
 
+class NotPublished(PipelineError):
+    """Nothing to run: the endpoint is missing or disabled, or has no active default pipeline. Only the timer
+    and `python -m pipeline_def publish` publish; nothing was submitted."""
+
+    http_status = 409
+    code = "not_published"
+
+    def __init__(self, reason: str):
+        super().__init__(
+            f"nothing is published to run: {reason}; the pipeline is published by the next timer tick, "
+            "or now with `python -m pipeline_def publish`"
+        )
+        self.reason = reason
+
+
 class LocalRunError(PipelineError):
     """The local backend could not do what was asked (for example a step script failed to start)."""
 
@@ -126,3 +141,10 @@ class TokenError(AzureMLError):
     """No token could be had from azure-identity (managed identity endpoint down, no credential)."""
 
     code = "token_unavailable"
+
+
+class PublishFailed(AzureMLError):
+    """The SDK's publish of a new pipeline failed (Azure ML refused it, or it could not be built). `status`
+    is Azure ML's HTTP status when the SDK's error carries one."""
+
+    code = "azureml_publish_failed"

@@ -58,11 +58,17 @@ def normalize_status(aml_status: str | int | None) -> str:
 
 @dataclass(frozen=True)
 class StepStatus:
+    """One step of a run; `error` is the first line of what a failed step said."""
+
     name: str
     status: str
+    error: str | None = None
 
     def to_dict(self) -> dict[str, str]:
-        return {"name": self.name, "status": self.status}
+        body = {"name": self.name, "status": self.status}
+        if self.error:
+            body["error"] = self.error
+        return body
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,10 @@ imported only when built, so importing this module stays cheap (no azureml, pand
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from pipeline_def.backend import Backend, PublishOutcome, TickOutcome
@@ -38,24 +40,45 @@ class Service:
         self.settings = settings
         self.backend = backend
 
-    def tick(self, scheduled_for: str | None = None, past_due: bool = False) -> TickOutcome:
-        """One timer tick: publish if needed, apply the overlap policy, submit."""
+    def tick(
+        self,
+        scheduled_for: str | None = None,
+        past_due: bool = False,
+        on_previous: Callable[[RunInfo | None], None] | None = None,
+    ) -> TickOutcome:
+        """One timer tick: publish if needed, look back (the run still going, the previous scheduled run),
+        apply the overlap policy, submit. `on_previous` hears of the previous scheduled run as soon as it
+        is known, so it is reported even when the submit then fails."""
         publish = self.backend.ensure_published()
-        if self.settings.overlap == "skip":
-            active = self.backend.find_active_run()
-            if active is not None:
-                return TickOutcome(action="skipped", publish=publish, active_run=active)
+        look = self.backend.look_back(need_active=self.settings.overlap == "skip")
+        if on_previous is not None:
+            on_previous(look.previous_scheduled)
+        if look.active is not None:
+            return TickOutcome(
+                action="skipped",
+                publish=publish,
+                active_run=look.active,
+                previous_scheduled=look.previous_scheduled,
+            )
         tags = {"trigger": "timer", "past_due": "true" if past_due else "false"}
         if scheduled_for:
             tags["scheduled_for"] = scheduled_for
         run = self.backend.submit({}, tags)
-        return TickOutcome(action="submitted", publish=publish, run=run)
+        return TickOutcome(
+            action="submitted", publish=publish, run=run, previous_scheduled=look.previous_scheduled
+        )
 
     def start_run(self, parameters: Any = None, trigger: str = "http") -> RunInfo:
-        """Start a run now. `parameters` is what the caller sent; it is validated before anything is sent."""
+        """Start a run now of what the endpoint runs today, stale or not: never publishes (a publish can
+        outlast an HTTP call). The run says which version it runs (`pipeline_version`) and whether that is
+        the current fingerprint (`current`). `parameters` is validated before anything is sent; with
+        nothing published, NotPublished and nothing is submitted."""
         checked = validate_parameters(parameters)
-        self.backend.ensure_published()
-        return self.backend.submit(checked, {"trigger": trigger})
+        target = self.backend.published_target()
+        run = self.backend.submit(checked, {"trigger": trigger})
+        return dataclasses.replace(
+            run, extra={**run.extra, "pipeline_version": target.version, "current": target.current}
+        )
 
     def get_run(self, run_id: str) -> RunInfo:
         return self.backend.get_run(check_run_id(run_id))

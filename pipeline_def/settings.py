@@ -53,6 +53,7 @@ class Settings:
     azure_client_id: str | None = None
     request_timeout: float = 30.0
     retry_budget: float = 120.0
+    http_budget: float = 25.0
 
     @property
     def workspace_path(self) -> str:
@@ -115,6 +116,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     sample_size = _int_setting(get, "PIPELINE_SAMPLE_SIZE", DEFAULT_SAMPLE_SIZE, 0, problems)
     request_timeout = _float_setting(get, "AML_REQUEST_TIMEOUT_SECONDS", 30.0, 1.0, 230.0, problems)
     retry_budget = _float_setting(get, "AML_RETRY_BUDGET_SECONDS", 120.0, 0.0, 230.0, problems)
+    # Everything one HTTP request spends on Azure ML; under 30 s, so the answer leaves room for our own work.
+    http_budget = _float_setting(get, "AML_HTTP_BUDGET_SECONDS", 25.0, 1.0, 29.0, problems)
 
     subscription_id = get("AML_SUBSCRIPTION_ID")
     resource_group = get("AML_RESOURCE_GROUP")
@@ -183,6 +186,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         azure_client_id=get("AZURE_CLIENT_ID") or None,
         request_timeout=request_timeout,
         retry_budget=retry_budget,
+        http_budget=http_budget,
     )
 
 

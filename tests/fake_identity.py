@@ -44,12 +44,15 @@ class FakeManagedIdentity:
         self._serial = itertools.count(1)
         self._fail_status: int | None = None
         self._fail_times: int | None = None
+        self._delay = 0.0
+        self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
     # lifecycle
     def start(self) -> FakeManagedIdentity:
+        self._stopping.clear()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(
@@ -59,6 +62,7 @@ class FakeManagedIdentity:
         return self
 
     def stop(self) -> None:
+        self._stopping.set()  # wakes every held request
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -90,7 +94,12 @@ class FakeManagedIdentity:
 
     def recover(self) -> None:
         with self._lock:
-            self._fail_status, self._fail_times = None, None
+            self._fail_status, self._fail_times, self._delay = None, None, 0.0
+
+    def hang(self, seconds: float) -> None:
+        """Hold every token request `seconds` before answering (until recover() or stop())."""
+        with self._lock:
+            self._delay = seconds
 
     def _take_failure(self) -> int | None:
         with self._lock:
@@ -141,6 +150,12 @@ def _handler_for(mi: FakeManagedIdentity) -> type[BaseHTTPRequestHandler]:
         protocol_version = "HTTP/1.1"
 
         def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+            with mi._lock:
+                delay = mi._delay
+            # an event, not time.sleep: stop() wakes a held request so no test waits at shutdown
+            if delay and mi._stopping.wait(delay):
+                self.close_connection = True
+                return
             status, payload = mi._answer(self.path, self.headers)
             body = json.dumps(payload).encode()
             self.send_response(status)

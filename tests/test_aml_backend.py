@@ -57,7 +57,7 @@ def test_a_steady_state_tick_costs_four_calls(service, fake_aml, current):
     assert [(r.method, r.path.rsplit("/", 2)[-2]) for r in fake_aml.requests] == [
         ("GET", "PipelineEndpoints"),  # .../PipelineEndpoints/Name
         ("GET", "Pipelines"),  # the default version's pipeline
-        ("GET", "Pipeline"),  # .../PipelineRuns/Pipeline/{id}: is a run still active?
+        ("POST", "house-price-batch-predictions"),  # .../experiments/{name}/runs:query: run history
         ("POST", "Id"),  # .../PipelineEndpointSubmit/Id/{endpointId}
     ]
     submit = fake_aml.requests[-1]
@@ -88,7 +88,7 @@ def test_a_tick_skips_while_a_run_is_still_active(service, fake_aml, current):
     outcome = service.tick()
     assert outcome.action == "skipped"
     assert outcome.active_run.run_id == busy.run_id
-    assert fake_aml.calls(method="POST") == []
+    assert fake_aml.calls("POST", "Submit") == []
 
 
 @pytest.fixture
@@ -113,27 +113,26 @@ def test_a_tick_after_a_republish_skips_while_the_superseded_pipeline_still_runs
     outcome = service.tick()
     assert outcome.action == "skipped"
     assert outcome.active_run.run_id == still_going.run_id
-    assert fake_aml.calls(method="POST") == []
-    runs_asked = [r.path.rsplit("/", 1)[-1] for r in fake_aml.calls(path_contains="/PipelineRuns/Pipeline/")]
-    assert runs_asked == [new["Id"], old["Id"]]
+    assert fake_aml.calls("POST", "Submit") == []
+    query = fake_aml.calls("POST", "runs:query")[0]  # one query covers every version of the endpoint
+    assert new["Id"] in query.json()["filter"] and old["Id"] in query.json()["filter"]
+    assert query.json()["top"] == 1
 
     fake_aml.set_run_status(still_going.run_id, "Finished")
     submitted = service.tick()
     assert submitted.action == "submitted"
     assert fake_aml.runs[submitted.run.run_id].pipeline_id == new["Id"]
 
-    # Once the new pipeline has a run, the superseded one is not asked about again: four calls a tick.
     fake_aml.set_run_status(submitted.run.run_id, "Finished")
     fake_aml.clear_requests()
     assert service.tick().action == "submitted"
     assert len(fake_aml.requests) == 4
-    assert old["Id"] not in " ".join(r.path for r in fake_aml.requests)
 
 
 @pytest.mark.parametrize("ended", ["Finished", "Failed", "Canceled"])
 def test_a_tick_submits_when_every_earlier_run_has_ended(service, fake_aml, current, ended):
     endpoint, pipeline = current
-    done = fake_aml.add_run(pipeline["Id"], experiment="exp")
+    done = fake_aml.add_run(pipeline["Id"], experiment=service.settings.experiment_name)
     fake_aml.set_run_status(done.run_id, ended)
     assert service.tick().action == "submitted"
 
@@ -144,10 +143,13 @@ def test_a_tick_with_overlap_allowed_does_not_look_for_active_runs(aml_env, monk
     backend = AzureMLBackend(settings)
     pipeline = fake_aml.add_published_pipeline(settings.endpoint_name, backend.fingerprint)
     fake_aml.add_endpoint(settings.endpoint_name, pipeline["Id"])
-    fake_aml.add_run(pipeline["Id"], status="Running")
+    fake_aml.add_run(pipeline["Id"], experiment=settings.experiment_name, status="Running")
     fake_aml.clear_requests()
     assert Service(settings, backend).tick().action == "submitted"
-    assert len(fake_aml.requests) == 3
+    # the look back asks for the previous scheduled run only: no status in its filter, one run at most
+    (query,) = fake_aml.calls("POST", "runs:query")
+    assert "Status" not in query.json()["filter"] and query.json()["top"] == 1
+    assert len(fake_aml.requests) == 4
 
 
 def test_a_throttled_submit_reaches_the_caller_as_throttled(aml_env, monkeypatch, fake_aml, current):
@@ -281,12 +283,13 @@ def test_a_run_of_the_wrong_shape_is_a_service_error_not_a_crash(service, fake_a
 def test_list_runs_gives_the_newest_first_across_versions(settings, service, fake_aml, backend):
     old = fake_aml.add_published_pipeline(settings.endpoint_name, "old")
     endpoint = fake_aml.add_endpoint(settings.endpoint_name, old["Id"])
-    first = fake_aml.add_run(old["Id"], experiment="exp")
+    experiment = settings.experiment_name
+    first = fake_aml.add_run(old["Id"], experiment=experiment)
     new = fake_aml.add_published_pipeline(settings.endpoint_name, backend.fingerprint)
     fake_aml.add_endpoint_version(endpoint["Id"], new["Id"], make_default=True)
-    second = fake_aml.add_run(new["Id"], experiment="exp")
-    third = fake_aml.add_run(new["Id"], experiment="exp")
-    fake_aml.add_run(fake_aml.add_published_pipeline("unrelated", "x")["Id"], experiment="exp")
+    second = fake_aml.add_run(new["Id"], experiment=experiment)
+    third = fake_aml.add_run(new["Id"], experiment=experiment)
+    fake_aml.add_run(fake_aml.add_published_pipeline("unrelated", "x")["Id"], experiment=experiment)
 
     runs = service.list_runs(10)
     assert [r.run_id for r in runs] == [third.run_id, second.run_id, first.run_id]
@@ -408,14 +411,16 @@ def test_get_run_costs_three_calls_while_running_and_two_once_ended(service, fak
     assert len(fake_aml.requests) == 2
 
 
-def test_list_runs_costs_no_run_history_call(service, fake_aml, current):
+def test_list_runs_is_the_endpoint_and_one_bounded_run_history_query(service, fake_aml, current):
     endpoint, pipeline = current
-    run = fake_aml.add_run(pipeline["Id"], experiment="exp", status="Running")
+    run = fake_aml.add_run(pipeline["Id"], experiment=service.settings.experiment_name, status="Running")
     service.cancel(run.run_id)
     fake_aml.clear_requests()
     (listed,) = service.list_runs(5)
-    assert (listed.run_id, listed.status) == (run.run_id, "running")  # the pipelines service's view
-    assert fake_aml.calls(path_contains="/history/") == []
+    # run history's view: it says CancelRequested as soon as the cancel is asked for
+    assert (listed.run_id, listed.status, listed.aml_status) == (run.run_id, "canceling", "CancelRequested")
+    (query,) = fake_aml.calls("POST", "runs:query")
+    assert query.json()["top"] == 5 and query.json()["orderby"] == "CreatedUtc desc"
     assert len(fake_aml.requests) == 2
 
 

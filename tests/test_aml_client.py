@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from pipeline_def.azureml.client import SUBMISSION_TAG, AzureMLClient, parse_retry_after
+from pipeline_def.azureml.client import SUBMISSION_TAG, AzureMLClient, parse_retry_after, runs_filter
+from pipeline_def.budget import HTTP_MAX_ATTEMPTS, http_request
 from pipeline_def.errors import (
     AzureMLError,
     EntityChanged,
@@ -74,11 +75,7 @@ def published(fake_aml, settings):
 
 def _submit(client, endpoint, pipeline, **tags):
     return client.submit_to_endpoint(
-        endpoint["Id"],
-        "exp-1",
-        {"sample_size": "25"},
-        {"trigger": "test", **tags},
-        pipeline_id_for_dedupe=pipeline["Id"],
+        endpoint["Id"], "exp-1", {"sample_size": "25"}, {"trigger": "test", **tags}
     )
 
 
@@ -167,7 +164,7 @@ def test_submit_body_and_headers_follow_the_contract(client, fake_aml, published
 
 def test_parameter_values_are_sent_as_strings(client, fake_aml, published):
     endpoint, pipeline = published
-    client.submit_to_endpoint(endpoint["Id"], "exp", {"sample_size": 0}, {}, pipeline["Id"])
+    client.submit_to_endpoint(endpoint["Id"], "exp", {"sample_size": 0}, {})
     assert fake_aml.requests[-1].json()["ParameterAssignments"] == {"sample_size": "0"}
 
 
@@ -187,7 +184,9 @@ def test_runs_steps_and_cancel_use_their_own_paths(client, fake_aml, published):
         fake_run.run_id, "Running", steps={"fetch_data": "Completed", "predict": "Running"}
     )
     assert client.get_pipeline_run(fake_run.run_id)["Status"]["StatusCode"] == "Running"
-    assert [r["Id"] for r in client.list_pipeline_runs(pipeline["Id"])] == [fake_run.run_id]
+    (listed,) = client.query_runs("exp-1", runs_filter(pipeline_ids=[pipeline["Id"]]), top=5)
+    assert listed["runId"] == fake_run.run_id and listed["runType"] == "azureml.PipelineRun"
+    fake_aml.clear_requests()
     children = client.get_step_runs("exp-1", fake_run.run_id)
     assert {c["name"]: c["status"] for c in children if c["name"] in ("fetch_data", "predict")} == {
         "fetch_data": "Completed",
@@ -392,6 +391,10 @@ def test_a_dropped_connection_on_a_read_is_retried(client, fake_aml, clock):
 # ----- submits never start two runs
 
 
+def _submits(fake_aml):
+    return fake_aml.calls("POST", "PipelineEndpointSubmit")
+
+
 def _runs_of(fake_aml, pipeline):
     return [r for r in fake_aml.runs.values() if r.pipeline_id == pipeline["Id"]]
 
@@ -402,7 +405,10 @@ def test_a_submit_whose_answer_is_lost_returns_the_run_it_started(client, fake_a
     run = _submit(client, endpoint, pipeline)
     (only,) = _runs_of(fake_aml, pipeline)
     assert run["Id"] == only.run_id
-    assert len(fake_aml.calls(method="POST")) == 1
+    assert len(_submits(fake_aml)) == 1
+    (query,) = fake_aml.calls("POST", "runs:query")  # the one bounded look for the submission's tag
+    assert f'(Tags/{SUBMISSION_TAG} eq "{only.tags[SUBMISSION_TAG]}")' in query.json()["filter"]
+    assert query.json()["top"] == 1
     assert clock.sleeps == []
 
 
@@ -423,7 +429,7 @@ def test_a_submit_answered_500_after_handling_starts_one_run(client, fake_aml, p
     run = _submit(client, endpoint, pipeline)
     (only,) = _runs_of(fake_aml, pipeline)
     assert run["Id"] == only.run_id
-    assert len(fake_aml.calls(method="POST")) == 1
+    assert len(_submits(fake_aml)) == 1
 
 
 def test_a_submit_that_failed_before_handling_is_retried_once_checked(client, fake_aml, published, clock):
@@ -432,8 +438,8 @@ def test_a_submit_that_failed_before_handling_is_retried_once_checked(client, fa
     run = _submit(client, endpoint, pipeline)
     (only,) = _runs_of(fake_aml, pipeline)
     assert run["Id"] == only.run_id
-    assert len(fake_aml.calls(method="POST")) == 2
-    assert len(fake_aml.calls(method="GET", path_contains="/PipelineRuns/Pipeline/")) == 1
+    assert len(_submits(fake_aml)) == 2
+    assert len(fake_aml.calls("POST", "runs:query")) == 1
     assert clock.sleeps == [1.0]
 
 
@@ -509,3 +515,62 @@ def test_token_endpoint_down_gives_token_error_and_no_azure_ml_call(client, fake
     assert fake_aml.requests == []
     fake_identity.recover()
     assert client.get_endpoint_by_name("x") is None
+
+
+# ----- inside an HTTP request: one deadline for every call, at most 4 attempts of any call
+
+
+def test_inside_an_http_request_a_lasting_500_gets_four_attempts_not_six(client, fake_aml, clock):
+    fake_aml.inject_fault("GET", "/PipelineEndpoints/Name", status=500, times=None)
+    with http_request(), pytest.raises(ServiceError):
+        client.get_endpoint_by_name("ep")
+    assert len(fake_aml.calls("GET", "/PipelineEndpoints/Name")) == HTTP_MAX_ATTEMPTS == 4
+    assert clock.sleeps == [1.0, 2.0, 4.0]
+    fake_aml.clear_requests()
+    with pytest.raises(ServiceError):  # the timer's path keeps its longer budget
+        client.get_endpoint_by_name("ep")
+    assert len(fake_aml.calls("GET", "/PipelineEndpoints/Name")) == 6
+
+
+def test_inside_an_http_request_a_lasting_500_on_submit_is_four_checked_attempts(
+    client, fake_aml, published, clock
+):
+    endpoint, pipeline = published
+    fake_aml.inject_fault("POST", "PipelineEndpointSubmit", status=500, times=None)
+    with http_request(), pytest.raises(ServiceError):
+        _submit(client, endpoint, pipeline)
+    assert len(_submits(fake_aml)) == 4
+    assert len(fake_aml.calls("POST", "runs:query")) == 4
+    assert fake_aml.runs == {}
+
+
+def test_inside_an_http_request_a_lasting_503_with_retry_after_is_throttled_after_four(
+    client, fake_aml, clock
+):
+    fake_aml.inject_fault("GET", "/PipelineEndpoints/Name", status=503, retry_after=2, times=None)
+    with http_request(), pytest.raises(Throttled) as caught:
+        client.get_endpoint_by_name("ep")
+    assert len(fake_aml.calls("GET", "/PipelineEndpoints/Name")) == 4
+    assert caught.value.retry_after == 2
+
+
+def test_inside_an_http_request_every_call_shares_one_deadline(settings, fake_aml, clock):
+    client = _client_with(settings, clock, http_budget=10.0)
+    fake_aml.inject_fault("GET", "/PipelineEndpoints/Name", status=429, retry_after=6)
+    fake_aml.inject_fault("GET", r"/Pipelines/p-1$", status=429, retry_after=6)
+    with http_request():
+        assert client.get_endpoint_by_name("ep") is None  # waited 6 s of the 10
+        with pytest.raises(Throttled):  # 6 s more would pass the request's deadline: not waited
+            client.get_pipeline("p-1")
+    assert clock.sleeps == [6.0]
+    assert len(fake_aml.calls("GET", "/Pipelines/p-1")) == 1
+
+
+def test_inside_an_http_request_nothing_is_sent_past_the_deadline(settings, fake_aml, clock):
+    client = _client_with(settings, clock, http_budget=5.0)
+    with http_request():
+        client.get_endpoint_by_name("ep")
+        clock.now += 5.0  # the request spent its budget elsewhere
+        with pytest.raises(Unreachable):
+            client.get_endpoint_by_name("ep")
+    assert len(fake_aml.requests) == 1

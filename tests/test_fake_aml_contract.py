@@ -594,3 +594,81 @@ def test_module_command_line_serves_a_seeded_endpoint_until_interrupted():
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+# ----- run history's runs:query (the filtered, limited listing of Run.list / Experiment.get_runs)
+PIPELINE_RUNS = "(RunType eq azureml.PipelineRun or Properties/azureml.runsource eq azureml.PipelineRun)"
+
+
+def _query(fake_aml, experiment: str, **body) -> requests.Response:
+    return post(f"{fake_aml.history_url}/experiments/{experiment}/runs:query", body)
+
+
+def test_runs_query_filters_orders_and_pages_with_a_continuation_token(fake_aml):
+    ours = fake_aml.add_published_pipeline("batch", "1")
+    other = fake_aml.add_published_pipeline("other", "1")
+    runs = [fake_aml.add_run(ours["Id"], experiment="exp", tags={"trigger": "timer"}) for _ in range(3)]
+    fake_aml.add_run(other["Id"], experiment="exp", tags={"trigger": "timer"})
+    fake_aml.add_run(ours["Id"], experiment="elsewhere", tags={"trigger": "timer"})
+    mine = (
+        f'({PIPELINE_RUNS} and (Properties/azureml.pipelineid eq "{ours["Id"]}") and (ParentRunId eq null))'
+    )
+
+    first = _query(fake_aml, "exp", filter=mine, orderby="CreatedUtc desc", top=2)
+    assert first.status_code == 200, first.text
+    page = first.json()
+    assert [dto["runId"] for dto in page["value"]] == [runs[2].run_id, runs[1].run_id]
+    assert page["continuationToken"]
+    second = _query(
+        fake_aml,
+        "exp",
+        filter=mine,
+        orderby="CreatedUtc desc",
+        top=2,
+        continuationToken=page["continuationToken"],
+    ).json()
+    assert [dto["runId"] for dto in second["value"]] == [runs[0].run_id]
+    assert second["continuationToken"] is None
+    dto = page["value"][0]
+    assert dto["runType"] == "azureml.PipelineRun" and dto["parentRunId"] is None
+    assert dto["properties"]["azureml.pipelineid"] == ours["Id"] == dto["tags"]["azureml.pipelineid"]
+    assert dto["tags"]["trigger"] == "timer"
+
+
+def test_runs_query_without_a_parent_filter_also_finds_step_runs_and_their_errors(fake_aml):
+    pipeline = fake_aml.add_published_pipeline("batch", "1")
+    run = fake_aml.add_run(pipeline["Id"], experiment="exp")
+    fake_aml.set_run_status(
+        run.run_id,
+        "Failed",
+        steps={"predict": "Failed", "save_predictions": "Canceled"},
+        step_errors={"predict": "error: model version 99"},
+    )
+    failed = _query(fake_aml, "exp", filter="(Status eq Failed)").json()["value"]
+    assert {dto["runType"] for dto in failed} == {"azureml.PipelineRun", "azureml.StepRun"}
+    (step,) = [dto for dto in failed if dto["runType"] == "azureml.StepRun"]
+    assert step["error"]["error"]["message"] == "error: model version 99"
+    assert _query(fake_aml, "exp", filter="(Status eq Failed) and (ParentRunId eq null)").json()["value"] == [
+        next(dto for dto in failed if dto["runType"] == "azureml.PipelineRun")
+    ]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"filter": "(Colour eq red)"},
+        {"filter": "(Status eq Running"},
+        {"filter": "Status Running"},
+        {"orderby": "Colour desc"},
+        {"top": 0},
+    ],
+)
+def test_runs_query_refuses_what_it_does_not_understand_with_400(fake_aml, body):
+    fake_aml.add_run(fake_aml.add_published_pipeline("batch", "1")["Id"], experiment="exp")
+    response = _query(fake_aml, "exp", **body)
+    assert response.status_code == 400
+    assert response.json()["error"]["details"] == []
+
+
+def test_runs_query_of_an_unknown_experiment_is_404(fake_aml):
+    assert _query(fake_aml, "never-used", filter=None).status_code == 404

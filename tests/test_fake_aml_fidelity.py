@@ -306,3 +306,76 @@ def test_sdk_creates_an_experiment_it_does_not_find(fake_aml, workspace):
     experiment = Experiment(workspace, "brand-new")
     assert experiment.id == fake_aml.experiments["brand-new"]["experimentId"]
     assert [r.method for r in fake_aml.calls(path_contains="/experiments/brand-new")] == ["GET", "POST"]
+
+
+def test_sdk_filtered_run_listing_finds_the_right_pipeline_runs_through_runs_query(fake_aml, workspace):
+    """Run.list / Experiment.get_runs with type, tags, properties and status filters is one
+    `POST .../experiments/{name}/runs:query`: the fake answers the filter azureml-core builds, and the SDK
+    turns each answer into a PipelineRun (it dispatches on runType azureml.PipelineRun)."""
+    from azureml._restclient.experiment_client import ExperimentClient
+    from azureml.core import Experiment, Run
+    from azureml.pipeline.core import PipelineRun
+
+    ours = fake_aml.add_published_pipeline("batch", "1")
+    other = fake_aml.add_published_pipeline("other", "1")
+    timer_done = fake_aml.add_run(ours["Id"], experiment="exp", status="Finished", tags={"trigger": "timer"})
+    timer_going = fake_aml.add_run(ours["Id"], experiment="exp", status="Running", tags={"trigger": "timer"})
+    http_going = fake_aml.add_run(ours["Id"], experiment="exp", status="Running", tags={"trigger": "http"})
+    fake_aml.add_run(other["Id"], experiment="exp", status="Running", tags={"trigger": "timer"})
+    fake_aml.add_run(ours["Id"], experiment="elsewhere", status="Running", tags={"trigger": "timer"})
+    experiment = Experiment(workspace, "exp")
+
+    going = list(
+        Run.list(
+            experiment,
+            type="azureml.PipelineRun",
+            tags={"trigger": "timer"},
+            properties={"azureml.pipelineid": ours["Id"]},
+            status="Running",
+        )
+    )
+    assert [run.id for run in going] == [timer_going.run_id]
+    assert isinstance(going[0], PipelineRun)
+    (query,) = fake_aml.calls("POST", "runs:query")
+    assert query.path.endswith(f"{fake_aml.workspace_path}/experiments/exp/runs:query")
+    assert query.json() == {
+        "filter": "((RunType eq azureml.PipelineRun or Properties/azureml.runsource eq azureml.PipelineRun)"
+        ' and (Tags/trigger eq "timer")'
+        f' and (Properties/azureml.pipelineid eq "{ours["Id"]}")'
+        " and (Status eq Running) and (ParentRunId eq null))",
+        "orderby": "StartTimeUtc desc",
+        "top": 500,
+    }
+
+    # every pipeline run of ours, newest first
+    listed = [r.id for r in experiment.get_runs(properties={"azureml.pipelineid": ours["Id"]})]
+    assert listed == [http_going.run_id, timer_going.run_id, timer_done.run_id]
+    # and the limited listing: `last` is the page size (`top`) and the order is the caller's
+    client = ExperimentClient(workspace.service_context, "exp")
+    newest = client.get_runs(
+        last=1, order_by=("CreatedUtc", "desc"), properties={"azureml.pipelineid": ours["Id"]}
+    )
+    assert next(iter(newest)).run_id == http_going.run_id
+    assert fake_aml.calls("POST", "runs:query")[-1].json()["top"] == 1
+    assert fake_aml.calls("POST", "runs:query")[-1].json()["orderby"] == "CreatedUtc desc"
+
+
+def test_sdk_reads_back_a_failed_pipeline_run_and_its_failed_step_error(fake_aml, workspace):
+    from azureml.core import Experiment, Run
+
+    pipeline = fake_aml.add_published_pipeline("batch", "1")
+    run = fake_aml.add_run(pipeline["Id"], experiment="exp")
+    fake_aml.set_run_status(
+        run.run_id,
+        "Failed",
+        steps={"predict": "Failed", "save_predictions": "Canceled"},
+        step_errors={"predict": "error: model version 99 is not registered"},
+    )
+    (failed,) = Run.list(Experiment(workspace, "exp"), status="Failed")
+    assert failed.id == run.run_id
+    assert failed.get_properties()["azureml.pipelineid"] == pipeline["Id"]
+    steps = {step.name: step for step in failed.get_steps()}
+    assert steps["predict"].get_status() == "Failed"
+    # the RunDto as the SDK deserialised it (what get_details() builds on)
+    error = steps["predict"]._run_dto["error"]
+    assert error["error"]["message"] == "error: model version 99 is not registered"

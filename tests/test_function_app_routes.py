@@ -235,7 +235,15 @@ RUN_KEYS = {"run_id", "status", "aml_status", "terminal", "created_at", "ended_a
 def test_aml_start_run_submits_to_the_endpoint_and_answers_202_with_the_status_location(app, aml):
     response = app.start_run({"parameters": {"sample_size": 25}}, params={"code": "FUNCTION-KEY"})
     assert response.status == 202, response
-    assert set(response.json) == {"run_id", "status", "status_url", "portal_url"}
+    assert set(response.json) == {
+        "run_id",
+        "status",
+        "status_url",
+        "portal_url",
+        "pipeline_version",
+        "current",
+    }
+    assert (response.json["pipeline_version"], response.json["current"]) == (aml.pipeline["Version"], True)
     run_id = response.json["run_id"]
     assert response.json["status"] == "queued"
     assert response.json["status_url"] == f"{BASE_URL}/runs/{run_id}"
@@ -287,7 +295,8 @@ def test_aml_unknown_run_is_404_on_status_and_cancel(app, aml):
 
 
 def test_aml_list_runs_is_newest_first_with_a_default_limit_of_20(app, aml):
-    created = [aml.fake.add_run(aml.pipeline["Id"], status="Finished").run_id for _ in range(23)]
+    experiment = aml.settings.experiment_name
+    created = [aml.fake.add_run(aml.pipeline["Id"], experiment, "Finished").run_id for _ in range(23)]
     response = app.list_runs()
     assert response.status == 200, response
     assert set(response.json) == {"runs"}
@@ -415,7 +424,15 @@ def _wait_until_ended(app: LoadedApp, run_id: str) -> dict:
 def test_local_run_through_the_routes_from_start_to_completed(app, local):
     response = app.start_run({"parameters": {"sample_size": 5}}, params={"code": "FUNCTION-KEY"})
     assert response.status == 202, response
-    assert set(response.json) == {"run_id", "status", "status_url", "portal_url"}
+    assert set(response.json) == {
+        "run_id",
+        "status",
+        "status_url",
+        "portal_url",
+        "pipeline_version",
+        "current",
+    }
+    assert response.json["current"] is True and response.json["pipeline_version"]
     run_id = response.json["run_id"]
     assert response.json["status"] in ("queued", "running")
     assert response.headers["Location"] == response.json["status_url"] == f"{BASE_URL}/runs/{run_id}"

@@ -223,7 +223,7 @@ def test_past_due_tick_runs_once_and_says_so(loaded, aml, caplog):
         ("GET", "/PipelineEndpoints/Name", 403, Forbidden),
         ("GET", "/PipelineEndpoints/Name", 401, Unauthorized),
         ("POST", "PipelineEndpointSubmit", 500, ServiceError),
-        ("GET", r"/PipelineRuns/Pipeline/", 429, Throttled),
+        ("POST", r"/runs:query$", 429, Throttled),
     ],
 )
 def test_failed_tick_logs_what_and_why_with_the_correlation_id_and_fails(
@@ -238,7 +238,7 @@ def test_failed_tick_logs_what_and_why_with_the_correlation_id_and_fails(
     assert raised.value.code in failure.getMessage()
     assert raised.value.correlation_id in failure.getMessage()
     assert str(status) in failure.getMessage()
-    if method == "GET":
+    if "Submit" not in path:
         assert aml.fake.runs == {}
 
 

@@ -13,6 +13,7 @@ LAYERS = [
     "pipeline_def.errors",
     "pipeline_def.runs",
     "pipeline_def.cron",
+    "pipeline_def.budget",
     "pipeline_def.settings",
     "pipeline_def.steps",
     "pipeline_def.fingerprint",

@@ -155,3 +155,12 @@ def test_an_unknown_backend_is_named_with_the_other_problems():
         load_settings({**GOOD, "PIPELINE_BACKEND": "cloud-xyz", "PIPELINE_OVERLAP": "maybe"})
     assert [p.split()[0] for p in caught.value.problems] == ["PIPELINE_BACKEND", "PIPELINE_OVERLAP"]
     assert "cloud-xyz" not in caught.value.message and "maybe" not in caught.value.message
+
+
+def test_the_http_budget_defaults_to_25_s_and_must_keep_an_answer_under_30_s():
+    assert load_settings(GOOD).http_budget == 25.0
+    assert load_settings({**GOOD, "AML_HTTP_BUDGET_SECONDS": "2.5"}).http_budget == 2.5
+    for bad in ("30", "0", "-1", "soon"):
+        with pytest.raises(ConfigError) as caught:
+            load_settings({**GOOD, "AML_HTTP_BUDGET_SECONDS": bad})
+        assert caught.value.problems == ["AML_HTTP_BUDGET_SECONDS must be a number of seconds from 1 to 29"]

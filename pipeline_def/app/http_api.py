@@ -1,5 +1,7 @@
 """The HTTP API of product.md as plain functions: request parts in, an ApiResponse out. Input is checked here
-before the service is called, and every error becomes its status and JSON body in one place (`respond`)."""
+before the service is called, every answer runs inside one bounded Azure ML budget (budget.http_request:
+AML_HTTP_BUDGET_SECONDS, at most 4 attempts of any call), and every error becomes its status and JSON body in
+one place (`respond`)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from pipeline_def.budget import http_request
 from pipeline_def.errors import (
     AzureMLError,
     Forbidden,
@@ -58,9 +61,11 @@ class ApiResponse:
 
 
 def respond(handler: Callable[..., ApiResponse], *args: Any) -> ApiResponse:
-    """Run one route handler and turn whatever it raises into the answer product.md gives for it."""
+    """Run one route handler inside one HTTP request budget and turn whatever it raises into the answer
+    product.md gives for it (NotPublished is 409 `not_published`, as its class says)."""
     try:
-        return handler(*args)
+        with http_request():
+            return handler(*args)
     except PipelineError as error:
         return error_response(error)
     except Exception:
@@ -94,14 +99,22 @@ def retry_after_seconds(retry_after: float | None) -> int:
 
 
 def start_run(url: str, body: bytes | None) -> ApiResponse:
-    """POST /api/runs: 202 with the run id, its status and where to follow it."""
+    """POST /api/runs: 202 with the run id, its status, where to follow it, and which published version runs
+    (`pipeline_version`) and whether it is the current fingerprint (`current`). Never publishes."""
     parameters = parse_start_body(body)
     validate_parameters(parameters)  # before the service is built: bad input never costs a backend
     run = get_service().start_run(parameters, trigger="http")
     status_url = status_url_for(url, run.run_id, collection=True)
     return ApiResponse(
         202,
-        {"run_id": run.run_id, "status": run.status, "status_url": status_url, "portal_url": run.portal_url},
+        {
+            "run_id": run.run_id,
+            "status": run.status,
+            "status_url": status_url,
+            "portal_url": run.portal_url,
+            "pipeline_version": run.extra.get("pipeline_version"),
+            "current": run.extra.get("current"),
+        },
         {"Location": status_url},
     )
 

@@ -15,10 +15,14 @@ from pipeline_def.settings import DEFAULT_SCHEDULE
 
 if TYPE_CHECKING:
     from pipeline_def.backend import TickOutcome
+    from pipeline_def.runs import RunInfo
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
+
+# Every report of the previous scheduled run starts with this text: an alert queries the prefix.
+PREVIOUS_RUN_PREFIX = "previous scheduled run "
 
 
 def timer_schedule(environ: Mapping[str, str] | None = None) -> str:
@@ -55,7 +59,7 @@ def run_tick(past_due: bool = False, clock: Clock | None = None) -> TickOutcome:
         occurrence = scheduled_for(service.settings.schedule, clock)
         if past_due:
             log.warning("timer is past due: running once now for the missed occurrence %s", occurrence)
-        outcome = service.tick(scheduled_for=occurrence, past_due=past_due)
+        outcome = service.tick(scheduled_for=occurrence, past_due=past_due, on_previous=report_previous_run)
     except PipelineError as error:
         log.error("timer tick failed: %s", describe_error(error))
         raise
@@ -79,6 +83,26 @@ def run_tick(past_due: bool = False, clock: Clock | None = None) -> TickOutcome:
     elif outcome.run is not None:
         log.info("tick for %s submitted run %s (%s)", occurrence, outcome.run.run_id, outcome.run.status)
     return outcome
+
+
+def report_previous_run(run: RunInfo | None) -> None:
+    """Log how the previous scheduled run (the newest run tagged trigger=timer before this tick's) ended:
+    ERROR when it failed or was canceled (with the failing step and its error), INFO when it completed,
+    WARNING while it is still going. Every line starts with PREVIOUS_RUN_PREFIX."""
+    if run is None:
+        log.info("%sof this endpoint: none found", PREVIOUS_RUN_PREFIX)
+        return
+    if run.status in ("failed", "canceled"):
+        failed = next((step for step in run.steps or [] if step.status == run.status), None)
+        where = f" at step {failed.name}" if failed is not None else ""
+        why = (failed.error if failed is not None and failed.error else None) or run.error
+        log.error(
+            "%s%s ended %s%s%s", PREVIOUS_RUN_PREFIX, run.run_id, run.status, where, f": {why}" if why else ""
+        )
+    elif run.status == "completed":
+        log.info("%s%s ended completed at %s", PREVIOUS_RUN_PREFIX, run.run_id, run.ended_at or "?")
+    else:
+        log.warning("%s%s is still %s", PREVIOUS_RUN_PREFIX, run.run_id, run.status)
 
 
 def describe_error(error: PipelineError) -> str:

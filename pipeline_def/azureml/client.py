@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import re
 import threading
 import time
 import uuid
@@ -15,6 +16,7 @@ from urllib.parse import quote
 
 import requests
 
+from pipeline_def.budget import current_http_budget
 from pipeline_def.errors import (
     AzureMLError,
     EntityChanged,
@@ -42,6 +44,23 @@ MAX_ATTEMPTS = 6
 CREDENTIAL_RETRIES = 2
 # The tag that makes a submit idempotent: after an ambiguous failure the run is looked up by it.
 SUBMISSION_TAG = "batchpred_submission_id"
+# Run history's runType of a pipeline run (the SDK maps it to PipelineRun when it lists runs).
+PIPELINE_RUN_TYPE = "azureml.PipelineRun"
+# Run-history statuses of a run that has not ended.
+ACTIVE_HISTORY_STATUSES = (
+    "NotStarted",
+    "Queued",
+    "Preparing",
+    "Provisioning",
+    "Starting",
+    "Running",
+    "Finalizing",
+    "CancelRequested",
+    "NotResponding",
+    "Pausing",
+    "Paused",
+    "Unapproved",
+)
 _CORRELATION_HEADERS = (
     "x-ms-correlation-request-id",
     "x-ms-request-id",
@@ -49,6 +68,10 @@ _CORRELATION_HEADERS = (
     "x-ms-client-request-id",
 )
 _MAX_MESSAGE = 300
+# The least time worth starting a call with, inside an HTTP request's budget.
+MIN_CALL_SECONDS = 0.05
+MAX_QUERY_TOP = 100
+_ODATA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,127}")
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -138,14 +161,24 @@ class AzureMLClient:
                 )
             return self._credential
 
-    def token(self) -> str:
-        """An ARM-audience bearer token, reused until five minutes before it expires."""
+    def token(self, deadline: float | None = None) -> str:
+        """An ARM-audience bearer token, reused until five minutes before it expires. With a `deadline` (an
+        HTTP request's), getting a new one gives up at the deadline whatever the credential is doing."""
         credential = self.credential
         with self._lock:
             if self._token and time.time() < self._token[1] - TOKEN_REFRESH_MARGIN:
                 return self._token[0]
         try:
-            access = credential.get_token(ARM_SCOPE)
+            if deadline is None:
+                access = credential.get_token(ARM_SCOPE)
+            else:
+                access = _within(deadline - self._monotonic(), credential.get_token, ARM_SCOPE)
+        except _TimeIsUp:
+            raise TokenError(
+                "no Azure token could be obtained for https://management.azure.com within the request's "
+                "time budget (AML_HTTP_BUDGET_SECONDS): check the managed identity (AZURE_CLIENT_ID for a "
+                "user-assigned one)"
+            ) from None
         except Exception as error:  # azure-identity raises several types; the caller needs only one
             raise TokenError(
                 "no Azure token could be obtained for https://management.azure.com "
@@ -162,21 +195,47 @@ class AzureMLClient:
 
     # ----- transport
 
+    def _limits(self) -> tuple[float, int, bool]:
+        """(deadline, most attempts, strict) of a call starting now. Inside an HTTP request the deadline is
+        the request's own, shared by every call and strict (nothing is sent past it); otherwise each call
+        may retry for AML_RETRY_BUDGET_SECONDS after its first attempt."""
+        budget = current_http_budget()
+        if budget is not None:
+            return budget.deadline_from(self._monotonic, self.settings.http_budget), budget.max_attempts, True
+        return self._monotonic() + self.settings.retry_budget, MAX_ATTEMPTS, False
+
     def _send(
-        self, method: str, url: str, *, params=None, json_body=None, timeout: float, extra_headers=None
+        self,
+        method: str,
+        url: str,
+        *,
+        what: str,
+        deadline: float,
+        strict: bool,
+        first: bool,
+        params=None,
+        json_body=None,
+        extra_headers=None,
     ) -> requests.Response:
-        headers = {"Authorization": f"Bearer {self.token()}", "Accept": "application/json"}
+        token = self.token(deadline if strict else None)
+        headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
         headers.update(extra_headers or {})
         if json_body is not None:
             headers["Content-Type"] = "application/json"
+        timeout = self._timeout(deadline, first, strict, what)
         return self._session.request(
             method, url, params=params, json=json_body, headers=headers, timeout=timeout
         )
 
-    def _timeout(self, deadline: float, first: bool) -> float:
+    def _timeout(self, deadline: float, first: bool, strict: bool, what: str) -> float:
+        remaining = deadline - self._monotonic()
+        if strict:
+            if remaining < MIN_CALL_SECONDS:
+                raise Unreachable(f"Azure ML gave no answer within the request's time budget on {what}")
+            return min(self.settings.request_timeout, remaining)
         if first:
             return self.settings.request_timeout
-        return min(self.settings.request_timeout, max(0.5, deadline - self._monotonic()))
+        return min(self.settings.request_timeout, max(0.5, remaining))
 
     def _request(
         self,
@@ -194,8 +253,9 @@ class AzureMLClient:
         """Send one call, retrying within the budget the answers in `retry_statuses` and, when
         `retry_no_answer`, timeouts and dropped connections. The defaults suit idempotent calls
         (GET/PUT/DELETE); a POST that must not be repeated blindly retries only what Azure ML did not take."""
+        limit, max_attempts, strict = self._limits()
         if deadline is None:
-            deadline = self._monotonic() + self.settings.retry_budget
+            deadline = limit
         attempt = 0
         while True:
             attempt += 1
@@ -203,9 +263,12 @@ class AzureMLClient:
                 response = self._send(
                     method,
                     url,
+                    what=what,
+                    deadline=deadline,
+                    strict=strict,
+                    first=attempt == 1,
                     params=params,
                     json_body=json_body,
-                    timeout=self._timeout(deadline, attempt == 1),
                     extra_headers=headers,
                 )
             except requests.RequestException as error:
@@ -220,17 +283,22 @@ class AzureMLClient:
                 if response.status_code not in retry_statuses:
                     raise failure
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            self._wait_or_raise(failure, retry_after, attempt, deadline)
+            self._wait_or_raise(failure, retry_after, attempt, deadline, max_attempts)
 
     def _wait_or_raise(
-        self, failure: AzureMLError, retry_after: float | None, attempt: int, deadline: float
+        self,
+        failure: AzureMLError,
+        retry_after: float | None,
+        attempt: int,
+        deadline: float,
+        max_attempts: int = MAX_ATTEMPTS,
     ) -> None:
         """Sleep before the next attempt, or raise `failure` when the attempts or the budget are spent."""
         remaining = deadline - self._monotonic()
         delay = (
             retry_after if retry_after is not None else min(BACKOFF_FIRST * 2 ** (attempt - 1), BACKOFF_MAX)
         )
-        if attempt >= MAX_ATTEMPTS or delay > remaining:
+        if attempt >= max_attempts or delay > remaining:
             if isinstance(failure, Throttled) or (retry_after is not None and failure.status == 503):
                 raise Throttled(
                     f"Azure ML is throttling requests ({failure.message})",
@@ -375,19 +443,14 @@ class AzureMLClient:
     # ----- runs
 
     def submit_to_endpoint(
-        self,
-        endpoint_id: str,
-        experiment: str,
-        parameters: dict[str, str],
-        tags: dict[str, str],
-        pipeline_id_for_dedupe: str | None,
+        self, endpoint_id: str, experiment: str, parameters: dict[str, str], tags: dict[str, str]
     ) -> dict:
         """Start a run of the endpoint's default version and return its PipelineRunEntity (`Id` = run id).
 
         The submit carries a unique tag. When it may have reached the service but no answer came back
-        (timeout, dropped connection, 5xx), the runs of `pipeline_id_for_dedupe` are searched for that tag
-        before trying again, so one call never starts two runs. A 429 never started anything: it is retried
-        after Retry-After, within the budget.
+        (timeout, dropped connection, 5xx), run history is asked for the run of `experiment` with that tag
+        (one bounded query) before trying again, so one call never starts two runs. A 429 never started
+        anything: it is retried after Retry-After, within the budget.
         """
         submission_id = uuid.uuid4().hex
         body: dict[str, Any] = {
@@ -398,7 +461,7 @@ class AzureMLClient:
         }
         url = f"{self._pipelines}/PipelineRuns/PipelineEndpointSubmit/Id/{_seg(endpoint_id)}"
         what = "the run submission"
-        deadline = self._monotonic() + self.settings.retry_budget
+        deadline, max_attempts, strict = self._limits()
         attempt = 0
         while True:
             attempt += 1
@@ -406,7 +469,13 @@ class AzureMLClient:
             retry_after = None
             try:
                 response = self._send(
-                    "POST", url, json_body=body, timeout=self._timeout(deadline, attempt == 1)
+                    "POST",
+                    url,
+                    what=what,
+                    deadline=deadline,
+                    strict=strict,
+                    first=attempt == 1,
+                    json_body=body,
                 )
             except requests.RequestException as error:
                 failure: AzureMLError = _unreachable(what, error)
@@ -420,38 +489,68 @@ class AzureMLClient:
                     raise failure
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
                 ambiguous = response.status_code != 429
-            if ambiguous and pipeline_id_for_dedupe:
-                found = self._find_submission(pipeline_id_for_dedupe, submission_id, deadline)
+            if ambiguous:
+                found = self._find_submission(experiment, submission_id, deadline)
                 if found is not None:
                     log.info(
                         "the submission reached Azure ML despite %s; run %s", failure.message, found.get("Id")
                     )
                     return found
-            elif ambiguous:
-                raise failure  # without a pipeline to search, a retry could start a second run
-            self._wait_or_raise(failure, retry_after, attempt, deadline)
+            self._wait_or_raise(failure, retry_after, attempt, deadline, max_attempts)
 
-    def _find_submission(self, pipeline_id: str, submission_id: str, deadline: float) -> dict | None:
-        for run in self.list_pipeline_runs(pipeline_id, deadline=deadline):
-            tags = run.get("tags") or run.get("Tags") or {}
-            if isinstance(tags, dict) and tags.get(SUBMISSION_TAG) == submission_id:
-                return run
-        return None
-
-    def get_pipeline_run(self, run_id: str) -> dict:
-        """The pipelines service's PipelineRunEntity of a run (`Status.StatusCode`: NotStarted ... Finished)."""
-        return self._get_json(f"{self._pipelines}/PipelineRuns/{_seg(run_id)}", what=f"run {run_id}")
-
-    def list_pipeline_runs(self, pipeline_id: str, *, deadline: float | None = None) -> list[dict]:
-        """Every run of one published pipeline (PipelineRunEntity dicts)."""
-        body = self._get_json(
-            f"{self._pipelines}/PipelineRuns/Pipeline/{_seg(pipeline_id)}",
-            what=f"runs of pipeline {pipeline_id}",
+    def _find_submission(self, experiment: str, submission_id: str, deadline: float) -> dict | None:
+        """The PipelineRunEntity of the run a submission with `submission_id` started, if run history has
+        it. The run-history record is read back as the pipelines service's entity, which is what a submit
+        answers."""
+        found = self.query_runs(
+            experiment,
+            runs_filter(tags={SUBMISSION_TAG: submission_id}),
+            top=1,
             deadline=deadline,
         )
-        if isinstance(body, dict):  # tolerate a paged shape
-            body = body.get("value") or body.get("Value") or []
-        return list(body or [])
+        if not found:
+            return None
+        return self.get_pipeline_run(str(found[0].get("runId")), deadline=deadline)
+
+    def get_pipeline_run(self, run_id: str, *, deadline: float | None = None) -> dict:
+        """The pipelines service's PipelineRunEntity of a run (`Status.StatusCode`: NotStarted ... Finished)."""
+        return self._get_json(
+            f"{self._pipelines}/PipelineRuns/{_seg(run_id)}", what=f"run {run_id}", deadline=deadline
+        )
+
+    def query_runs(
+        self,
+        experiment: str,
+        filter_expression: str,
+        *,
+        top: int,
+        orderby: str = "CreatedUtc desc",
+        deadline: float | None = None,
+    ) -> list[dict]:
+        """At most `top` run-history RunDtos of `experiment` matching an OData filter (see runs_filter),
+        newest first: one page of `POST .../experiments/{name}/runs:query`, the call azureml-core makes for
+        Run.list and Experiment.get_runs. What it reads is bounded by `top`, whatever the history. An
+        experiment run history does not know yet has no runs."""
+        if not 1 <= top <= MAX_QUERY_TOP:
+            raise ValueError(f"top must be 1 to {MAX_QUERY_TOP}")
+        try:
+            response = self._request(
+                "POST",
+                f"{self._history}/experiments/{_seg(experiment)}/runs:query",
+                json_body={"filter": filter_expression, "orderby": orderby, "top": top},
+                what=f"runs of experiment {experiment}",
+                deadline=deadline,
+            )
+        except NotFound:
+            return []
+        body = self._json(response, "the run query")
+        if isinstance(body, list):
+            runs = body
+        elif isinstance(body, dict):
+            runs = body.get("value") or []
+        else:
+            raise ServiceError("Azure ML answered the run query with something that is not a page of runs")
+        return [run for run in runs if isinstance(run, dict)][:top]
 
     def get_history_run(self, experiment: str, run_id: str) -> dict:
         """Run history's camelCase RunDto of a run. Its `status` moves to `CancelRequested` as soon as a
@@ -483,6 +582,78 @@ class AzureMLClient:
         )
 
 
+def runs_filter(
+    *,
+    pipeline_ids: tuple[str, ...] | list[str] = (),
+    tags: dict[str, str] | None = None,
+    any_of_tags: dict[str, str] | None = None,
+    statuses: tuple[str, ...] | list[str] = (),
+) -> str:
+    """The OData filter of run history's `runs:query` for top-level pipeline runs, written with the very
+    templates azureml-core's `_restclient/_odata` uses (so the live service has seen each piece):
+    `(RunType eq azureml.PipelineRun or Properties/azureml.runsource eq azureml.PipelineRun)`,
+    `(ParentRunId eq null)`, `(Properties/azureml.pipelineid eq "<id>")`, `(Tags/<k> eq "<v>")`,
+    `(Status eq <status>)`. Pipeline ids are or-ed; `tags` are and-ed; a run matches `any_of_tags` or
+    `statuses` when it has one of those tags or one of those statuses."""
+    terms = [
+        f"(RunType eq {PIPELINE_RUN_TYPE} or Properties/azureml.runsource eq {PIPELINE_RUN_TYPE})",
+        "(ParentRunId eq null)",
+    ]
+    if pipeline_ids:
+        terms.append(_or([f"(Properties/azureml.pipelineid eq {_quoted(p)})" for p in pipeline_ids]))
+    for key, value in (tags or {}).items():
+        terms.append(f"(Tags/{_key(key)} eq {_quoted(value)})")
+    either = [f"(Tags/{_key(k)} eq {_quoted(v)})" for k, v in (any_of_tags or {}).items()]
+    either += [f"(Status eq {_key(status)})" for status in statuses]
+    if either:
+        terms.append(_or(either))
+    return "(" + " and ".join(terms) + ")"
+
+
+def _or(terms: list[str]) -> str:
+    return terms[0] if len(terms) == 1 else "(" + " or ".join(terms) + ")"
+
+
+def _quoted(value: str) -> str:
+    text = str(value)
+    if '"' in text or "\\" in text:
+        raise ValueError("a run query value cannot hold a double quote or a backslash")
+    return f'"{text}"'
+
+
+def _key(name: str) -> str:
+    if not _ODATA_NAME.fullmatch(str(name)):
+        raise ValueError(f"{name!r} cannot be named in a run query")
+    return str(name)
+
+
+class _TimeIsUp(Exception):
+    pass
+
+
+def _within(seconds: float, function: Callable[..., Any], *args: Any) -> Any:
+    """`function(*args)`, given up after `seconds`: it runs in a daemon thread that is left to finish on its
+    own (azure-identity's calls cannot be interrupted). Raises _TimeIsUp when it is not done in time."""
+    if seconds <= 0:
+        raise _TimeIsUp()
+    outcome: dict[str, Any] = {}
+
+    def call() -> None:
+        try:
+            outcome["value"] = function(*args)
+        except BaseException as error:  # handed to the caller's thread as is
+            outcome["error"] = error
+
+    worker = threading.Thread(target=call, name="token-within-budget", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        raise _TimeIsUp()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
 def _seg(value: str) -> str:
     """One URL path segment; ids and names are validated elsewhere, this is belt and braces."""
     return quote(str(value), safe="")
@@ -501,9 +672,12 @@ def _unreachable(what: str, error: requests.RequestException) -> Unreachable:
 
 
 __all__ = [
+    "ACTIVE_HISTORY_STATUSES",
     "ARM_SCOPE",
+    "PIPELINE_RUN_TYPE",
     "SUBMISSION_TAG",
     "AzureMLClient",
     "error_details",
     "parse_retry_after",
+    "runs_filter",
 ]

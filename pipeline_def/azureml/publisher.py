@@ -9,7 +9,16 @@ from collections.abc import Callable
 
 from pipeline_def.azureml.client import AzureMLClient
 from pipeline_def.backend import PublishOutcome
-from pipeline_def.errors import AzureMLError, EntityChanged, Forbidden, NotFound, TokenError, Unauthorized
+from pipeline_def.errors import (
+    AzureMLError,
+    EntityChanged,
+    Forbidden,
+    NotFound,
+    PipelineError,
+    PublishFailed,
+    TokenError,
+    Unauthorized,
+)
 from pipeline_def.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -19,6 +28,9 @@ PublishFn = Callable[[Settings, str], str]
 
 _ACTIVE = ("active", "0")
 MAX_ENDPOINT_WRITES = 5
+# The endpoint versions whose pipelines' runs count as the endpoint's runs (listing, overlap, previous run):
+# enough to span any realistic run of republishes between two ticks, few enough to keep the query short.
+ENDPOINT_VERSIONS_LOOKED_AT = 10
 
 
 def is_active(entity: dict | None) -> bool:
@@ -56,6 +68,25 @@ def previous_pipeline_id(endpoint: dict) -> str | None:
     return None
 
 
+def endpoint_pipeline_ids(endpoint: dict, limit: int = ENDPOINT_VERSIONS_LOOKED_AT) -> tuple[str, ...]:
+    """The pipelines of the endpoint's `limit` newest versions, newest first, each once."""
+    versions = sorted(
+        (
+            (int(item["Version"]), item.get("PipelineId"))
+            for item in endpoint.get("PipelineVersionList") or []
+            if str(item.get("Version", "")).isdigit()
+        ),
+        reverse=True,
+    )
+    found: list[str] = []
+    for _version, pipeline_id in versions:
+        if pipeline_id and pipeline_id not in found:
+            found.append(str(pipeline_id))
+        if len(found) == limit:
+            break
+    return tuple(found)
+
+
 def current_pipeline(client: AzureMLClient, endpoint: dict | None, fingerprint: str) -> dict | None:
     """The endpoint's default pipeline when the endpoint is published and current, else None."""
     if not is_active(endpoint):
@@ -79,9 +110,7 @@ def ensure_published(
     endpoint = client.get_endpoint_by_name(settings.endpoint_name)
     pipeline = current_pipeline(client, endpoint, fingerprint)
     if pipeline is not None:
-        return PublishOutcome(
-            False, pipeline["Id"], fingerprint, endpoint["Id"], previous_pipeline_id(endpoint)
-        )
+        return _outcome(False, pipeline["Id"], fingerprint, endpoint)
 
     # An endpoint that was disabled while still pointing at the current, active pipeline only needs enabling.
     if endpoint is not None and not is_active(endpoint):
@@ -90,14 +119,12 @@ def ensure_published(
             endpoint["EntityStatus"] = "Active"
             client.update_endpoint(endpoint)
             log.info("re-enabled pipeline endpoint %s", settings.endpoint_name)
-            return PublishOutcome(
-                False, pipeline_id, fingerprint, endpoint["Id"], previous_pipeline_id(endpoint)
-            )
+            return _outcome(False, pipeline_id, fingerprint, endpoint)
 
     if publish_fn is None:
         publish_fn = _sdk_publisher(client)
     log.info("publishing pipeline %s version %s", settings.endpoint_name, fingerprint)
-    pipeline_id = publish_fn(settings, fingerprint)
+    pipeline_id = _publish(publish_fn, settings, fingerprint)
     endpoint = _point_endpoint_at(settings, client, endpoint, pipeline_id)
 
     # Read back what won: with two publishers racing, the last writer's pipeline is the default. Disable
@@ -114,7 +141,48 @@ def ensure_published(
             log.info("disabled superseded pipeline %s", old_id)
         except NotFound:
             pass
-    return PublishOutcome(True, winner, fingerprint, endpoint["Id"], previous_pipeline_id(endpoint))
+    return _outcome(True, winner, fingerprint, endpoint)
+
+
+def _outcome(published: bool, pipeline_id: str | None, fingerprint: str, endpoint: dict) -> PublishOutcome:
+    return PublishOutcome(
+        published,
+        pipeline_id,
+        fingerprint,
+        endpoint["Id"],
+        previous_pipeline_id(endpoint),
+        current=True,
+        endpoint_pipeline_ids=endpoint_pipeline_ids(endpoint),
+    )
+
+
+def _publish(publish_fn: PublishFn, settings: Settings, fingerprint: str) -> str:
+    """Run the SDK's publish; whatever the SDK raises becomes PublishFailed, so a refused publish is a typed
+    failure of the tick (with Azure ML's status when the SDK's error carries one), not a crash."""
+    try:
+        return publish_fn(settings, fingerprint)
+    except PipelineError:
+        raise
+    except Exception as error:
+        status = _sdk_status(error)
+        detail = " ".join(str(error).split())[:300] or type(error).__name__
+        raise PublishFailed(
+            f"publishing pipeline {settings.endpoint_name} version {fingerprint} failed "
+            f"({type(error).__name__}{f', Azure ML answered {status}' if status else ''}): {detail}",
+            status=status,
+        ) from error
+
+
+def _sdk_status(error: BaseException) -> int | None:
+    """The HTTP status inside one of the SDK's errors (msrest's `response`, azureml's `status_code`)."""
+    for candidate in (error, getattr(error, "inner_exception", None), error.__cause__, error.__context__):
+        if candidate is None:
+            continue
+        response = getattr(candidate, "response", None)
+        status = getattr(response, "status_code", None) or getattr(candidate, "status_code", None)
+        if isinstance(status, int):
+            return status
+    return None
 
 
 def _is_current(client: AzureMLClient, pipeline_id: str, fingerprint: str) -> bool:
@@ -183,6 +251,7 @@ __all__ = [
     "PublishFn",
     "current_pipeline",
     "default_pipeline_id",
+    "endpoint_pipeline_ids",
     "ensure_published",
     "is_active",
     "previous_pipeline_id",

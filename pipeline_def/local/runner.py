@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline_def.backend import PublishOutcome
+from pipeline_def.backend import LookBack, PublishOutcome
 from pipeline_def.errors import LocalRunError, RunNotFound
 from pipeline_def.local.model import ensure_model, model_folder, registered_versions
 from pipeline_def.runs import TERMINAL, RunInfo, StepStatus, is_valid_run_id
@@ -299,7 +299,19 @@ class LocalBackend:
 
     def ensure_published(self) -> PublishOutcome:
         """Nothing to publish locally: the steps are read from step_scripts/ when they run."""
-        return PublishOutcome(published=False)
+        return self.published_target()
+
+    def published_target(self) -> PublishOutcome:
+        """Locally the steps run from step_scripts/ as they are: always the current fingerprint."""
+        from pipeline_def.fingerprint import compute_fingerprint
+
+        return PublishOutcome(published=False, version=compute_fingerprint(self.settings), current=True)
+
+    def look_back(self, need_active: bool) -> LookBack:
+        runs = self.list_runs(limit=10_000)  # local run records: a folder listing, no service to spare
+        active = next((run for run in runs if not run.terminal), None) if need_active else None
+        previous = next((run for run in runs if run.extra.get("trigger") == "timer"), None)
+        return LookBack(active=active, previous_scheduled=previous)
 
     def submit(self, parameters: dict[str, str], tags: dict[str, str]) -> RunInfo:
         """Start a run in a detached runner process and return it queued (or already running)."""
@@ -516,17 +528,32 @@ class LocalBackend:
         extra: dict[str, Any] = {}
         if status == "completed" and record.get("output_path"):
             extra["predictions_path"] = record["output_path"]
+        tags = record.get("tags") or {}
+        if tags.get("trigger"):
+            extra["trigger"] = tags["trigger"]
+        steps = [
+            StepStatus(step["name"], step["status"], _first_line(step.get("error")))
+            for step in record["steps"]
+        ]
+        failed = next((step for step in steps if step.status == "failed"), None)
+        if status == "failed" and failed is not None:
+            extra["failed_step"] = failed.name
         return RunInfo(
             run_id=record["id"],
             status=status,
             aml_status=None,
             created_at=record.get("created_at"),
             ended_at=record.get("ended_at"),
-            steps=[StepStatus(step["name"], step["status"]) for step in record["steps"]],
+            steps=steps,
             portal_url=None,
             error=record.get("error"),
             extra=extra,
         )
+
+
+def _first_line(text: Any) -> str | None:
+    lines = [line.strip() for line in str(text or "").splitlines() if line.strip()]
+    return lines[0][:300] if lines else None
 
 
 def _is_zombie(pid: int) -> bool:

@@ -6,8 +6,12 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from tests.fake_aml.odata import parse_filter, sort_key
 from tests.fake_aml.state import FakeRun, FakeStep, iso
 from tests.fake_aml.wire import SEG, RecordedRequest, Response, Route, ServiceError, json_body, route
+
+# The most runs one page of `runs:query` returns, whatever `top` asks for (the SDK's own page size).
+QUERY_PAGE_MAX = 500
 
 
 class HistoryService:
@@ -32,6 +36,7 @@ class HistoryService:
             route("GET", rf"/experiments/{SEG}", self._get_experiment),
             route("POST", rf"/experiments/{SEG}", self._create_experiment),
             route("GET", rf"/experiments/{SEG}/runs", self._list_history_runs),
+            route("POST", rf"/experiments/{SEG}/runs:query", self._query_history_runs),
             route("GET", rf"{run_ref}/children", self._get_history_children),
             route("GET", rf"{run_ref}/details", self._get_history_run),
             route("POST", rf"{run_ref}/cancel", self._cancel_history_run),
@@ -120,3 +125,39 @@ class HistoryService:
         if step is not None:
             step.patches.append(body)
         return Response(200, run.step_dto(step) if step else run.history_dto(self.workspace_path))
+
+    def _query_history_runs(self, record: RecordedRequest, experiment: str) -> Response:
+        """`POST .../experiments/{name}/runs:query` with a QueryParamsDto body (`filter`, `orderby`, `top`,
+        `continuationToken`), as azureml-core's ExperimentClient.get_runs sends it (Run.list,
+        Experiment.get_runs): the experiment's runs, pipeline runs and their step runs alike, that match the
+        filter, ordered, one page of at most `top` with a continuation token for the next."""
+        if experiment not in self.experiments:
+            raise ServiceError(404, f"Experiment {experiment} not found.", "UserError")
+        query = json_body(record)
+        matches = parse_filter(query.get("filter"))
+        key, reverse = sort_key(query.get("orderby"))
+        top = query.get("top")
+        if top is None:
+            top = QUERY_PAGE_MAX
+        if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+            raise ServiceError(400, "Invalid query: top must be a positive integer.", "BadArgument")
+        token = query.get("continuationToken")
+        offset = int(token) if isinstance(token, str) and token.isdigit() else 0
+        found = []
+        for run in self.runs.values():
+            if run.experiment != experiment:
+                continue
+            for dto in (run.history_dto(self.workspace_path), *(run.step_dto(s) for s in run.steps)):
+                if matches(dto):
+                    found.append(dto)
+        found.sort(key=key, reverse=reverse)
+        page = found[offset : offset + min(top, QUERY_PAGE_MAX)]
+        following = offset + len(page)
+        return Response(
+            200,
+            {
+                "value": page,
+                "continuationToken": str(following) if following < len(found) else None,
+                "nextLink": None,
+            },
+        )

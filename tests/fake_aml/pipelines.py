@@ -123,10 +123,12 @@ class PipelinesService:
         status: str,
         steps: dict[str, str] | None = None,
         error_message: str | None = None,
+        step_errors: dict[str, str] | None = None,
     ) -> FakeRun:
         """Move a run to `status`: a pipelines-service code (NotStarted, Running, Failed, Finished, Canceled)
         or a run-history spelling (Completed, Queued, CancelRequested, ...). Steps follow unless `steps`
-        ({step name: run-history status}) says otherwise."""
+        ({step name: run-history status}) says otherwise; `step_errors` ({step name: message}) is what run
+        history's `error` of a failed step says."""
         with self.lock:
             run = self.runs[run_id]
             now = self.clock()
@@ -154,6 +156,8 @@ class PipelinesService:
                 if step_status not in HISTORY_STATUSES:
                     raise ValueError(f"unknown run-history status {step_status!r} for step {name}")
                 self._set_step(run.step(name), step_status, now)
+            for name, message in (step_errors or {}).items():
+                run.step(name).error_message = message
             return run
 
     # ------------------------------------------------------------------ state internals (hold self.lock)

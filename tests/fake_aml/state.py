@@ -227,7 +227,13 @@ class FakeRun:
             "createdUtc": iso(self.created),
             "startTimeUtc": iso(self.started),
             "endTimeUtc": iso(self.ended),
-            "tags": {**self.tags, "azureml.pipelineComponent": "pipelinerun"},
+            # As a real pipeline run's record shows them (Event Grid's RunStatusChanged carries the same
+            # runTags and runProperties): the published pipeline's id both as a tag and as a property.
+            "tags": {
+                **self.tags,
+                "azureml.pipelineComponent": "pipelinerun",
+                "azureml.pipelineid": self.pipeline_id,
+            },
             "properties": {
                 **self.properties,
                 "azureml.runsource": "azureml.PipelineRun",

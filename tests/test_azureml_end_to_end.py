@@ -141,9 +141,8 @@ def test_a_model_version_that_does_not_exist_fails_the_run_at_predict_and_keeps_
     assert azure.fake.step_log(run_id, "save_predictions") == ""
     for name, data in previous.items():
         assert azure.read_datastore(name) == data
-    if "error" not in body:  # TEMPORARY: until the app branch reports the failed step's error
-        pytest.xfail("GET /api/runs/{id} does not carry the failed step's error yet (app branch)")
-    assert "predict" in body["error"] and f"{MODEL_NAME}:99" in body["error"], body["error"]
+    # ... and GET /api/runs/{id} says which step failed and why
+    assert body["error"].startswith(f"step predict failed: cannot get registered model {MODEL_NAME}:99")
 
 
 def test_a_changed_step_script_republishes_and_the_next_run_executes_the_new_snapshot(

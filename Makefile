@@ -49,6 +49,8 @@ bench: $(STAMP)
 	$(PY) bench/predict_step.py
 	$(PY) bench/submit.py
 	$(PY) bench/cold_start.py
+	$(PY) bench/package_size.py
+	$(PY) bench/history_growth.py
 
 clean:
 	rm -rf $(VENV) node_modules .local .pytest_cache

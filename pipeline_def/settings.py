@@ -22,6 +22,15 @@ DEFAULT_SCHEDULE = "0 30 1,13 * * *"
 DEFAULT_ENDPOINT_NAME = "house-price-batch-predictions"
 DEFAULT_SAMPLE_SIZE = 10
 BACKENDS = ("azureml", "local")
+# What the azureml backend cannot run without (AML_API_BASE may stand in for AML_REGION); the infrastructure
+# in infra/ sets each of them as an app setting.
+REQUIRED_FOR_AZUREML = (
+    "AML_SUBSCRIPTION_ID",
+    "AML_RESOURCE_GROUP",
+    "AML_WORKSPACE_NAME",
+    "AML_REGION",
+    "AML_COMPUTE_NAME",
+)
 OVERLAP_POLICIES = ("skip", "allow")
 
 _GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")

@@ -3,6 +3,9 @@ and publish through it, the fake speaks the wire contract the SDK was written fo
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import re
 import socket
 import uuid
 from pathlib import Path
@@ -306,6 +309,64 @@ def test_sdk_creates_an_experiment_it_does_not_find(fake_aml, workspace):
     experiment = Experiment(workspace, "brand-new")
     assert experiment.id == fake_aml.experiments["brand-new"]["experimentId"]
     assert [r.method for r in fake_aml.calls(path_contains="/experiments/brand-new")] == ["GET", "POST"]
+
+
+# Ids the service or the SDK makes up afresh for each publish: graph node ids (8 hex digits) and GUIDs.
+_MINTED_ID = re.compile(r"\b[0-9a-f]{8}(?:-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})?\b")
+
+
+def _ids_by_first_use(value, names: dict[str, str]):
+    """`value` with every minted id replaced by <idN>, N its order of first appearance, so two publishes of
+    the same graph compare equal while the links between ids (edges, module ids) still count."""
+    if isinstance(value, dict):
+        return {key: _ids_by_first_use(item, names) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_ids_by_first_use(item, names) for item in value]
+    if isinstance(value, str):
+        return _MINTED_ID.sub(lambda m: names.setdefault(m.group(0), f"<id{len(names)}>"), value)
+    return value
+
+
+def _published_graph(fake: FakeAzureML, step_class) -> dict:
+    """Publish the project's pipeline into `fake` with the given step class; return what went on the wire:
+    the Modules bodies (by step name: the SDK creates them from a thread pool) and the Pipelines/Create body."""
+    from azure.identity import DefaultAzureCredential
+
+    from pipeline_def.azureml import definition
+    from pipeline_def.settings import load_settings
+
+    settings = dataclasses.replace(load_settings(), api_base=fake.base_url)
+    with definition.private_sdk_state():  # fresh SDK caches: the second publish must not reuse the first's
+        workspace = definition.connect_workspace(settings, DefaultAzureCredential())
+        pipeline = definition.build_pipeline(workspace, settings, "fp-same", step_class=step_class)
+        pipeline.publish(name=settings.endpoint_name, version="fp-same", continue_on_step_failure=False)
+    modules = sorted((r.json() for r in fake.calls("POST", "/Modules")), key=lambda body: body["Name"])
+    (create,) = fake.calls("POST", "/Pipelines/Create")
+    wire = sorted(_MINTED_ID.sub("<id>", f"{r.method} {r.path}") for r in fake.requests)
+    return {"modules": modules, "create": create.json(), "wire": wire}
+
+
+def test_steps_built_without_azureml_pipeline_steps_publish_what_its_python_script_step_would(
+    fake_aml, fake_identity, aml_env, loopback_only
+):
+    """definition.py builds its steps from azureml-pipeline-core's base class so the deployed app can do without
+    azureml-pipeline-steps; the service must receive exactly what the SDK's PythonScriptStep sends."""
+    from azureml.pipeline.steps import PythonScriptStep
+
+    ours = _published_graph(fake_aml, None)
+    with FakeAzureML(fake_aml.subscription_id, fake_aml.resource_group, fake_aml.workspace_name) as other:
+        sdk = _published_graph(other, PythonScriptStep)
+
+    for graph in (ours, sdk):
+        names: dict[str, str] = {}
+        graph["modules"] = _ids_by_first_use(graph["modules"], names)
+        graph["create"] = _ids_by_first_use(graph["create"], names)
+    assert [m["StepType"] for m in ours["modules"]] == ["PythonScriptStep"] * 3
+    assert len(ours["create"]["Graph"]["ModuleNodes"]) == 3
+    assert json.dumps(ours["modules"], sort_keys=True) == json.dumps(sdk["modules"], sort_keys=True)
+    assert json.dumps(ours["create"], sort_keys=True) == json.dumps(sdk["create"], sort_keys=True)
+    assert ours["wire"] == sdk["wire"]
+    assert loopback_only == []
 
 
 def test_sdk_filtered_run_listing_finds_the_right_pipeline_runs_through_runs_query(fake_aml, workspace):

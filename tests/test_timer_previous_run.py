@@ -17,6 +17,7 @@ from pipeline_def.fingerprint import compute_fingerprint
 from pipeline_def.service import reset_service
 from pipeline_def.settings import load_settings
 from tests.function_app_helpers import LoadedApp
+from tests.kql import alert_fires_on
 
 TIMER_LOGGER = "pipeline_def.app.timer"
 MODEL_ERROR = "error: model version 99 of HousePrices is not registered"
@@ -84,6 +85,7 @@ def test_a_failed_previous_scheduled_run_is_an_error_naming_run_step_and_error(l
     assert len(aml.fake.runs) == 2  # the tick still submitted its own run
     # endpoint, default pipeline, one run-history query, the failed run's steps, the submit
     assert len(aml.fake.requests) == 5
+    assert alert_fires_on(report)  # infra's alert query catches this very record
 
 
 def test_a_canceled_previous_scheduled_run_is_an_error_too(loaded, aml, caplog):
@@ -93,6 +95,7 @@ def test_a_canceled_previous_scheduled_run_is_an_error_too(loaded, aml, caplog):
     (report,) = _reports(caplog)
     assert report.levelno == logging.ERROR
     assert report.getMessage().startswith(f"previous scheduled run {canceled.run_id} ended canceled")
+    assert alert_fires_on(report)
 
 
 def test_a_completed_previous_scheduled_run_is_info_and_costs_no_extra_call(loaded, aml, caplog):
@@ -104,6 +107,7 @@ def test_a_completed_previous_scheduled_run_is_info_and_costs_no_extra_call(load
     assert report.levelno == logging.INFO
     assert report.getMessage().startswith(f"previous scheduled run {done.run_id} ended completed")
     assert len(aml.fake.requests) == 4
+    assert not alert_fires_on(report)
 
 
 def test_a_previous_scheduled_run_still_going_is_a_warning_and_the_tick_skips(loaded, aml, caplog):

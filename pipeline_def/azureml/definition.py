@@ -4,8 +4,13 @@ It runs only when the endpoint is stale and a new version must be published, nev
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import sys
+import tempfile
+import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +23,12 @@ if TYPE_CHECKING:
 
 # What Setting("destination") becomes on Azure ML: save_predictions writes to the default datastore.
 DESTINATION = "default-datastore"
+
+# The SDK's state is process-wide (environment variables, tempfile's directory, a default argument): one
+# publish at a time may aim it at its private folder.
+_SDK_STATE_LOCK = threading.Lock()
+_STATE_ENV = ("HOME", "TMPDIR", "TEMP", "TMP")
+PRIVATE_FOLDER_PREFIX = "azureml-sdk-"
 
 
 def connect_workspace(settings: Settings, credential: Any) -> Workspace:
@@ -88,12 +99,24 @@ def _run_configuration(folder: Path) -> Any:
 
 
 def build_pipeline(
-    workspace: Workspace, settings: Settings, fingerprint: str, folder: Path = STEP_SCRIPTS_DIR
+    workspace: Workspace,
+    settings: Settings,
+    fingerprint: str,
+    folder: Path = STEP_SCRIPTS_DIR,
+    *,
+    step_class: type | None = None,
 ) -> Pipeline:
     """PythonScriptSteps from steps.STEPS, joined by PipelineData, with the run parameters as
-    PipelineParameters whose defaults are the settings'."""
+    PipelineParameters whose defaults are the settings'.
+
+    The steps are azureml-pipeline-core's `_PythonScriptStepBase`: azureml-pipeline-steps' `PythonScriptStep`
+    is that class with nothing added (its methods only call the base), and the base names its step type
+    "PythonScriptStep" all the same. Leaving azureml-pipeline-steps out spares the deployed app the AutoML
+    client and dataprep it depends on. `step_class` lets the fidelity test build the SDK's own class."""
     from azureml.pipeline.core import Pipeline, PipelineData, PipelineParameter
-    from azureml.pipeline.steps import PythonScriptStep
+    from azureml.pipeline.core._python_script_step_base import _PythonScriptStepBase
+
+    PythonScriptStep = step_class or _PythonScriptStepBase
 
     defaults = settings.parameter_defaults
     parameters = {
@@ -152,12 +175,64 @@ def _description(fingerprint: str) -> str:
     return f"House-price batch predictions (fingerprint {fingerprint})"
 
 
+@contextlib.contextmanager
+def private_sdk_state() -> Iterator[Path]:
+    """Aim everything the SDK writes at a new private folder for the duration, then remove the folder.
+
+    What a publish writes, found with an audit hook (tests/test_sdk_sandbox.py): the service-discovery
+    cache `~/.azureml/.discovery` (its path is a default argument, computed from HOME when the SDK is first
+    imported), the snapshot cache `$HOME/.azureml/.projectcontent/<workspace hash>/latestsnapshot` (HOME read
+    at call time; a refused mkdir there aborts the publish), and, where azureml-dataprep is installed (the dev
+    venv, not the deployed app), a log folder under `tempfile.gettempdir()` made when it is first imported.
+    So HOME and TMPDIR/TEMP/TMP point into the folder, tempfile's cached directory too, and the discovery
+    cache's default path is set for the call; all are put back afterwards. Only one caller at a time (a lock):
+    the state is process-wide. A thread of the same process that makes a temporary file without `dir=`
+    during a publish makes it in the folder and loses it with the folder; nothing in this app does."""
+    with _SDK_STATE_LOCK:
+        saved_env = {name: os.environ.get(name) for name in _STATE_ENV}
+        tempfile.gettempdir()  # resolve (and cache) the system's temporary folder before pointing it at ours
+        saved_tempdir = tempfile.tempdir
+        discovery_loaded = "azureml._base_sdk_common.service_discovery" in sys.modules
+        outer_discovery_file = os.path.join(os.path.expanduser("~"), ".azureml", ".discovery")
+        root = Path(tempfile.mkdtemp(prefix=PRIVATE_FOLDER_PREFIX))
+        home, temp = root / "home", root / "tmp"
+        home.mkdir()
+        temp.mkdir()
+        discovery_init = None
+        saved_defaults = None
+        try:
+            os.environ["HOME"] = str(home)
+            for name in _STATE_ENV[1:]:
+                os.environ[name] = str(temp)
+            tempfile.tempdir = str(temp)
+            from azureml._base_sdk_common.service_discovery import CachedServiceDiscovery
+
+            # The SDK builds a CachedServiceDiscovery for every service URL it looks up, always with the default
+            # file_path, which was frozen when the SDK was first imported: change the default, not HOME alone.
+            discovery_init = CachedServiceDiscovery.__init__
+            saved_defaults = discovery_init.__defaults__ if discovery_loaded else (outer_discovery_file,)
+            discovery_init.__defaults__ = (str(home / ".azureml" / ".discovery"),)
+            yield root
+        finally:
+            if discovery_init is not None:
+                discovery_init.__defaults__ = saved_defaults
+            tempfile.tempdir = saved_tempdir
+            for name, value in saved_env.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+            shutil.rmtree(root, ignore_errors=True)
+
+
 def publish_pipeline(
     settings: Settings, credential: Any, fingerprint: str, folder: Path = STEP_SCRIPTS_DIR
 ) -> str:
-    """Build and publish a new pipeline whose Version is `fingerprint`; return its id."""
+    """Build and publish a new pipeline whose Version is `fingerprint`; return its id. The SDK's caches live
+    in a private temporary folder for the call (`private_sdk_state`), so a read-only HOME is fine and nothing
+    is left behind."""
     # The SDK prints progress ("Created step ...") to stdout; keep stdout for the CLI's own answer.
-    with contextlib.redirect_stdout(sys.stderr):
+    with private_sdk_state(), contextlib.redirect_stdout(sys.stderr):
         workspace = connect_workspace(settings, credential)
         pipeline = build_pipeline(workspace, settings, fingerprint, folder)
         published = pipeline.publish(
@@ -169,4 +244,11 @@ def publish_pipeline(
     return published.id
 
 
-__all__ = ["DESTINATION", "build_pipeline", "connect_workspace", "publish_pipeline"]
+__all__ = [
+    "DESTINATION",
+    "PRIVATE_FOLDER_PREFIX",
+    "build_pipeline",
+    "connect_workspace",
+    "private_sdk_state",
+    "publish_pipeline",
+]

@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test step-env lint format bench clean
+.PHONY: demo demo-azureml test step-env lint format bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,12 @@ venv: $(STAMP)
 # A local pipeline run on the embedded default: the `local` backend and the shipped Ames data.
 demo: $(STAMP)
 	PIPELINE_BACKEND=local $(PY) -m pipeline_def run --backend local --show 5
+
+# The Azure path with no Azure: one timer tick through function_app against the emulated workspace (which
+# runs the published steps in their own venv), Azurite and a loopback managed identity; prints the predictions
+# it downloads from the emulated default datastore.
+demo-azureml: $(STAMP) node_modules/.bin/azurite-blob step-env
+	$(PY) -m tests.demo_azureml
 
 # The steps' own venv from step_scripts/requirements.txt, as Azure ML builds it: fails when the file stops
 # resolving. Cached by the file's hash in $$STEP_ENV_CACHE (default .local/step-envs/), so a rerun is instant.

@@ -25,7 +25,9 @@ class StepError(Exception):
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    # One line, whatever the message holds: a job's log is read by its last `error:` line, and some SDK
+    # exceptions (WebserviceException) put their message on the lines after their first.
+    print(f"error: {' '.join(message.split())}", file=sys.stderr, flush=True)
     sys.exit(code)
 
 

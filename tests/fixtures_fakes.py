@@ -4,25 +4,26 @@ backend at them (`aml_env`), and Azurite for blob storage."""
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.azurite import (
+    AZURITE_BLOB,
+    DEVSTORE_ACCOUNT,
+    DEVSTORE_KEY,
+    AzuriteBlob,
+    AzuriteUnavailable,
+    start_azurite,
+    stop_azurite,
+)
+from tests.azurite import installed as azurite_installed
 from tests.fake_aml import FakeAzureML
 from tests.fake_identity import FakeManagedIdentity
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-AZURITE_BLOB = REPO_ROOT / "node_modules" / ".bin" / "azurite-blob"
-# Azurite's documented development account and key (public, not a secret)
-DEVSTORE_ACCOUNT = "devstoreaccount1"
-DEVSTORE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-AZURITE_START_TIMEOUT = 30.0
+# re-exported: tests import these from here
+__all__ = ["DEVSTORE_ACCOUNT", "DEVSTORE_KEY", "AzuriteBlob"]
 
 # Variables that would make DefaultAzureCredential pick a credential other than the managed identity.
 _AZURE_CREDENTIAL_VARS = (
@@ -93,82 +94,19 @@ def aml_env(
         reset_service()
 
 
-@dataclass(frozen=True)
-class AzuriteBlob:
-    host: str
-    port: int
-
-    @property
-    def blob_endpoint(self) -> str:
-        return f"http://{self.host}:{self.port}/{DEVSTORE_ACCOUNT}"
-
-    @property
-    def connection_string(self) -> str:
-        return (
-            f"DefaultEndpointsProtocol=http;AccountName={DEVSTORE_ACCOUNT};AccountKey={DEVSTORE_KEY};"
-            f"BlobEndpoint={self.blob_endpoint};"
-        )
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _accepts_connections(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="session")
 def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzuriteBlob]:
     """Azurite's blob service on 127.0.0.1 for the whole session (in-memory)."""
-    if not AZURITE_BLOB.exists() or shutil.which("node") is None:
+    if not azurite_installed():
         message = f"Azurite is not installed ({AZURITE_BLOB} or node missing): run `npm install`"
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(message)
         pytest.skip(message)
-    workdir = tmp_path_factory.mktemp("azurite")
-    log_path = workdir / "azurite.log"
-    for _attempt in range(3):  # the free port may be taken between the probe and Azurite's bind
-        port = _free_port()
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen(
-                [
-                    str(AZURITE_BLOB),
-                    "--blobHost",
-                    "127.0.0.1",
-                    "--blobPort",
-                    str(port),
-                    "--skipApiVersionCheck",
-                    "--disableTelemetry",
-                    "--inMemoryPersistence",  # (Azurite refuses --location with it; cwd takes its debug files)
-                ],
-                cwd=workdir,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + AZURITE_START_TIMEOUT
-        while time.monotonic() < deadline and process.poll() is None:
-            if _accepts_connections(port):
-                break
-            time.sleep(0.1)  # polling an external process's startup, not waiting for behaviour under test
-        if process.poll() is None and _accepts_connections(port):
-            break
-        process.kill()
-        process.wait(timeout=10)
-    else:
-        pytest.fail(f"Azurite did not start; its log:\n{log_path.read_text(errors='replace')}")
     try:
-        yield AzuriteBlob("127.0.0.1", port)
+        blob, process = start_azurite(tmp_path_factory.mktemp("azurite"))
+    except AzuriteUnavailable as error:
+        pytest.fail(str(error))
+    try:
+        yield blob
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop_azurite(process)

@@ -656,6 +656,7 @@ class PipelinesService:
         if not isinstance(submission, dict):
             raise ServiceError(400, "The body must be a PipelineSubmissionInfo object.", "BadArgument")
         run = self._create_run(pipeline_id, submission, endpoint_id)
+        self._start_execution(run)  # a no-op unless enable_execution was called
         return Response(200, run.entity)
 
     # runs (pipelines service)
@@ -702,6 +703,7 @@ class PipelinesService:
         else:
             run.history_status = "CancelRequested"
         self._derive_steps(run, now)
+        self._stop_execution(run)  # an executing run: stop its running step; its thread settles the run
 
     def _cancel_pipeline_run(self, record: RecordedRequest, run_id: str) -> Response:
         self._cancel(self._run(run_id))

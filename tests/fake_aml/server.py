@@ -23,6 +23,7 @@ from tests.fake_aml.content import ContentService
 from tests.fake_aml.dataset import DatasetService, FakeDatasetVersion
 from tests.fake_aml.datastore import BlobStore, DatastoreService
 from tests.fake_aml.discovery import DiscoveryService
+from tests.fake_aml.execution import ExecutionService
 from tests.fake_aml.faults import Fault, FaultBook, compile_pattern
 from tests.fake_aml.history import HistoryService
 from tests.fake_aml.jobs import RUN_TOKEN_AUDIENCE, JobContext
@@ -59,6 +60,7 @@ class FakeAzureML(
     DatastoreService,
     ContentService,
     ComputeService,
+    ExecutionService,
     DatasetService,
     ModelService,
     ArtifactService,
@@ -132,6 +134,8 @@ class FakeAzureML(
 
     def stop(self) -> None:
         self._stopping.set()  # wakes every delayed request
+        self._stop_all_executions()
+        self._stop_snapshot_uploads()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 DEFAULT_STEP_NAMES = ("fetch_data", "predict", "save_predictions")
@@ -121,12 +122,13 @@ class FakeStep:
     created: datetime | None = None
     started: datetime | None = None
     ended: datetime | None = None
+    error_message: str | None = None  # a failed step's error (executed runs: its last `error: ...` line)
+    log_path: Path | None = None  # executed runs: the step's stdout and stderr (70_driver_log.txt)
     # what the step's own process added through run history (PATCH): tags, properties, and the rest of the
     # body as sent (e.g. the dataset lineage the SDK records when a step reads a registered dataset)
     tags: dict[str, str] = field(default_factory=dict)
     properties: dict[str, str] = field(default_factory=dict)
     patches: list[dict[str, Any]] = field(default_factory=list)
-    error_message: str | None = None  # what run history's `error` says when the step failed
 
     @property
     def node_status(self) -> str:

@@ -1,0 +1,348 @@
+"""The emulated workspace runs what was published: a submitted run executes the graph the SDK sent (module
+nodes, edges, structured arguments, parameter links) with the run's parameters, each step as its own process
+with the steps' Python, the job's AZUREML_* variables, a private HOME and the snapshot the SDK uploaded as
+its working directory. Opt-in (`enable_execution`): without it runs move only when a test moves them."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.fake_aml.state import HISTORY_TERMINAL, FakeRun, FakeStep
+
+# How long a canceled step gets between SIGTERM and SIGKILL.
+CANCEL_GRACE_SECONDS = 5.0
+DRIVER_LOG = "azureml-logs/70_driver_log.txt"
+
+
+@dataclass
+class Execution:
+    """How steps are run: the interpreter of the steps' environment and where runs keep their folders."""
+
+    step_python: Path
+    workdir: Path
+    # Variables every step process gets besides the job's own (e.g. a proxy for a test's storage).
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _RunState:
+    """What the executing thread of one run shares with cancel and with waiters."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    process: subprocess.Popen | None = None
+    thread: threading.Thread | None = None
+
+
+@dataclass(frozen=True)
+class _StepPlan:
+    step: FakeStep
+    script: str
+    arguments: list[str]
+    snapshot_id: str
+    environment: dict[str, str]
+
+
+class ExecutionService:
+    """Mixed into FakeAzureML: `enable_execution(...)` makes every submitted run execute in a background
+    thread; `wait_for_run` waits (bounded) for its end; `step_log` reads a step's log."""
+
+    execution: Execution | None = None
+
+    def enable_execution(
+        self, step_python: Path, workdir: Path, extra_env: dict[str, str] | None = None
+    ) -> Execution:
+        """Execute submitted runs from now on. Publishes from now on keep their snapshot files (see
+        content.keep_snapshots: the publishing process needs `fake.snapshot_uploads.environ()`)."""
+        workdir = Path(workdir)
+        self.keep_snapshots(workdir / "snapshot-uploads")
+        with self.lock:
+            self.execution = Execution(Path(step_python), workdir, dict(extra_env or {}))
+            self._executions: dict[str, _RunState] = {}
+        return self.execution
+
+    def wait_for_run(self, run_id: str, timeout: float) -> FakeRun:
+        """Wait until the executing run ends (a terminal status); TimeoutError after `timeout` seconds."""
+        state = self._executions.get(run_id)
+        if state is None:
+            raise KeyError(f"run {run_id} is not executing (enable_execution before the submit)")
+        if not state.done.wait(timeout):
+            raise TimeoutError(f"run {run_id} did not end within {timeout} s: {self.runs[run_id].status}")
+        return self.runs[run_id]
+
+    def step_log(self, run_id: str, step_name: str) -> str:
+        """The stdout and stderr of a step run of an executed run ("" before it started)."""
+        step = self.runs[run_id].step(step_name)
+        if step.log_path is None or not step.log_path.exists():
+            return ""
+        return step.log_path.read_text(errors="replace")
+
+    # ------------------------------------------------------------------ hooks (called under self.lock)
+    def _start_execution(self, run: FakeRun) -> None:
+        if self.execution is None:
+            return
+        state = _RunState()
+        self._executions[run.run_id] = state
+        state.thread = threading.Thread(
+            target=self._execute, args=(run, state), name=f"run-{run.run_id[:8]}", daemon=True
+        )
+        state.thread.start()
+
+    def _stop_execution(self, run: FakeRun) -> None:
+        state = getattr(self, "_executions", {}).get(run.run_id)
+        if state is None:
+            return
+        state.cancel.set()
+        _terminate(state.process)
+
+    def _stop_all_executions(self) -> None:
+        for state in list(getattr(self, "_executions", {}).values()):
+            state.cancel.set()
+            _terminate(state.process)
+        for state in list(getattr(self, "_executions", {}).values()):
+            if state.thread is not None:
+                state.thread.join(timeout=CANCEL_GRACE_SECONDS + 5)
+
+    # ------------------------------------------------------------------ the run's thread
+    def _execute(self, run: FakeRun, state: _RunState) -> None:
+        try:
+            self._execute_steps(run, state)
+        except Exception as error:  # a defect of the emulator or a broken graph: the run fails, visibly
+            with self.lock:
+                self._end_run(run, "Failed", f"The emulated workspace could not run the pipeline: {error}")
+        finally:
+            state.done.set()
+
+    def _execute_steps(self, run: FakeRun, state: _RunState) -> None:
+        assert self.execution is not None
+        run_dir = self.execution.workdir / "runs" / run.run_id
+        with self.lock:
+            if state.cancel.is_set() or run.history_status in HISTORY_TERMINAL:
+                self._end_run(run, "Canceled")
+                return
+            order = self._graph_order(run)
+            now = self.clock()
+            run.status, run.history_status, run.started = "Running", "Running", now
+        outputs: dict[tuple[str, str], Path] = {}
+        for node, module in order:
+            with self.lock:
+                step = next(s for s in run.steps if s.node_id == node["Id"])
+                if state.cancel.is_set():
+                    self._end_run(run, "Canceled")
+                    return
+                self._set_step(step, "Queued", self.clock())
+                plan = self._plan_step(run, step, node, module, run_dir, outputs)
+            rc, error = self._run_step(plan, run_dir / step.name, state)
+            with self.lock:
+                now = self.clock()
+                if state.cancel.is_set():
+                    self._set_step(step, "Canceled", now)
+                    self._end_run(run, "Canceled")
+                    return
+                if rc != 0:
+                    step.error_message = error
+                    self._set_step(step, "Failed", now)
+                    self._end_run(run, "Failed", f"Step {step.name} failed: {error}")
+                    return
+                self._set_step(step, "Completed", now)
+        with self.lock:
+            self._end_run(run, "Finished")
+
+    def _end_run(self, run: FakeRun, status: str, error: str | None = None) -> None:
+        """Settle the run (pipelines-service code) and leave no step busy: unfinished steps of a canceled
+        run are Canceled; steps that never started after a failure stay NotStarted."""
+        now = self.clock()
+        for step in run.steps:
+            if step.status in HISTORY_TERMINAL or step.status == "NotStarted":
+                continue
+            self._set_step(step, "Canceled", now)
+        if status == "Canceled":
+            for step in run.steps:
+                if step.status == "NotStarted":
+                    self._set_step(step, "Canceled", now)
+        history = {"Finished": "Completed", "Failed": "Failed", "Canceled": "Canceled"}[status]
+        run.status, run.history_status = status, history
+        run.started = run.started or now
+        run.ended = now
+        if error:
+            run.error_message = error
+
+    def _graph_order(self, run: FakeRun) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """The module nodes of the run's graph, each after the nodes whose outputs it takes (Kahn's order,
+        ties in the order the SDK listed the nodes)."""
+        pipeline = self.pipelines[run.pipeline_id]
+        graph = (self.graphs.get(pipeline["GraphId"]) or {}).get("Graph")
+        if not graph:
+            raise ValueError(f"pipeline {run.pipeline_id} has no graph to execute (it was not published)")
+        nodes = list(graph.get("ModuleNodes") or [])
+        after: dict[str, set[str]] = {n["Id"]: set() for n in nodes}
+        for edge in graph.get("Edges") or []:
+            source = (edge.get("SourceOutputPort") or {}).get("NodeId")
+            target = (edge.get("DestinationInputPort") or {}).get("NodeId")
+            if source in after and target in after:
+                after[target].add(source)
+        ordered: list[dict[str, Any]] = []
+        while len(ordered) < len(nodes):
+            done = {n["Id"] for n in ordered}
+            ready = [n for n in nodes if n["Id"] not in done and after[n["Id"]] <= done]
+            if not ready:
+                raise ValueError("the graph has a cycle")
+            ordered.append(ready[0])
+        return [(node, self.modules[node["ModuleId"]]["Data"]) for node in ordered]
+
+    def _plan_step(
+        self,
+        run: FakeRun,
+        step: FakeStep,
+        node: dict[str, Any],
+        module: dict[str, Any],
+        run_dir: Path,
+        outputs: dict[tuple[str, str], Path],
+    ) -> _StepPlan:
+        """The command line and environment of one step, resolved from the graph and the run."""
+        assert self.execution is not None
+        interface = module.get("StructuredInterface") or {}
+        node_params = {p["Name"]: p for p in node.get("ModuleParameters") or []}
+        defaults = {p["Name"]: p.get("DefaultValue") for p in interface.get("Parameters") or []}
+
+        def parameter(name: str) -> str:
+            # ValueType "1": linked to the pipeline parameter named by Value; "0": a literal value
+            given = node_params.get(name)
+            if given is not None and str(given.get("ValueType")) == "1":
+                linked = given.get("Value") or name
+                if linked in run.parameters:
+                    return run.parameters[linked]
+            if given is not None and given.get("Value") is not None:
+                return str(given["Value"])
+            if defaults.get(name) is not None:
+                return str(defaults[name])
+            raise ValueError(f"step {step.name}: no value for parameter {name}")
+
+        graph = self.graphs[self.pipelines[run.pipeline_id]["GraphId"]]["Graph"]
+        sources = {
+            (e["DestinationInputPort"]["NodeId"], e["DestinationInputPort"]["PortName"]): (
+                e["SourceOutputPort"]["NodeId"],
+                e["SourceOutputPort"]["PortName"],
+            )
+            for e in graph.get("Edges") or []
+        }
+        arguments: list[str] = []
+        for argument in interface.get("Arguments") or []:
+            kind, value = argument.get("ValueType"), argument.get("Value")
+            if kind == "Literal":
+                arguments.append(str(value))
+            elif kind == "Parameter":
+                arguments.append(parameter(value))
+            elif kind == "Output":
+                # a PipelineData output: a folder of its own per run, as a datastore mount gives one
+                folder = run_dir / "data" / node["Id"] / value
+                folder.mkdir(parents=True, exist_ok=True)
+                outputs[(node["Id"], value)] = folder
+                arguments.append(str(folder))
+            elif kind == "Input":
+                source = sources.get((node["Id"], value))
+                if source is None or source not in outputs:
+                    raise ValueError(f"step {step.name}: input {value} has no producing step")
+                arguments.append(str(outputs[source]))
+            else:
+                raise ValueError(f"step {step.name}: argument kind {kind!r} is not emulated")
+        script = parameter("Script")
+        environment: dict[str, str] = {}
+        runconfig = json.loads(node.get("Runconfig") or module.get("Runconfig") or "{}")
+        environment.update(((runconfig.get("environment") or {}).get("environmentVariables")) or {})
+        environment.update(runconfig.get("environmentVariables") or {})
+        for spec in interface.get("Parameters") or []:
+            if spec.get("SetEnvironmentVariable"):
+                variable = spec.get("EnvironmentVariableOverride") or f"AML_PARAMETER_{spec['Name']}"
+                environment[variable] = parameter(spec["Name"])
+        environment.update(self.job_environment(step.run_id))  # the job's AZUREML_* variables (jobs.py)
+        snapshot_id = (module.get("DataLocation") or {}).get("StorageId")
+        if not snapshot_id:
+            raise ValueError(f"step {step.name}: its module names no snapshot")
+        return _StepPlan(step, script, arguments, snapshot_id, environment)
+
+    def _run_step(self, plan: _StepPlan, step_dir: Path, state: _RunState) -> tuple[int, str | None]:
+        """Run one step's process to its end; return its exit code and, if it failed, its error line."""
+        assert self.execution is not None
+        working = self.write_snapshot(plan.snapshot_id, step_dir / "wd")
+        home = step_dir / "home"
+        tmp = step_dir / "tmp"
+        for folder in (home, tmp):
+            folder.mkdir(parents=True, exist_ok=True)
+        python = self.execution.step_python
+        environment = {
+            "PATH": f"{python.parent}:/usr/local/bin:/usr/bin:/bin",
+            "HOME": str(home),
+            "TMPDIR": str(tmp),
+            "LANG": "C.UTF-8",
+            "PYTHONUNBUFFERED": "1",
+            **self.execution.extra_env,
+            **plan.environment,
+        }
+        log_path = step_dir / DRIVER_LOG
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        command = [str(python), plan.script, *plan.arguments]
+        with self.lock:
+            if state.cancel.is_set():
+                return -1, "canceled"
+            plan.step.log_path = log_path
+            with open(log_path, "ab") as log:
+                log.write(f"[emulated job] {' '.join(command)}\n".encode())
+                log.flush()
+                state.process = subprocess.Popen(
+                    command,
+                    cwd=working,
+                    env=environment,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.PIPE,
+                    start_new_session=True,  # its own process group: cancel stops the step and its children
+                )
+            self._set_step(plan.step, "Running", self.clock())
+        process = state.process
+        error_line = None
+        last_line = None
+        assert process.stderr is not None
+        with open(log_path, "ab", buffering=0) as log:
+            for raw in process.stderr:
+                log.write(raw)
+                line = raw.decode(errors="replace").strip()
+                if line:
+                    last_line = line
+                if line.startswith("error: "):
+                    error_line = line.removeprefix("error: ")
+        rc = process.wait()
+        state.process = None
+        if self.blob_store is not None:
+            # where Azure ML keeps a step's driver log: an artifact of the step run's data container
+            self.put_artifact("ExperimentRun", f"dcid.{plan.step.run_id}", DRIVER_LOG, log_path.read_bytes())
+        if rc == 0:
+            return 0, None
+        return rc, error_line or f"{plan.script} exited with code {rc}: {last_line or 'no output on stderr'}"
+
+
+def _terminate(process: subprocess.Popen | None) -> None:
+    """SIGTERM to the step's process group, SIGKILL after a grace period (in a thread: never block a request)."""
+    if process is None or process.poll() is not None:
+        return
+
+    def stop() -> None:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=CANCEL_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+
+    threading.Thread(target=stop, name="stop-step", daemon=True).start()

@@ -1,0 +1,182 @@
+"""End to end on the Azure path with no Azure: the Functions app publishes the project's pipeline with the real
+SDK and submits it over REST; the emulated workspace runs the three step scripts from the uploaded snapshot
+in the steps' own venv, against the registered dataset and model, and they write to the default datastore
+(Azurite). Everything is observed the way a user would: GET /api/runs/{id} and the datastore's blobs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.emulated_azure import DATASET_NAME, MODEL_NAME, EmulatedAzure
+from tests.fixtures_azure_path import copy_step_scripts
+from tests.function_app_helpers import LoadedApp
+
+pytestmark = [pytest.mark.azure_path, pytest.mark.slow]
+
+RUN_TIMEOUT = 300.0  # a run is three step processes; a cold machine under load needs a minute or two
+STEP_NAMES = ["fetch_data", "predict", "save_predictions"]
+AMES_ROWS = 2930
+
+
+def _wait(azure: EmulatedAzure, app: LoadedApp, run_id: str) -> dict:
+    """Wait (bounded) for the executing run to end, then read it through GET /api/runs/{id}."""
+    azure.fake.wait_for_run(run_id, RUN_TIMEOUT)
+    response = app.get_run(run_id)
+    assert response.status == 200, response
+    assert response.json["terminal"] is True
+    return response.json
+
+
+def _rows(csv_bytes: bytes) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(csv_bytes.decode())))
+
+
+def _newest_run_id(app: LoadedApp) -> str:
+    response = app.list_runs({"limit": "1"})
+    assert response.status == 200, response
+    (run,) = response.json["runs"]
+    return run["run_id"]
+
+
+def _publish(app: LoadedApp) -> None:
+    """Make sure the endpoint is current (as `python -m pipeline_def publish` does)."""
+    from pipeline_def.service import get_service
+
+    get_service().backend.ensure_published()
+
+
+def test_a_timer_tick_publishes_and_its_run_writes_sample_size_predictions_to_the_datastore(emulated_azure):
+    from pipeline_def.fingerprint import compute_fingerprint
+    from pipeline_def.service import get_service
+    from pipeline_def.settings import STEP_SCRIPTS_DIR
+
+    azure = emulated_azure
+    app = LoadedApp()
+    app.tick(past_due=False)
+    run_id = _newest_run_id(app)
+    body = _wait(azure, app, run_id)
+
+    assert body["status"] == "completed", (body, _logs(azure, run_id))
+    assert [(s["name"], s["status"]) for s in body["steps"]] == [(n, "completed") for n in STEP_NAMES]
+    assert body["trigger"] == "timer"
+    rows = _rows(azure.read_datastore("latest_predictions/predictions.csv"))
+    assert len(rows) == 10  # PIPELINE_SAMPLE_SIZE's default, published as sample_size's default
+    assert all(float(row["PredictedSalePrice"]) > 0 for row in rows) and "SalePrice" not in rows[0]
+    manifest = azure.latest_manifest()
+    latest_model = max(int(m["version"]) for m in azure.fake.models[MODEL_NAME])
+    assert manifest["model_name"] == MODEL_NAME and manifest["model_version"] == latest_model
+    assert manifest["dataset"] == DATASET_NAME
+    assert manifest["run_id"] == run_id and manifest["rows"] == 10
+    fingerprint = compute_fingerprint(get_service().settings, STEP_SCRIPTS_DIR)
+    assert manifest["pipeline_fingerprint"] == fingerprint
+    history = azure.read_datastore(f"{manifest['history_folder']}/manifest.json")
+    assert json.loads(history)["run_id"] == run_id
+    # the steps ran from the snapshot the SDK uploaded: the project's step scripts, byte for byte
+    (pipeline,) = [p for p in azure.fake.pipelines.values() if p["Version"] == fingerprint]
+    kept = azure.fake.snapshot_contents
+    assert any(
+        files.get("predict.py") == (STEP_SCRIPTS_DIR / "predict.py").read_bytes() for files in kept.values()
+    )
+    assert pipeline["EntityStatus"] == "Active"
+
+
+def test_an_http_run_scores_every_row_with_a_pinned_model_version(emulated_azure, trained_registry):
+    azure = emulated_azure
+    app = LoadedApp()
+    _publish(app)
+    # a newer version exists, so only the pin makes the run use version 1
+    azure.register_model_version(trained_registry / MODEL_NAME / "1")
+    response = app.start_run({"parameters": {"sample_size": 0, "model_version": 1}})
+    assert response.status == 202, response
+    run_id = response.json["run_id"]
+    body = _wait(azure, app, run_id)
+
+    assert body["status"] == "completed", (body, _logs(azure, run_id))
+    assert [s["status"] for s in body["steps"]] == ["completed"] * 3
+    assert body["trigger"] == "http"
+    assert len(_rows(azure.read_datastore("latest_predictions/predictions.csv"))) == AMES_ROWS
+    manifest = azure.latest_manifest()
+    assert (manifest["run_id"], manifest["model_version"], manifest["rows"]) == (run_id, 1, AMES_ROWS)
+
+
+def test_a_model_version_that_does_not_exist_fails_the_run_at_predict_and_keeps_the_latest_whole(
+    emulated_azure,
+):
+    azure = emulated_azure
+    app = LoadedApp()
+    _publish(app)
+    # the previous latest predictions, as an earlier run left them
+    container = azure.fake.blob_store.container_client()
+    previous = {
+        "latest_predictions/predictions.csv": b"PID,PredictedSalePrice\n1,100000.0\n",
+        "latest_predictions/manifest.json": b'{"run_id": "earlier", "rows": 1}',
+    }
+    for name, data in previous.items():
+        container.upload_blob(name, data, overwrite=True)
+
+    response = app.start_run({"parameters": {"sample_size": 5, "model_version": 99}})
+    assert response.status == 202, response
+    run_id = response.json["run_id"]
+    body = _wait(azure, app, run_id)
+
+    assert body["status"] == "failed"
+    assert [(s["name"], s["status"]) for s in body["steps"]][:2] == [
+        ("fetch_data", "completed"),
+        ("predict", "failed"),
+    ]
+    assert body["steps"][2]["status"] not in ("running", "completed", "failed")
+    # the failed step run says why in run history (what Azure ML's studio shows for the step)
+    step_error = azure.fake.runs[run_id].step("predict").error_message
+    assert step_error.startswith(f"cannot get registered model {MODEL_NAME}:99"), step_error
+    assert f"Model with id {MODEL_NAME}:99 not found" in step_error
+    log = azure.fake.step_log(run_id, "predict")
+    predict_run = azure.fake.runs[run_id].step("predict").run_id
+    assert f"ExperimentRun/dcid.{predict_run}/azureml-logs/70_driver_log.txt" in azure.fake.artifacts
+    assert f"error: cannot get registered model {MODEL_NAME}:99" in log
+    assert azure.fake.step_log(run_id, "save_predictions") == ""
+    for name, data in previous.items():
+        assert azure.read_datastore(name) == data
+    # ... and GET /api/runs/{id} says which step failed and why
+    assert body["error"].startswith(f"step predict failed: cannot get registered model {MODEL_NAME}:99")
+
+
+def test_a_changed_step_script_republishes_and_the_next_run_executes_the_new_snapshot(
+    emulated_azure, tmp_path: Path
+):
+    from pipeline_def.azureml.backend import AzureMLBackend
+    from pipeline_def.service import Service, get_service
+
+    azure = emulated_azure
+    app = LoadedApp()
+    _publish(app)
+    before = set(azure.fake.pipelines)
+    folder = copy_step_scripts(tmp_path / "step_scripts")
+    marker = f"emulated-e2e marker {tmp_path.name}"
+    script = folder / "fetch_data.py"
+    text = script.read_text()
+    anchor = "from __future__ import annotations\n"
+    assert anchor in text
+    script.write_text(text.replace(anchor, anchor + f"print({marker!r}, flush=True)\n", 1))
+    settings = get_service().settings
+    service = Service(settings, AzureMLBackend(settings, step_folder=folder))
+
+    outcome = service.tick(scheduled_for=None)
+
+    assert outcome.publish.published is True
+    (new_pipeline,) = set(azure.fake.pipelines) - before
+    assert outcome.run is not None and azure.fake.runs[outcome.run.run_id].pipeline_id == new_pipeline
+    body = _wait(azure, app, outcome.run.run_id)
+    assert body["status"] == "completed", (body, _logs(azure, outcome.run.run_id))
+    assert marker in azure.fake.step_log(outcome.run.run_id, "fetch_data")
+    # the new module's snapshot is the edited folder, as uploaded
+    snapshots = {m["Data"]["DataLocation"]["StorageId"] for m in azure.fake.modules.values()}
+    assert any(azure.fake.snapshot_contents[s].get("fetch_data.py") == script.read_bytes() for s in snapshots)
+
+
+def _logs(azure: EmulatedAzure, run_id: str) -> str:
+    return "\n".join(f"--- {n} ---\n{azure.fake.step_log(run_id, n)[-2000:]}" for n in STEP_NAMES)

@@ -12,31 +12,12 @@ from pathlib import Path
 
 from tests.azurite import DEVSTORE_ACCOUNT, DEVSTORE_KEY, AzuriteBlob
 from tests.fake_aml import FakeAzureML
-from tests.fake_identity import FakeManagedIdentity
+from tests.fake_identity import OTHER_CREDENTIAL_VARIABLES, FakeManagedIdentity
 
 DATASET_NAME = "AmesHousing"
 MODEL_NAME = "HousePrices"
 COMPUTE_NAME = "cpu-cluster"  # the compute the fake has from the start
 LATEST_FILES = ("latest_predictions/predictions.csv", "latest_predictions/manifest.json")
-
-# Variables that would make DefaultAzureCredential pick a credential other than the managed identity, or
-# aim the SDK elsewhere; the emulated path clears them.
-CLEARED_VARIABLES = (
-    "AZURE_CLIENT_ID",
-    "AZURE_CLIENT_SECRET",
-    "AZURE_TENANT_ID",
-    "AZURE_CLIENT_CERTIFICATE_PATH",
-    "AZURE_CLIENT_CERTIFICATE_PASSWORD",
-    "AZURE_USERNAME",
-    "AZURE_PASSWORD",
-    "AZURE_FEDERATED_TOKEN_FILE",
-    "AZURE_AUTHORITY_HOST",
-    "AZURE_POD_IDENTITY_AUTHORITY_HOST",
-    "MSI_ENDPOINT",
-    "MSI_SECRET",
-    "IDENTITY_SERVER_THUMBPRINT",
-    "IMDS_ENDPOINT",
-)
 
 
 class EmulatedAzure:
@@ -106,7 +87,7 @@ class EmulatedAzure:
         """Variables of this process that would override environ(): other credentials, other AML_* and
         PIPELINE_* settings, a job's AZUREML_* variables."""
         prefixed = [n for n in os.environ if n.startswith(("AML_", "PIPELINE_", "AZUREML_"))]
-        return [*CLEARED_VARIABLES, *(n for n in prefixed if n not in self.environ(Path("/")))]
+        return [*OTHER_CREDENTIAL_VARIABLES, *(n for n in prefixed if n not in self.environ(Path("/")))]
 
     def apply_environ(self, home: Path) -> dict[str, str]:
         """Set environ(home) in this process (and clear what would override it); return what was set."""

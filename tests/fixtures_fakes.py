@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -20,28 +21,10 @@ from tests.azurite import (
 )
 from tests.azurite import installed as azurite_installed
 from tests.fake_aml import FakeAzureML
-from tests.fake_identity import FakeManagedIdentity
+from tests.fake_identity import OTHER_CREDENTIAL_VARIABLES, FakeManagedIdentity
 
 # re-exported: tests import these from here
 __all__ = ["DEVSTORE_ACCOUNT", "DEVSTORE_KEY", "AzuriteBlob"]
-
-# Variables that would make DefaultAzureCredential pick a credential other than the managed identity.
-_AZURE_CREDENTIAL_VARS = (
-    "AZURE_CLIENT_ID",
-    "AZURE_CLIENT_SECRET",
-    "AZURE_TENANT_ID",
-    "AZURE_CLIENT_CERTIFICATE_PATH",
-    "AZURE_CLIENT_CERTIFICATE_PASSWORD",
-    "AZURE_USERNAME",
-    "AZURE_PASSWORD",
-    "AZURE_FEDERATED_TOKEN_FILE",
-    "AZURE_AUTHORITY_HOST",
-    "AZURE_POD_IDENTITY_AUTHORITY_HOST",
-    "MSI_ENDPOINT",
-    "MSI_SECRET",
-    "IDENTITY_SERVER_THUMBPRINT",
-    "IMDS_ENDPOINT",
-)
 
 
 @pytest.fixture
@@ -69,7 +52,7 @@ def aml_env(
 
     home = tmp_path / "home"
     home.mkdir()
-    for name in _AZURE_CREDENTIAL_VARS:
+    for name in OTHER_CREDENTIAL_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     for name in list(os.environ):
         if name.startswith("AZUREML_DEV_URL") or name.startswith("PIPELINE_") or name.startswith("AML_"):
@@ -110,3 +93,27 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzuriteBlob]:
         yield blob
     finally:
         stop_azurite(process)
+
+
+def publish_in_fake(
+    fake_aml: FakeAzureML, monkeypatch: pytest.MonkeyPatch, version: str | None = None, **env: str
+) -> SimpleNamespace:
+    """Settings from the environment (plus `env`), and the endpoint with one pipeline of `version` (None: the
+    current fingerprint) as its default, published straight into the fake (no SDK involved); no request
+    logged yet. Returns fake, pipeline, endpoint and settings."""
+    from pipeline_def.fingerprint import compute_fingerprint
+    from pipeline_def.service import reset_service
+    from pipeline_def.settings import load_settings
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    reset_service()
+    settings = load_settings()
+    pipeline = fake_aml.add_published_pipeline(
+        settings.endpoint_name,
+        version or compute_fingerprint(settings),
+        parameter_defaults=settings.parameter_defaults,
+    )
+    endpoint = fake_aml.add_endpoint(settings.endpoint_name, pipeline["Id"])
+    fake_aml.clear_requests()
+    return SimpleNamespace(fake=fake_aml, pipeline=pipeline, endpoint=endpoint, settings=settings)

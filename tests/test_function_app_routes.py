@@ -18,9 +18,8 @@ from pipeline_def.errors import (
     Unauthorized,
     Unreachable,
 )
-from pipeline_def.fingerprint import compute_fingerprint
 from pipeline_def.service import reset_service
-from pipeline_def.settings import load_settings
+from tests.fixtures_fakes import publish_in_fake
 from tests.fixtures_local import wait_for
 from tests.function_app_helpers import BASE_URL, LoadedApp, end_local_runs
 
@@ -215,16 +214,7 @@ def aml(fake_aml, aml_env, monkeypatch) -> SimpleNamespace:
     """The azureml backend on the fakes, with the endpoint published and current (no SDK involved), and the
     smallest retry budgets (the timer's and an HTTP request's) so a fault is answered at once instead of being
     slept through."""
-    monkeypatch.setenv("AML_RETRY_BUDGET_SECONDS", "0")
-    monkeypatch.setenv("AML_HTTP_BUDGET_SECONDS", "1")
-    reset_service()
-    settings = load_settings()
-    pipeline = fake_aml.add_published_pipeline(
-        settings.endpoint_name, compute_fingerprint(settings), parameter_defaults=settings.parameter_defaults
-    )
-    endpoint = fake_aml.add_endpoint(settings.endpoint_name, pipeline["Id"])
-    fake_aml.clear_requests()
-    return SimpleNamespace(fake=fake_aml, pipeline=pipeline, endpoint=endpoint, settings=settings)
+    return publish_in_fake(fake_aml, monkeypatch, AML_RETRY_BUDGET_SECONDS="0", AML_HTTP_BUDGET_SECONDS="1")
 
 
 def _submissions(fake) -> list:

@@ -16,6 +16,7 @@ from pipeline_def.errors import AzureMLError, ConfigError, Forbidden, ServiceErr
 from pipeline_def.fingerprint import compute_fingerprint
 from pipeline_def.service import reset_service
 from pipeline_def.settings import load_settings
+from tests.fixtures_fakes import publish_in_fake
 from tests.function_app_helpers import LoadedApp, end_local_runs
 
 
@@ -133,17 +134,7 @@ def test_tick_with_bad_configuration_fails_naming_every_bad_setting(loaded, monk
 def _aml_state(fake_aml, monkeypatch, version: str | None) -> SimpleNamespace:
     """The endpoint with one pipeline of `version` (None: the current fingerprint) as its default; no retry
     budget, so a fault fails the tick at once."""
-    monkeypatch.setenv("AML_RETRY_BUDGET_SECONDS", "0")
-    reset_service()
-    settings = load_settings()
-    pipeline = fake_aml.add_published_pipeline(
-        settings.endpoint_name,
-        version or compute_fingerprint(settings),
-        parameter_defaults=settings.parameter_defaults,
-    )
-    endpoint = fake_aml.add_endpoint(settings.endpoint_name, pipeline["Id"])
-    fake_aml.clear_requests()
-    return SimpleNamespace(fake=fake_aml, pipeline=pipeline, endpoint=endpoint, settings=settings)
+    return publish_in_fake(fake_aml, monkeypatch, version, AML_RETRY_BUDGET_SECONDS="0")
 
 
 @pytest.fixture

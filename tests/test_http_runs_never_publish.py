@@ -17,8 +17,9 @@ import pytest
 
 from pipeline_def.budget import HTTP_MAX_ATTEMPTS
 from pipeline_def.fingerprint import compute_fingerprint
-from pipeline_def.service import Service, reset_service
+from pipeline_def.service import Service
 from pipeline_def.settings import PROJECT_ROOT, load_settings
+from tests.fixtures_fakes import publish_in_fake
 from tests.function_app_helpers import LoadedApp
 
 STALE_VERSION = "0123456789abcdef"
@@ -29,31 +30,16 @@ def app() -> LoadedApp:
     return LoadedApp()
 
 
-def _publish_state(fake_aml, monkeypatch, version: str | None, **env: str) -> SimpleNamespace:
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    reset_service()
-    settings = load_settings()
-    pipeline = fake_aml.add_published_pipeline(
-        settings.endpoint_name,
-        version or compute_fingerprint(settings),
-        parameter_defaults=settings.parameter_defaults,
-    )
-    endpoint = fake_aml.add_endpoint(settings.endpoint_name, pipeline["Id"])
-    fake_aml.clear_requests()
-    return SimpleNamespace(fake=fake_aml, pipeline=pipeline, endpoint=endpoint, settings=settings)
-
-
 @pytest.fixture
 def stale(fake_aml, aml_env, monkeypatch) -> SimpleNamespace:
     """The endpoint's default pipeline was published from other step scripts (another fingerprint)."""
-    return _publish_state(fake_aml, monkeypatch, STALE_VERSION)
+    return publish_in_fake(fake_aml, monkeypatch, STALE_VERSION)
 
 
 @pytest.fixture
 def current(fake_aml, aml_env, monkeypatch) -> SimpleNamespace:
     """Published and current, with a small HTTP budget so the fault tests answer fast."""
-    return _publish_state(fake_aml, monkeypatch, None, AML_HTTP_BUDGET_SECONDS="2")
+    return publish_in_fake(fake_aml, monkeypatch, None, AML_HTTP_BUDGET_SECONDS="2")
 
 
 def _error(response, status: int, code: str) -> str:

@@ -13,9 +13,7 @@ import pytest
 
 from pipeline_def.app.timer import PREVIOUS_RUN_PREFIX
 from pipeline_def.errors import PublishFailed
-from pipeline_def.fingerprint import compute_fingerprint
-from pipeline_def.service import reset_service
-from pipeline_def.settings import load_settings
+from tests.fixtures_fakes import publish_in_fake
 from tests.function_app_helpers import LoadedApp
 from tests.kql import alert_fires_on
 
@@ -29,17 +27,7 @@ def loaded() -> LoadedApp:
 
 
 def _state(fake_aml, monkeypatch, version: str | None) -> SimpleNamespace:
-    monkeypatch.setenv("AML_RETRY_BUDGET_SECONDS", "0")
-    reset_service()
-    settings = load_settings()
-    pipeline = fake_aml.add_published_pipeline(
-        settings.endpoint_name,
-        version or compute_fingerprint(settings),
-        parameter_defaults=settings.parameter_defaults,
-    )
-    endpoint = fake_aml.add_endpoint(settings.endpoint_name, pipeline["Id"])
-    fake_aml.clear_requests()
-    return SimpleNamespace(fake=fake_aml, pipeline=pipeline, endpoint=endpoint, settings=settings)
+    return publish_in_fake(fake_aml, monkeypatch, version, AML_RETRY_BUDGET_SECONDS="0")
 
 
 @pytest.fixture

@@ -224,12 +224,7 @@ class AzureMLBackend:
             raise ServiceError("Azure ML answered a run query with a run without a runId")
         status = dto.get("status")
         normalized = normalize_status(status)
-        extra: dict[str, Any] = {}
-        tags = dto.get("tags") or {}
-        if isinstance(tags, dict) and tags.get("trigger"):
-            extra["trigger"] = tags["trigger"]
-        if isinstance(tags, dict) and tags.get(SUBMISSION_TAG):
-            extra["submission_id"] = tags[SUBMISSION_TAG]
+        extra = _tag_extras(dto.get("tags"))
         return RunInfo(
             run_id=dto["runId"],
             status=normalized,
@@ -251,7 +246,7 @@ class AzureMLBackend:
         code = _status_code(entity)
         aml_status = None if code is None else str(code)
         normalized = normalize_status(code)
-        extra: dict[str, Any] = {}
+        extra = _tag_extras(entity.get("tags") or entity.get("Tags"))
         if history_status is not None:
             extra["aml_history_status"] = history_status
             # Only a run the pipelines service has not ended can be canceling: if it finished or failed
@@ -260,11 +255,6 @@ class AzureMLBackend:
             if normalize_status(history_status) in ("canceling", "canceled") and normalized not in TERMINAL:
                 normalized = "canceling"
         detail = status.get("StatusDetail") if isinstance(status, dict) else None
-        tags = entity.get("tags") or entity.get("Tags") or {}
-        if isinstance(tags, dict) and tags.get("trigger"):
-            extra["trigger"] = tags["trigger"]
-        if isinstance(tags, dict) and tags.get(SUBMISSION_TAG):
-            extra["submission_id"] = tags[SUBMISSION_TAG]
         return RunInfo(
             run_id=entity["Id"],
             status=normalized,
@@ -317,6 +307,16 @@ def _with_step_error(run: RunInfo) -> RunInfo:
         return run
     said = f"step {failed.name} failed" + (f": {failed.error}" if failed.error else "")
     return dataclasses.replace(run, error=said, extra={**run.extra, "failed_step": failed.name})
+
+
+def _tag_extras(tags: Any) -> dict[str, Any]:
+    """What a run's tags tell its caller: the trigger, and the submission id that guards against duplicates."""
+    extra: dict[str, Any] = {}
+    if isinstance(tags, dict) and tags.get("trigger"):
+        extra["trigger"] = tags["trigger"]
+    if isinstance(tags, dict) and tags.get(SUBMISSION_TAG):
+        extra["submission_id"] = tags[SUBMISSION_TAG]
+    return extra
 
 
 def _status_code(entity: dict) -> str | int | None:

@@ -1,4 +1,4 @@
-"""What a run looks like to callers, whatever the backend: the status words of product.md and the mapping
+"""What a run looks like to callers, whatever the backend: the status words of docs/product.md and the mapping
 from every status spelling Azure ML uses (pipelines service, run history, graph nodes)."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """What the triggers and the command line call: tick, start_run, get_run, list_runs, cancel.
 
-The service holds the behaviour of product.md (publish if needed, the overlap policy, validation of run
+The service holds the behaviour of docs/product.md (publish if needed, the overlap policy, validation of run
 parameters, tags) and delegates the work to a backend: Azure ML over REST, or local processes. Backends are
 imported only when built, so importing this module stays cheap (no azureml, pandas or scikit-learn).
 """

@@ -1,5 +1,5 @@
 """The Azure ML backend under the service, against the fake service: call counts of the steady state, the
-overlap policy, run status and steps in product.md's words (`canceling` from run history after a cancel),
+overlap policy, run status and steps in docs/product.md's words (`canceling` from run history after a cancel),
 listing, cancel, and the command line."""
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ def loopback_only(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 @pytest.fixture
 def workspace(fake_aml: FakeAzureML, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loopback_only):
-    """The SDK's Workspace aimed at the fake as aml-v1-rest.md shows, with HOME in a temporary folder."""
+    """The SDK's Workspace aimed at the fake as docs/aml-v1-rest.md shows, with HOME in a temporary folder."""
     from azureml.core import Workspace
     from azureml.core.authentication import ArmTokenAuthentication
 

@@ -324,7 +324,7 @@ def test_aml_bad_input_sends_nothing_to_azure_ml(app, aml):
     assert aml.fake.runs == {}
 
 
-# Azure ML faults, each mapped to the status of product.md. `times=None`: the fault lasts, so retries
+# Azure ML faults, each mapped to the status of docs/product.md. `times=None`: the fault lasts, so retries
 # (a fresh token after a 401, for one) meet it too.
 RUN_PATH = r"/PipelineRuns/[^/]+$"
 

@@ -1,4 +1,4 @@
-"""ensure_published as product.md defines "published": a current endpoint costs two reads and no SDK import;
+"""ensure_published as docs/product.md defines "published": a current endpoint costs two reads and no SDK import;
 anything else publishes (through the real azureml SDK against the fake service), points the endpoint at the
 new pipeline and disables what it superseded; racing publishers leave one consistent endpoint."""
 

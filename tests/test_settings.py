@@ -1,5 +1,5 @@
 """Settings are parsed once and validated as a whole: every bad setting is named in one error, no value is
-echoed back, and the derived values (API base, parameter defaults, portal link) follow product.md."""
+echoed back, and the derived values (API base, parameter defaults, portal link) follow docs/product.md."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The HTTP API of product.md as plain functions: request parts in, an ApiResponse out. Input is checked here
+"""The HTTP API of docs/product.md as plain functions: request parts in, an ApiResponse out. Input is checked here
 before the service is called, every answer runs inside one bounded Azure ML budget (budget.http_request:
 AML_HTTP_BUDGET_SECONDS, at most 4 attempts of any call), and every error becomes its status and JSON body in
 one place (`respond`)."""
@@ -62,7 +62,7 @@ class ApiResponse:
 
 def respond(handler: Callable[..., ApiResponse], *args: Any) -> ApiResponse:
     """Run one route handler inside one HTTP request budget and turn whatever it raises into the answer
-    product.md gives for it (NotPublished is 409 `not_published`, as its class says)."""
+    docs/product.md gives for it (NotPublished is 409 `not_published`, as its class says)."""
     try:
         with http_request():
             return handler(*args)

@@ -1,5 +1,5 @@
 """A small Azure ML REST client: the verbs of the pipelines and run-history services (see
-docs aml-v1-rest.md), with ARM tokens from azure-identity, timeouts, a bounded retry budget and typed errors.
+docs/aml-v1-rest.md), with ARM tokens from azure-identity, timeouts, a bounded retry budget and typed errors.
 It imports no azureml module, so the steady-state path stays fast."""
 
 from __future__ import annotations

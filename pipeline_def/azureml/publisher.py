@@ -1,4 +1,4 @@
-"""Ensure the pipeline is published, as product.md defines it: the endpoint exists and is active, and its default
+"""Ensure the pipeline is published, as docs/product.md defines it: the endpoint exists and is active, and its default
 version is an active pipeline whose Version is the current fingerprint. Checking costs two REST calls and no
 SDK import; only a stale endpoint builds and publishes with the SDK (definition.py)."""
 

@@ -85,7 +85,7 @@ def test_a_timer_tick_publishes_and_its_run_writes_sample_size_predictions_to_th
     assert pipeline["EntityStatus"] == "Active"
 
 
-def test_an_http_run_scores_every_row_with_a_pinned_model_version(emulated_azure, trained_registry):
+def test_an_http_run_scores_every_row_with_a_pinned_model_version(emulated_azure, trained_registry, ames_csv):
     azure = emulated_azure
     app = LoadedApp()
     _publish(app)
@@ -99,9 +99,27 @@ def test_an_http_run_scores_every_row_with_a_pinned_model_version(emulated_azure
     assert body["status"] == "completed", (body, _logs(azure, run_id))
     assert [s["status"] for s in body["steps"]] == ["completed"] * 3
     assert body["trigger"] == "http"
-    assert len(_rows(azure.read_datastore("latest_predictions/predictions.csv"))) == AMES_ROWS
+    rows = _rows(azure.read_datastore("latest_predictions/predictions.csv"))
+    assert len(rows) == AMES_ROWS
     manifest = azure.latest_manifest()
     assert (manifest["run_id"], manifest["model_version"], manifest["rows"]) == (run_id, 1, AMES_ROWS)
+    # The data path is faithful: every row read through the registered dataset (dataprep's reader, Azurite)
+    # scores exactly as the same model scores the shipped file read by pandas.
+    expected = _model_predictions(trained_registry / MODEL_NAME / "1", ames_csv)
+    got = {int(row["Order"]): float(row["PredictedSalePrice"]) for row in rows}
+    assert got.keys() == expected.keys()
+    assert all(abs(got[order] - expected[order]) <= 1e-6 * expected[order] for order in expected)
+
+
+def _model_predictions(model_folder: Path, data_file: Path) -> dict[int, float]:
+    """The model's predictions of every row of `data_file`, by the row's Order."""
+    import joblib
+    import pandas as pd
+
+    model = joblib.load(model_folder / "model.joblib")
+    features = json.loads((model_folder / "metadata.json").read_text())["features"]
+    frame = pd.read_csv(data_file)
+    return dict(zip(frame["Order"].astype(int), model.predict(frame[features]).astype(float), strict=True))
 
 
 def test_a_model_version_that_does_not_exist_fails_the_run_at_predict_and_keeps_the_latest_whole(

@@ -7,7 +7,7 @@ is a 400, so a filter the fake does not understand fails a test instead of match
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from tests.fake_aml.wire import ServiceError
@@ -70,25 +70,28 @@ def _tokenize(text: str) -> list[tuple[str, str]]:
 
 
 def _parse_or(tokens: list[tuple[str, str]]) -> tuple[Predicate, list[tuple[str, str]]]:
-    left, tokens = _parse_and(tokens)
-    terms = [left]
-    while tokens and tokens[0] == ("word", "or"):
-        right, tokens = _parse_and(tokens[1:])
-        terms.append(right)
-    if len(terms) == 1:
-        return left, tokens
-    return (lambda dto: any(term(dto) for term in terms)), tokens
+    return _parse_joined(tokens, "or", _parse_and, any)
 
 
 def _parse_and(tokens: list[tuple[str, str]]) -> tuple[Predicate, list[tuple[str, str]]]:
-    left, tokens = _parse_factor(tokens)
+    return _parse_joined(tokens, "and", _parse_factor, all)
+
+
+def _parse_joined(
+    tokens: list[tuple[str, str]],
+    word: str,
+    parse_term: Callable[[list[tuple[str, str]]], tuple[Predicate, list[tuple[str, str]]]],
+    combine: Callable[[Iterable[bool]], bool],
+) -> tuple[Predicate, list[tuple[str, str]]]:
+    """Terms of `parse_term` joined by `word` (`and` binds tighter than `or`), combined with `combine`."""
+    left, tokens = parse_term(tokens)
     terms = [left]
-    while tokens and tokens[0] == ("word", "and"):
-        right, tokens = _parse_factor(tokens[1:])
+    while tokens and tokens[0] == ("word", word):
+        right, tokens = parse_term(tokens[1:])
         terms.append(right)
     if len(terms) == 1:
         return left, tokens
-    return (lambda dto: all(term(dto) for term in terms)), tokens
+    return (lambda dto: combine(term(dto) for term in terms)), tokens
 
 
 def _parse_factor(tokens: list[tuple[str, str]]) -> tuple[Predicate, list[tuple[str, str]]]:

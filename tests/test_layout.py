@@ -68,7 +68,11 @@ def test_no_module_imports_upward() -> None:
 
 # What ships (function_app.py, pipeline_def/, step_scripts/) stands alone: it never imports the emulated Azure or
 # the tests, which .funcignore keeps out of the package; the emulator never imports the tests.
-SHIPPED = [ROOT.parent / "function_app.py", *ROOT.rglob("*.py"), *(ROOT.parent / "step_scripts").rglob("*.py")]
+SHIPPED = [
+    ROOT.parent / "function_app.py",
+    *ROOT.rglob("*.py"),
+    *(ROOT.parent / "step_scripts").rglob("*.py"),
+]
 EMULATOR = list((ROOT.parent / "emulator").rglob("*.py"))
 
 

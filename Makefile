@@ -26,12 +26,12 @@ demo: $(STAMP)
 # runs the published steps in their own venv), Azurite and a loopback managed identity; prints the predictions
 # it downloads from the emulated default datastore.
 demo-azureml: $(STAMP) node_modules/.bin/azurite-blob step-env
-	$(PY) -m tests.demo_azureml
+	$(PY) -m emulator.demo
 
 # The steps' own venv from step_scripts/requirements.txt, as Azure ML builds it: fails when the file stops
 # resolving. Cached by the file's hash in $$STEP_ENV_CACHE (default .local/step-envs/), so a rerun is instant.
 step-env: $(STAMP)
-	$(PY) -m tests.step_env
+	$(PY) -m emulator.step_env
 
 test: $(STAMP) node_modules/.bin/azurite-blob step-env
 	$(PY) -m ruff check .
@@ -40,6 +40,7 @@ test: $(STAMP) node_modules/.bin/azurite-blob step-env
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 	$(VENV)/bin/actionlint .github/workflows/*.yml
 	$(VENV)/bin/zizmor --offline .github/
 

@@ -59,11 +59,11 @@ def measure_tick() -> dict:
     """A steady-state tick through the timer function against the fake Azure ML service."""
     from azure.functions.timer import TimerRequest
 
+    from emulator.aml import FakeAzureML
+    from emulator.identity import FakeManagedIdentity
     from pipeline_def.fingerprint import compute_fingerprint
     from pipeline_def.service import reset_service
     from pipeline_def.settings import load_settings
-    from tests.fake_aml import FakeAzureML
-    from tests.fake_identity import FakeManagedIdentity
 
     workspace = {"subscription_id": SUBSCRIPTION, "resource_group": "rg-bench", "workspace_name": "ws-bench"}
     with (

@@ -24,8 +24,8 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.fake_aml import FakeAzureML  # noqa: E402
-from tests.fake_identity import FakeManagedIdentity  # noqa: E402
+from emulator.aml import FakeAzureML  # noqa: E402
+from emulator.identity import FakeManagedIdentity  # noqa: E402
 
 GOAL_RATIO = 1.1
 LIST_LIMIT = 20

@@ -112,8 +112,8 @@ def biggest_distributions(target: Path, count: int = 8) -> list[tuple[str, float
 
 def run_from_folder(target: Path) -> dict:
     """The app from `target` alone, in a fresh interpreter, against the fakes started here."""
-    from tests.fake_aml import FakeAzureML
-    from tests.fake_identity import FakeManagedIdentity
+    from emulator.aml import FakeAzureML
+    from emulator.identity import FakeManagedIdentity
 
     with (
         FakeManagedIdentity() as identity,

@@ -21,8 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "submit.json"
 sys.path.insert(0, str(ROOT))
 
-from tests.fake_aml import FakeAzureML  # noqa: E402
-from tests.fake_identity import FakeManagedIdentity  # noqa: E402
+from emulator.aml import FakeAzureML  # noqa: E402
+from emulator.identity import FakeManagedIdentity  # noqa: E402
 
 # Each child prints the seconds from its first line (before any import of ours or of azureml) to the
 # returned run; the parent also times the whole process, interpreter start-up included.

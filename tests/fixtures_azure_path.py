@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.azurite import AzuriteBlob
-from tests.emulated_azure import MODEL_NAME, EmulatedAzure
+from emulator.azure import MODEL_NAME, EmulatedAzure
+from emulator.azurite import AzuriteBlob
 
 
 @pytest.fixture(scope="session")
 def step_env_python() -> Path:
     """The interpreter of the steps' venv (step_scripts/requirements.txt), built on first use."""
-    from tests.step_env import StepEnvError, step_python
+    from emulator.step_env import StepEnvError, step_python
 
     try:
         return step_python()

@@ -10,7 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.azurite import (
+from emulator.aml import FakeAzureML
+from emulator.azurite import (
     AZURITE_BLOB,
     DEVSTORE_ACCOUNT,
     DEVSTORE_KEY,
@@ -19,9 +20,8 @@ from tests.azurite import (
     start_azurite,
     stop_azurite,
 )
-from tests.azurite import installed as azurite_installed
-from tests.fake_aml import FakeAzureML
-from tests.fake_identity import OTHER_CREDENTIAL_VARIABLES, FakeManagedIdentity
+from emulator.azurite import installed as azurite_installed
+from emulator.identity import OTHER_CREDENTIAL_VARIABLES, FakeManagedIdentity
 
 # re-exported: tests import these from here
 __all__ = ["DEVSTORE_ACCOUNT", "DEVSTORE_KEY", "AzuriteBlob"]

@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -84,16 +83,3 @@ def run_step() -> Callable[..., subprocess.CompletedProcess]:
         )
 
     return run
-
-
-def wait_for(condition: Callable[[], object], timeout: float = 90.0, interval: float = 0.05) -> object:
-    """Poll `condition` until it returns something truthy, within a bounded deadline. Only for waiting on
-    real processes (a local run's runner), never on a clock."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(interval)

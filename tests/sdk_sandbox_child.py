@@ -17,10 +17,10 @@ from pathlib import Path
 
 sys.dont_write_bytecode = True  # the interpreter's own .pyc writes are not the SDK's
 
+from emulator.aml import FakeAzureML  # noqa: E402
+from emulator.identity import FakeManagedIdentity  # noqa: E402
 from pipeline_def.azureml.definition import PRIVATE_FOLDER_PREFIX, publish_pipeline  # noqa: E402
 from pipeline_def.settings import load_settings  # noqa: E402
-from tests.fake_aml import FakeAzureML  # noqa: E402
-from tests.fake_identity import FakeManagedIdentity  # noqa: E402
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
 # audit event -> (index of the path written, index of its dir_fd or None), for each path the event writes

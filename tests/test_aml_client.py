@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from emulator.identity import token_resource
 from pipeline_def.azureml.client import SUBMISSION_TAG, AzureMLClient, parse_retry_after, runs_filter
 from pipeline_def.budget import HTTP_MAX_ATTEMPTS, http_request
 from pipeline_def.errors import (
@@ -24,7 +25,6 @@ from pipeline_def.errors import (
     Unreachable,
 )
 from pipeline_def.settings import load_settings
-from tests.fake_identity import token_resource
 
 
 class FakeTime:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.emulated_azure import DATASET_NAME, MODEL_NAME, EmulatedAzure
+from emulator.azure import DATASET_NAME, MODEL_NAME, EmulatedAzure
+from emulator.functions_host import LoadedApp
 from tests.fixtures_azure_path import copy_step_scripts
-from tests.function_app_helpers import LoadedApp
 
 pytestmark = [pytest.mark.azure_path, pytest.mark.slow]
 

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from tests.fake_aml import FakeAzureML
+from emulator.aml import FakeAzureML
 from tests.fixtures_fakes import DEVSTORE_ACCOUNT, DEVSTORE_KEY, AzuriteBlob
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

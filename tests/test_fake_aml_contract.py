@@ -14,8 +14,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import requests
 
-from tests.fake_aml import DEFAULT_STEP_NAMES, FakeAzureML
-from tests.fake_identity import make_token
+from emulator.aml import DEFAULT_STEP_NAMES, FakeAzureML
+from emulator.identity import make_token
 
 ARM_TOKEN = make_token("https://management.azure.com", 1)
 AUTH = {"Authorization": f"Bearer {ARM_TOKEN}"}
@@ -580,7 +580,7 @@ def test_request_log_records_method_path_query_headers_and_body(fake_aml, endpoi
 # ---------------------------------------------------------------- command line
 def test_module_command_line_serves_a_seeded_endpoint_until_interrupted():
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.fake_aml", "--port", "0", "--seed-endpoint", "ep"],
+        [sys.executable, "-m", "emulator.aml", "--port", "0", "--seed-endpoint", "ep"],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.fake_aml import FakeAzureML
+from emulator.aml import FakeAzureML
 
 pytest.importorskip("azureml.pipeline.core")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fake_aml import FakeAzureML
+from emulator.aml import FakeAzureML
 
 pytest.importorskip("azureml.pipeline.core")
 

@@ -10,7 +10,7 @@ import uuid
 import pytest
 import requests
 
-from tests.fake_identity import FakeManagedIdentity, make_token, token_resource
+from emulator.identity import FakeManagedIdentity, make_token, token_resource
 
 
 def ask(

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from emulator.functions_host import LoadedApp
 from pipeline_def.settings import load_settings
-from tests.function_app_helpers import LoadedApp
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +119,7 @@ def test_funcignore_keeps_tools_and_tests_out_and_the_pipeline_in():
         for line in (ROOT / ".funcignore").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     }
-    assert {".venv", "tests", "bench", "node_modules", ".local", "local.settings.json"} <= patterns
+    assert {".venv", "tests", "emulator", "bench", "node_modules", ".local", "local.settings.json"} <= patterns
     kept = ("step_scripts", "pipeline_def", "data", "function_app.py", "host.json", "requirements.txt")
     for name in kept:
         assert not any(fnmatch.fnmatch(name, pattern) for pattern in patterns), name

@@ -11,12 +11,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from emulator.functions_host import LoadedApp
 from pipeline_def.fingerprint import compute_fingerprint
 from pipeline_def.runs import is_valid_run_id
 from pipeline_def.service import reset_service
 from pipeline_def.settings import load_settings
 from pipeline_def.steps import PARAMETER_NAMES
-from tests.function_app_helpers import LoadedApp
 
 FUZZ = settings(
     max_examples=100,

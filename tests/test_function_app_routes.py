@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from emulator.functions_host import BASE_URL, LoadedApp, end_local_runs, wait_for
 from pipeline_def.app import http_api
 from pipeline_def.errors import (
     AzureMLError,
@@ -20,8 +21,6 @@ from pipeline_def.errors import (
 )
 from pipeline_def.service import reset_service
 from tests.fixtures_fakes import publish_in_fake
-from tests.fixtures_local import wait_for
-from tests.function_app_helpers import BASE_URL, LoadedApp, end_local_runs
 
 ERROR_KEYS = {"code", "message"}
 

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from emulator.functions_host import LoadedApp, end_local_runs
 from pipeline_def.app.timer import scheduled_for, timer_schedule
 from pipeline_def.cron import parse_schedule
 from pipeline_def.errors import AzureMLError, ConfigError, Forbidden, ServiceError, Throttled, Unauthorized
@@ -17,7 +18,6 @@ from pipeline_def.fingerprint import compute_fingerprint
 from pipeline_def.service import reset_service
 from pipeline_def.settings import load_settings
 from tests.fixtures_fakes import publish_in_fake
-from tests.function_app_helpers import LoadedApp, end_local_runs
 
 
 def _at(text: str):

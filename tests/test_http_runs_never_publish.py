@@ -15,12 +15,12 @@ from types import SimpleNamespace
 
 import pytest
 
+from emulator.functions_host import LoadedApp
 from pipeline_def.budget import HTTP_MAX_ATTEMPTS
 from pipeline_def.fingerprint import compute_fingerprint
 from pipeline_def.service import Service
 from pipeline_def.settings import PROJECT_ROOT, load_settings
 from tests.fixtures_fakes import publish_in_fake
-from tests.function_app_helpers import LoadedApp
 
 STALE_VERSION = "0123456789abcdef"
 
@@ -130,7 +130,7 @@ def test_the_local_backend_runs_its_fingerprint_which_is_always_current(tmp_path
 _ROUTES_IN_A_FRESH_PROCESS = textwrap.dedent(
     """
     import json, sys
-    from tests.function_app_helpers import LoadedApp
+    from emulator.functions_host import LoadedApp
     app = LoadedApp()
     answers = {}
     started = app.start_run({"parameters": {"sample_size": 3}})

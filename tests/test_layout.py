@@ -64,3 +64,34 @@ def test_no_module_imports_upward() -> None:
             if imported in rank and rank[imported] >= rank[name]:
                 upward.append(f"{name} imports {imported}")
     assert upward == []
+
+
+# What ships (function_app.py, pipeline_def/, step_scripts/) stands alone: it never imports the emulated Azure or
+# the tests, which .funcignore keeps out of the package; the emulator never imports the tests.
+SHIPPED = [ROOT.parent / "function_app.py", *ROOT.rglob("*.py"), *(ROOT.parent / "step_scripts").rglob("*.py")]
+EMULATOR = list((ROOT.parent / "emulator").rglob("*.py"))
+
+
+def _top_level_imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Import):
+            found.update(a.name.split(".")[0] for a in node.names)
+    return found
+
+
+def test_what_ships_never_imports_the_emulator_or_the_tests() -> None:
+    reaching = [
+        f"{path.relative_to(ROOT.parent)} imports {name}"
+        for path in SHIPPED
+        for name in _top_level_imports(path) & {"emulator", "tests"}
+    ]
+    assert reaching == []
+
+
+def test_the_emulator_never_imports_the_tests() -> None:
+    assert EMULATOR, "emulator/ has no modules"
+    reaching = [str(p.relative_to(ROOT.parent)) for p in EMULATOR if "tests" in _top_level_imports(p)]
+    assert reaching == []

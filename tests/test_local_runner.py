@@ -14,13 +14,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from emulator.functions_host import wait_for
 from pipeline_def.errors import RunNotFound
 from pipeline_def.local.runner import LocalBackend, new_run_id, step_command
 from pipeline_def.runs import RUN_ID_PATTERN, STATUSES
 from pipeline_def.service import Service
 from pipeline_def.settings import PROJECT_ROOT, STEP_SCRIPTS_DIR, load_settings
 from pipeline_def.steps import STEPS
-from tests.fixtures_local import wait_for
 
 STEP_NAMES = [step.name for step in STEPS]
 

@@ -13,12 +13,12 @@ import threading
 
 import pytest
 
+from emulator.identity import token_resource
 from pipeline_def.azureml.backend import AzureMLBackend
 from pipeline_def.azureml.client import AzureMLClient
 from pipeline_def.azureml.publisher import default_pipeline_id, ensure_published, previous_pipeline_id
 from pipeline_def.fingerprint import compute_fingerprint
 from pipeline_def.settings import PROJECT_ROOT, STEP_SCRIPTS_DIR, load_settings
-from tests.fake_identity import token_resource
 
 
 @pytest.fixture

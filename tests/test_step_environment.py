@@ -23,9 +23,9 @@ import pandas as pd
 import pytest
 from packaging.requirements import Requirement
 
+from emulator.step_env import DEFAULT_REQUIREMENTS, MARKER, StepEnvError, step_python
 from pipeline_def.settings import PROJECT_ROOT, STEP_SCRIPTS_DIR
 from pipeline_def.steps import STEP_ENVIRONMENT
-from tests.step_env import DEFAULT_REQUIREMENTS, MARKER, StepEnvError, step_python
 
 if str(STEP_SCRIPTS_DIR) not in sys.path:
     sys.path.insert(0, str(STEP_SCRIPTS_DIR))
@@ -204,7 +204,7 @@ def test_the_published_environment_is_conda_forge_only_on_a_dated_image_the_sdk_
 
 def build_in_process(requirements: Path, cache: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.step_env", str(requirements)],
+        [sys.executable, "-m", "emulator.step_env", str(requirements)],
         cwd=PROJECT_ROOT,
         env={**os.environ, "STEP_ENV_CACHE": str(cache)},
         stdout=subprocess.PIPE,

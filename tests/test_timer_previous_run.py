@@ -11,10 +11,10 @@ from types import SimpleNamespace
 
 import pytest
 
+from emulator.functions_host import LoadedApp
 from pipeline_def.app.timer import PREVIOUS_RUN_PREFIX
 from pipeline_def.errors import PublishFailed
 from tests.fixtures_fakes import publish_in_fake
-from tests.function_app_helpers import LoadedApp
 from tests.kql import alert_fires_on
 
 TIMER_LOGGER = "pipeline_def.app.timer"
@@ -137,7 +137,7 @@ def test_the_look_back_reads_a_bounded_page_whatever_the_history(loaded, aml):
 
 
 def test_the_status_of_a_failed_run_says_which_step_failed_and_why(aml):
-    from tests.function_app_helpers import LoadedApp
+    from emulator.functions_host import LoadedApp
 
     failed = _failed_at_predict(aml, trigger="http")
     body = LoadedApp().get_run(failed.run_id).json

@@ -14,9 +14,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tests.fake_aml.datastore import DEFAULT_DATASTORE
-from tests.fake_aml.state import iso, new_id
-from tests.fake_aml.wire import SEG, RecordedRequest, Response, Route, ServiceError, new_etag, route
+from emulator.aml.datastore import DEFAULT_DATASTORE
+from emulator.aml.state import iso, new_id
+from emulator.aml.wire import SEG, RecordedRequest, Response, Route, ServiceError, new_etag, route
 
 # dataprep writes a 20 MiB partition size into every read_delimited it serialises
 _PARTITION_SIZE = 20971520

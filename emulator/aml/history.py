@@ -6,9 +6,9 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from tests.fake_aml.odata import parse_filter, sort_key
-from tests.fake_aml.state import FakeRun, FakeStep, iso
-from tests.fake_aml.wire import SEG, RecordedRequest, Response, Route, ServiceError, json_body, route
+from emulator.aml.odata import parse_filter, sort_key
+from emulator.aml.state import FakeRun, FakeStep, iso
+from emulator.aml.wire import SEG, RecordedRequest, Response, Route, ServiceError, json_body, route
 
 # The most runs one page of `runs:query` returns, whatever `top` asks for (the SDK's own page size).
 QUERY_PAGE_MAX = 500

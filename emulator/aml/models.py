@@ -10,8 +10,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tests.fake_aml.state import iso, new_id
-from tests.fake_aml.wire import SEG, RecordedRequest, Response, Route, ServiceError, route
+from emulator.aml.state import iso, new_id
+from emulator.aml.wire import SEG, RecordedRequest, Response, Route, ServiceError, route
 
 
 class ModelService:

@@ -17,20 +17,20 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from tests.fake_aml.artifacts import ArtifactService
-from tests.fake_aml.compute import ComputeService
-from tests.fake_aml.content import ContentService
-from tests.fake_aml.dataset import DatasetService, FakeDatasetVersion
-from tests.fake_aml.datastore import BlobStore, DatastoreService
-from tests.fake_aml.discovery import DiscoveryService
-from tests.fake_aml.execution import ExecutionService
-from tests.fake_aml.faults import Fault, FaultBook, compile_pattern
-from tests.fake_aml.history import HistoryService
-from tests.fake_aml.jobs import RUN_TOKEN_AUDIENCE, JobContext
-from tests.fake_aml.models import ModelService
-from tests.fake_aml.pipelines import BUILTIN_DATA_TYPES, PipelinesService
-from tests.fake_aml.state import ARM_AUDIENCES, Clock, FakeRun, iso, new_id
-from tests.fake_aml.wire import (
+from emulator.aml.artifacts import ArtifactService
+from emulator.aml.compute import ComputeService
+from emulator.aml.content import ContentService
+from emulator.aml.dataset import DatasetService, FakeDatasetVersion
+from emulator.aml.datastore import BlobStore, DatastoreService
+from emulator.aml.discovery import DiscoveryService
+from emulator.aml.execution import ExecutionService
+from emulator.aml.faults import Fault, FaultBook, compile_pattern
+from emulator.aml.history import HistoryService
+from emulator.aml.jobs import RUN_TOKEN_AUDIENCE, JobContext
+from emulator.aml.models import ModelService
+from emulator.aml.pipelines import BUILTIN_DATA_TYPES, PipelinesService
+from emulator.aml.state import ARM_AUDIENCES, Clock, FakeRun, iso, new_id
+from emulator.aml.wire import (
     ERROR_CODES,
     CaseInsensitiveDict,
     RecordedRequest,
@@ -38,7 +38,7 @@ from tests.fake_aml.wire import (
     Route,
     ServiceError,
 )
-from tests.fake_identity import token_resource
+from emulator.identity import token_resource
 
 # /{service}/v{version}{workspace}{rest} for the data-plane services, /rp/workspaces{workspace}{rest} for the
 # workspace resource provider

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
-from tests.fake_aml.blob_capture import SnapshotUploads
-from tests.fake_aml.wire import SEG, RecordedRequest, Response, Route, ServiceError, route
+from emulator.aml.blob_capture import SnapshotUploads
+from emulator.aml.wire import SEG, RecordedRequest, Response, Route, ServiceError, route
 
 # The storage account the upload URLs name (reached only through blob_capture's proxy).
 SNAPSHOT_ACCOUNT = "fakeamlsnapshots"

@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from tests.fake_aml.wire import ServiceError
+from emulator.aml.wire import ServiceError
 
 Predicate = Callable[[dict[str, Any]], bool]
 

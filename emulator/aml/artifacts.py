@@ -10,8 +10,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from tests.fake_aml.datastore import ARTIFACTS_CONTAINER, BLOB_ENDPOINT_SUFFIX
-from tests.fake_aml.wire import SEG, RecordedRequest, Response, Route, ServiceError, route
+from emulator.aml.datastore import ARTIFACTS_CONTAINER, BLOB_ENDPOINT_SUFFIX
+from emulator.aml.wire import SEG, RecordedRequest, Response, Route, ServiceError, route
 
 SAS_LIFETIME = timedelta(hours=1)
 

@@ -1,7 +1,7 @@
 """The steps' own virtual environment, built from step_scripts/requirements.txt as Azure ML builds theirs, and
 cached by the hash of the requirements' bytes and the interpreter's version, so it is built once per change.
 
-`python -m tests.step_env [requirements file]` builds it when needed and prints its interpreter's path.
+`python -m emulator.step_env [requirements file]` builds it when needed and prints its interpreter's path.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.fake_aml.state import iso
-from tests.fake_aml.wire import SEG, RecordedRequest, Response, Route, ServiceError, route
+from emulator.aml.state import iso
+from emulator.aml.wire import SEG, RecordedRequest, Response, Route, ServiceError, route
 
 
 class ComputeService:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -103,10 +105,22 @@ class Response:
 def end_local_runs(timeout: float = 60.0) -> None:
     """Cancel the local runs still going and wait for their runners to record the end (for teardowns)."""
     from pipeline_def.service import get_service
-    from tests.fixtures_local import wait_for
 
     service = get_service()
     for run in service.list_runs(100):
         if not run.terminal:
             service.cancel(run.run_id)
     wait_for(lambda: all(run.terminal for run in service.list_runs(100)), timeout=timeout)
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 90.0, interval: float = 0.05) -> object:
+    """Poll `condition` until it returns something truthy, within a bounded deadline. Only for waiting on
+    real processes (a local run's runner), never on a clock."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)

@@ -1,4 +1,4 @@
-"""The Azure path with no Azure: the emulated workspace (tests/fake_aml, executing what is published), its
+"""The Azure path with no Azure: the emulated workspace (emulator/aml, executing what is published), its
 default datastore in Azurite, the managed-identity endpoint, `AmesHousing` and `HousePrices` registered, and
 the app settings that aim the Functions app at all of it. The Azure-path demo and the end-to-end tests both
 stand it up with this module."""
@@ -10,9 +10,9 @@ import json
 import os
 from pathlib import Path
 
-from tests.azurite import DEVSTORE_ACCOUNT, DEVSTORE_KEY, AzuriteBlob
-from tests.fake_aml import FakeAzureML
-from tests.fake_identity import OTHER_CREDENTIAL_VARIABLES, FakeManagedIdentity
+from emulator.aml import FakeAzureML
+from emulator.azurite import DEVSTORE_ACCOUNT, DEVSTORE_KEY, AzuriteBlob
+from emulator.identity import OTHER_CREDENTIAL_VARIABLES, FakeManagedIdentity
 
 DATASET_NAME = "AmesHousing"
 MODEL_NAME = "HousePrices"

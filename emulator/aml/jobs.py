@@ -9,7 +9,7 @@ import json
 from datetime import timedelta
 from typing import Any
 
-from tests.fake_aml.state import FakeRun, FakeStep, new_id
+from emulator.aml.state import FakeRun, FakeStep, new_id
 
 # The audience written into run tokens. Real run tokens are issued by Azure ML itself; the fake only needs
 # to know its own tokens again (fake.run_tokens), so the value is a label, not a claim anyone checks.

@@ -9,7 +9,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any
 
-from tests.fake_aml.wire import SEG, RecordedRequest, Response, Route, route
+from emulator.aml.wire import SEG, RecordedRequest, Response, Route, route
 
 DEFAULT_DATASTORE = "workspaceblobstore"
 BLOB_ENDPOINT_SUFFIX = "core.windows.net"

@@ -8,7 +8,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from tests.fake_aml.state import (
+from emulator.aml.state import (
     DEFAULT_STEP_NAMES,
     ENTITY_STATUSES,
     HISTORY_OF_PIPELINE,
@@ -21,7 +21,7 @@ from tests.fake_aml.state import (
     iso,
     new_id,
 )
-from tests.fake_aml.wire import (
+from emulator.aml.wire import (
     SEG,
     RecordedRequest,
     Response,

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.fake_aml.faults import Fault
+from emulator.aml.faults import Fault
 
 ERROR_CODES = {
     400: "BadRequest",

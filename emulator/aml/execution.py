@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.fake_aml.state import HISTORY_TERMINAL, FakeRun, FakeStep
+from emulator.aml.state import HISTORY_TERMINAL, FakeRun, FakeStep
 
 # How long a canceled step gets between SIGTERM and SIGKILL.
 CANCEL_GRACE_SECONDS = 5.0

@@ -3,7 +3,7 @@ managed-identity endpoint, registers AmesHousing and HousePrices, runs one timer
 (publish with the real SDK, submit over REST), follows the run through `GET /api/runs/{id}`, then downloads
 the latest predictions and their manifest from the emulated default datastore.
 
-    python -m tests.demo_azureml [--out .local/demo-azureml] [--timeout 1800] [--step-python PATH]
+    python -m emulator.demo [--out .local/demo-azureml] [--timeout 1800] [--step-python PATH]
                                  [--model-version N]
 
 Exit 0 for a completed run; 1 for a failed or canceled run (naming the failed step and its error line);
@@ -21,8 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.azurite import AzuriteUnavailable, start_azurite, stop_azurite
-from tests.emulated_azure import DATASET_NAME, MODEL_NAME, EmulatedAzure
+from emulator.azure import DATASET_NAME, MODEL_NAME, EmulatedAzure
+from emulator.azurite import AzuriteUnavailable, start_azurite, stop_azurite
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / ".local" / "demo-azureml"
@@ -89,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the downloaded files go")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for the run")
-    parser.add_argument("--step-python", type=Path, help="the steps' interpreter (default: tests.step_env)")
+    parser.add_argument(
+        "--step-python", type=Path, help="the steps' interpreter (default: emulator.step_env)"
+    )
     parser.add_argument(
         "--model-version",
         help="AML_MODEL_VERSION to publish with (default latest; e.g. 99 shows a failed run)",
@@ -97,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.step_python is None:
-        from tests.step_env import step_python
+        from emulator.step_env import step_python
 
         _say("steps' environment: building or reusing the venv of step_scripts/requirements.txt ...")
         args.step_python = step_python()
@@ -123,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.model_version:
             os.environ["AML_MODEL_VERSION"] = args.model_version
 
-        from tests.function_app_helpers import LoadedApp
+        from emulator.functions_host import LoadedApp
 
         app = LoadedApp()
         _say("timer tick through function_app (publishes with the SDK, then submits over REST) ...")

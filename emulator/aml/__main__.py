@@ -1,4 +1,4 @@
-"""`python -m tests.fake_aml --port N`: run the fake Azure ML service alone (for manual curl tries)."""
+"""`python -m emulator.aml --port N`: run the fake Azure ML service alone (for manual curl tries)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import argparse
 import json
 import threading
 
-from tests.fake_aml.server import FakeAzureML
-from tests.fake_identity import make_token
+from emulator.aml.server import FakeAzureML
+from emulator.identity import make_token
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tests.fake_aml", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m emulator.aml", description=__doc__)
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: any free port)")
     parser.add_argument("--subscription-id", default="00000000-0000-0000-0000-000000000001")
     parser.add_argument("--resource-group", default="rg-test")

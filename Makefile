@@ -45,6 +45,9 @@ test-fast: $(STAMP) node_modules/.bin/azurite-blob
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+	$(VENV)/bin/actionlint .github/workflows/*.yml
+	$(VENV)/bin/zizmor --offline .github/
 
 format: $(STAMP)
 	$(PY) -m ruff format .

@@ -330,7 +330,7 @@ class AzureMLClient:
         if status == 403:
             return Forbidden(
                 f"Azure ML denied {what} (403): the identity likely lacks the 'AzureML Data Scientist' "
-                f"(or Contributor) role on workspace {self.settings.workspace_name}{suffix}",
+                f"role on workspace {self.settings.workspace_name}{suffix}",
                 **kwargs,
             )
         if status == 404:

@@ -11,7 +11,9 @@ import time
 import pytest
 
 from emulator.identity import token_resource
-from pipeline_def.azureml.client import SUBMISSION_TAG, AzureMLClient, parse_retry_after, runs_filter
+from pipeline_def.azureml.client import SUBMISSION_TAG, AzureMLClient
+from pipeline_def.azureml.odata import runs_filter
+from pipeline_def.azureml.transport import parse_retry_after
 from pipeline_def.budget import HTTP_MAX_ATTEMPTS, http_request
 from pipeline_def.errors import (
     AzureMLError,

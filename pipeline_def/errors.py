@@ -27,6 +27,8 @@ The tree (HTTP status the app answers with, then `code`):
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class PipelineError(Exception):
     """Base of every error this project raises on purpose."""
@@ -118,7 +120,7 @@ class Throttled(AzureMLError):
     http_status = 503
     code = "azureml_throttled"
 
-    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs):
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any):
         super().__init__(message, **kwargs)
         self.retry_after = retry_after
 

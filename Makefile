@@ -40,6 +40,7 @@ test: $(STAMP) node_modules/.bin/azurite-blob step-env
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 
 format: $(STAMP)
 	$(PY) -m ruff format .

@@ -18,6 +18,8 @@ LAYERS = [
     "pipeline_def.steps",
     "pipeline_def.fingerprint",
     "pipeline_def.backend",
+    "pipeline_def.azureml.odata",
+    "pipeline_def.azureml.transport",
     "pipeline_def.azureml.client",
     "pipeline_def.azureml.definition",
     "pipeline_def.azureml.publisher",

@@ -143,6 +143,12 @@ def test_the_readme_stays_a_front_door() -> None:
     assert len((ROOT / "README.md").read_text().splitlines()) <= README_MAX_LINES
 
 
+def test_the_readme_indexes_every_page_of_the_docs() -> None:
+    linked = set(LINK.findall((ROOT / "README.md").read_text()))
+    pages = [f"docs/{page.name}" for page in sorted((ROOT / "docs").glob("*.md"))]
+    assert [page for page in pages if page not in linked] == []
+
+
 def test_the_check_reports_every_kind_of_name_that_does_not_exist() -> None:
     text = "\n".join(
         [

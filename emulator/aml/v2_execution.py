@@ -135,6 +135,8 @@ class V2ExecutionService:
     def _set_v2_status(self, run: V2Run, status: str) -> None:
         now = self.clock()
         run.history_status = status
+        if run.transitions[-1] != status:
+            run.transitions.append(status)
         run.status = PIPELINE_OF_HISTORY.get(status, "Running")
         if status == "Running":
             run.started = run.started or now

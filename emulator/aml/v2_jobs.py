@@ -47,6 +47,7 @@ class V2Run(FakeRun):
     display_name: str | None = None
     compute: str | None = None
     error: dict[str, Any] | None = None
+    transitions: list[str] = field(default_factory=lambda: ["NotStarted"])  # every status it has had
 
     @property
     def arm_status(self) -> str:
@@ -193,6 +194,8 @@ class V2JobService:
                 404, f"Job {name} (workspace {self.workspace_name}) was not found.", "UserError"
             )
         self._cancel(run)  # pipelines.py: CancelRequested, the running node's process stopped
+        if run.transitions[-1] != run.history_status:
+            run.transitions.append(run.history_status)
         operation = uuid.uuid4().hex
         location = (
             f"{self.base_url}{self.workspace_path}/operationResults/{operation}"

@@ -16,7 +16,9 @@ import pytest
 
 from emulator.functions_host import wait_for
 from pipeline_def.errors import RunNotFound
-from pipeline_def.local.runner import LocalBackend, new_run_id, step_command
+from pipeline_def.local.backend import LocalBackend
+from pipeline_def.local.commands import step_command
+from pipeline_def.local.records import new_run_id
 from pipeline_def.runs import RUN_ID_PATTERN, STATUSES
 from pipeline_def.service import Service
 from pipeline_def.settings import PROJECT_ROOT, STEP_SCRIPTS_DIR, load_settings

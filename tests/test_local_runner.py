@@ -36,6 +36,10 @@ def terminal(backend: LocalBackend, run_id: str):
     return wait_for(lambda: (run := backend.get_run(run_id)).terminal and run)
 
 
+def active_runs(backend: LocalBackend) -> list[str]:
+    return [run.run_id for run in backend.list_runs(100) if not run.terminal]
+
+
 def latest_files(backend: LocalBackend) -> dict[str, bytes]:
     folder = backend.settings.local_work_dir / "datastore" / "latest_predictions"
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
@@ -105,7 +109,7 @@ def test_unknown_or_malformed_run_ids_are_not_found(backend: LocalBackend) -> No
     with pytest.raises(RunNotFound):
         backend.cancel("local_20260101T000000_000000")
     assert backend.list_runs(5) == []
-    assert backend.find_active_run() is None
+    assert active_runs(backend) == []
 
 
 # --- real runs -------------------------------------------------------------------------------------------
@@ -186,7 +190,7 @@ def test_a_submitted_run_goes_on_in_the_background_and_is_listed_newest_first(ba
     assert len(pd.read_csv(done.extra["predictions_path"])) == 4
     assert [r.run_id for r in backend.list_runs(10)] == [second.run_id, first.run_id]
     assert [r.run_id for r in backend.list_runs(1)] == [second.run_id]
-    assert backend.find_active_run() is None
+    assert active_runs(backend) == []
 
 
 @pytest.mark.slow
@@ -194,7 +198,7 @@ def test_cancel_terminates_a_running_run_and_later_steps_do_not_run(backend: Loc
     service = Service(backend.settings, backend)
     submitted = service.start_run({"sample_size": 0}, trigger="test")
     running = wait_for(lambda: (run := backend.get_run(submitted.run_id)).status == "running" and run)
-    assert backend.find_active_run().run_id == submitted.run_id
+    assert active_runs(backend) == [submitted.run_id]
 
     service.cancel(submitted.run_id)
 
@@ -204,7 +208,7 @@ def test_cancel_terminates_a_running_run_and_later_steps_do_not_run(backend: Loc
     assert done.status == "canceled"
     assert "canceled" in [s.status for s in done.steps]
     assert not (backend.settings.local_work_dir / "datastore" / "latest_predictions").exists()
-    assert backend.find_active_run() is None
+    assert active_runs(backend) == []
 
 
 @pytest.mark.slow
@@ -219,4 +223,4 @@ def test_a_run_whose_runner_died_is_reported_failed(backend: LocalBackend) -> No
 
     assert done.status == "failed"
     assert "runner process ended before the run did" in done.error
-    assert backend.find_active_run() is None
+    assert active_runs(backend) == []

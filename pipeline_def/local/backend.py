@@ -22,14 +22,14 @@ from typing import Any
 
 from pipeline_def.backend import LookBack, PublishOutcome
 from pipeline_def.errors import LocalRunError, RunNotFound
-from pipeline_def.local.commands import _settings_to_record, step_command
-from pipeline_def.local.processes import PID_FILE, _is_zombie, _process_start, _write_pid
+from pipeline_def.local.commands import settings_to_record, step_command
+from pipeline_def.local.processes import PID_FILE, is_zombie, process_start, write_pid
 from pipeline_def.local.records import (
     CANCEL_FILE,
     LOGS_DIR,
     RECORD_FILE,
     RUNS_DIR,
-    _finish,
+    finish_record,
     new_run_id,
     read_record,
     utc_now,
@@ -89,10 +89,10 @@ class LocalBackend:
                     start_new_session=True,  # its own process group: cancel terminates it and its step
                 )
             except OSError as error:
-                _finish(run_dir, record, "failed", f"the local runner could not be started: {error}")
+                finish_record(run_dir, record, "failed", f"the local runner could not be started: {error}")
                 raise LocalRunError(f"the local runner could not be started: {error}") from error
         self._children[process.pid] = process
-        _write_pid(run_dir, process.pid)
+        write_pid(run_dir, process.pid)
         return self._info(run_dir, record)
 
     def run(
@@ -100,7 +100,7 @@ class LocalBackend:
     ) -> RunInfo:
         """Run the pipeline in this process and return the ended run (the CLI's `run`)."""
         run_dir, _ = self._create_run(parameters, tags, mode="foreground")
-        _write_pid(run_dir, os.getpid())
+        write_pid(run_dir, os.getpid())
         execute_run(run_dir, progress)
         return self.get_run(run_dir.name)
 
@@ -117,10 +117,6 @@ class LocalBackend:
                 continue  # a run being created, or a stray folder
         records.sort(key=lambda item: (item[1].get("created_at") or "", item[1]["id"]), reverse=True)
         return [self._info(run_dir, record) for run_dir, record in records[:limit]]
-
-    def find_active_run(self) -> RunInfo | None:
-        active = [run for run in self.list_runs(limit=10_000) if not run.terminal]
-        return active[0] if active else None
 
     def cancel(self, run_id: str) -> None:
         """Ask the run to stop: a marker the runner watches for, and SIGTERM to a detached runner's process
@@ -169,7 +165,7 @@ class LocalBackend:
             "parameters": {**self.settings.parameter_defaults, **parameters},
             "tags": dict(tags),
             "fingerprint": fingerprint,
-            "settings": _settings_to_record(self.settings),
+            "settings": settings_to_record(self.settings),
             "steps": [
                 {
                     "name": step.name,
@@ -220,9 +216,9 @@ class LocalBackend:
         record = read_record(run_dir)
         if record["status"] not in TERMINAL:
             if (run_dir / CANCEL_FILE).exists():
-                _finish(run_dir, record, "canceled", "canceled on request")
+                finish_record(run_dir, record, "canceled", "canceled on request")
             else:
-                _finish(
+                finish_record(
                     run_dir,
                     record,
                     "failed",
@@ -271,10 +267,10 @@ class LocalBackend:
             return None
         except PermissionError:
             pass
-        start = _process_start(pid)
+        start = process_start(pid)
         if start is not None and info.get("start") is not None and start != info["start"]:
             return None  # the pid now belongs to another process
-        if _is_zombie(pid):
+        if is_zombie(pid):
             return None
         return pid
 

@@ -23,7 +23,8 @@ def destination_folder(settings: Settings) -> Path:
 def resolve_argument(
     argument: Any, settings: Settings, parameters: Mapping[str, str], run_dir: Path, fingerprint: str
 ) -> str:
-    """One steps.py argument as the local backend passes it (local_contract.md)."""
+    """One steps.py argument as the local backend passes it: parameters as given (else their defaults),
+    settings as local paths, data as folders of the run (docs/product.md, "Running without Azure")."""
     if isinstance(argument, str):
         return argument
     if isinstance(argument, Param):
@@ -51,14 +52,14 @@ def step_command(
     return [str(STEP_SCRIPTS_DIR / step.script), *arguments]
 
 
-def _settings_to_record(settings: Settings) -> dict[str, Any]:
+def settings_to_record(settings: Settings) -> dict[str, Any]:
     return {
         f.name: str(value) if isinstance(value := getattr(settings, f.name), Path) else value
         for f in dataclasses.fields(settings)
     }
 
 
-def _settings_from_record(raw: Mapping[str, Any]) -> Settings:
+def settings_from_record(raw: Mapping[str, Any]) -> Settings:
     known = {f.name for f in dataclasses.fields(Settings)}
     values = {k: v for k, v in raw.items() if k in known}
     for name in ("local_dataset_path", "local_work_dir"):

@@ -19,18 +19,18 @@ def _proc_stat(pid: int, field: int) -> str | None:
         return None
 
 
-def _process_start(pid: int) -> str | None:
+def process_start(pid: int) -> str | None:
     """The kernel's start time of `pid`, so a recycled pid is not taken for the runner."""
     return _proc_stat(pid, 19)
 
 
-def _write_pid(run_dir: Path, pid: int) -> None:
-    text = json.dumps({"pid": pid, "start": _process_start(pid)})
+def write_pid(run_dir: Path, pid: int) -> None:
+    text = json.dumps({"pid": pid, "start": process_start(pid)})
     fd, temp = tempfile.mkstemp(prefix=".pid.", dir=run_dir)
     with os.fdopen(fd, "w") as out:
         out.write(text)
     os.replace(temp, run_dir / PID_FILE)
 
 
-def _is_zombie(pid: int) -> bool:
+def is_zombie(pid: int) -> bool:
     return _proc_stat(pid, 0) == "Z"

@@ -43,7 +43,7 @@ def read_record(run_dir: Path) -> dict[str, Any]:
     return json.loads((run_dir / RECORD_FILE).read_text(encoding="utf-8"))
 
 
-def _finish(run_dir: Path, record: dict[str, Any], status: str, error: str | None) -> None:
+def finish_record(run_dir: Path, record: dict[str, Any], status: str, error: str | None) -> None:
     for step in record["steps"]:
         if step["status"] == "queued":
             step["status"] = "canceled"  # never started; Azure ML shows such nodes as canceled too

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from pipeline_def.errors import LocalRunError
-from pipeline_def.local.commands import PREDICTIONS_FILE, _settings_from_record, destination_folder
+from pipeline_def.local.commands import PREDICTIONS_FILE, destination_folder, settings_from_record
 from pipeline_def.local.model import ensure_model, model_folder, registered_versions
-from pipeline_def.local.processes import _write_pid
-from pipeline_def.local.records import CANCEL_FILE, _finish, read_record, utc_now, write_record
+from pipeline_def.local.processes import write_pid
+from pipeline_def.local.records import CANCEL_FILE, finish_record, read_record, utc_now, write_record
 from pipeline_def.settings import PROJECT_ROOT, STEP_SCRIPTS_DIR
 
 # How often a running step looks for a cancel request made by another process.
@@ -37,7 +37,7 @@ def execute_run(run_dir: Path, progress: Progress | None = None) -> dict[str, An
     """Run the steps of the record in `run_dir` in order, updating the record as they go; return it."""
     say = progress or (lambda _line: None)
     record = read_record(run_dir)
-    settings = _settings_from_record(record["settings"])
+    settings = settings_from_record(record["settings"])
     current: subprocess.Popen | None = None
     step: dict[str, Any] | None = None
     try:
@@ -53,7 +53,7 @@ def execute_run(run_dir: Path, progress: Progress | None = None) -> dict[str, An
                 )
             ensure_model(settings)
         except Exception as error:
-            _finish(run_dir, record, "failed", f"the model could not be prepared: {error}")
+            finish_record(run_dir, record, "failed", f"the model could not be prepared: {error}")
             return record
         for step in record["steps"]:
             if (run_dir / CANCEL_FILE).exists():
@@ -69,25 +69,25 @@ def execute_run(run_dir: Path, progress: Progress | None = None) -> dict[str, An
             if code != 0:
                 step.update(status="failed", error=_step_error(run_dir / step["log"], code))
                 say(f"  {step['name']:<18} failed: {step['error']}")
-                _finish(run_dir, record, "failed", f"step {step['name']} failed: {step['error']}")
+                finish_record(run_dir, record, "failed", f"step {step['name']} failed: {step['error']}")
                 return record
             step["status"] = "completed"
             write_record(run_dir, record)
             say(f"  {step['name']:<18} completed in {step['seconds']:.1f} s")
         record["output_path"] = str(destination_folder(settings) / PREDICTIONS_FILE)
-        _finish(run_dir, record, "completed", None)
+        finish_record(run_dir, record, "completed", None)
         return record
     except (_Canceled, KeyboardInterrupt) as stop:
         _stop_step(current, step, status="canceled")
         interrupted = isinstance(stop, KeyboardInterrupt)
-        _finish(run_dir, record, "canceled", "interrupted" if interrupted else "canceled on request")
+        finish_record(run_dir, record, "canceled", "interrupted" if interrupted else "canceled on request")
         say(f"run {record['id']}: canceled")
         if interrupted:
             raise
         return record
     except Exception as error:  # the runner itself broke (disk full, a step that cannot start): say so
         _stop_step(current, step, status="failed", error=str(error))
-        _finish(run_dir, record, "failed", f"the local runner failed: {error}")
+        finish_record(run_dir, record, "failed", f"the local runner failed: {error}")
         return record
 
 
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     run_dir = Path(args[1])
     signal.signal(signal.SIGTERM, _on_sigterm)
-    _write_pid(run_dir, os.getpid())
+    write_pid(run_dir, os.getpid())
     record = execute_run(run_dir, progress=lambda line: print(line, flush=True))
     return 0 if record["status"] == "completed" else 1
 

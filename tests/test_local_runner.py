@@ -18,7 +18,7 @@ from emulator.functions_host import wait_for
 from pipeline_def.errors import RunNotFound
 from pipeline_def.local.backend import LocalBackend
 from pipeline_def.local.commands import step_command
-from pipeline_def.local.records import new_run_id
+from pipeline_def.local.records import new_run_id, read_record, write_record
 from pipeline_def.runs import RUN_ID_PATTERN, STATUSES
 from pipeline_def.service import Service
 from pipeline_def.settings import PROJECT_ROOT, STEP_SCRIPTS_DIR, load_settings
@@ -110,6 +110,48 @@ def test_unknown_or_malformed_run_ids_are_not_found(backend: LocalBackend) -> No
         backend.cancel("local_20260101T000000_000000")
     assert backend.list_runs(5) == []
     assert active_runs(backend) == []
+
+
+def test_a_run_record_in_the_json_shape_of_earlier_versions_reads_and_keeps_its_keys(
+    backend: LocalBackend,
+) -> None:
+    step = {
+        "name": "fetch_data",
+        "command": ["fetch_data.py"],
+        "status": "completed",
+        "log": "logs/fetch_data.log",
+        "started_at": "2026-01-01T00:00:01.000000Z",
+        "ended_at": "2026-01-01T00:00:02.000000Z",
+        "exit_code": 0,
+        "error": None,
+        "seconds": 1.0,
+    }
+    queued = {**step, "name": "predict", "status": "canceled", "exit_code": None, "note": "not run"}
+    old = {
+        "id": "local_20260101T000000_abcdef",
+        "status": "canceled",
+        "mode": "detached",
+        "parameters": {"sample_size": "10", "model_version": "latest"},
+        "tags": {"trigger": "timer"},
+        "fingerprint": "fp",
+        "settings": {"backend": "local"},
+        "steps": [step, queued],
+        "error": "canceled on request",
+        "output_path": None,
+        "created_at": "2026-01-01T00:00:00.000000Z",
+        "started_at": "2026-01-01T00:00:00.500000Z",
+        "ended_at": "2026-01-01T00:00:03.000000Z",
+    }
+    run_dir = backend.settings.local_work_dir / "runs" / old["id"]
+    run_dir.mkdir(parents=True)
+    (run_dir / "run.json").write_text(json.dumps(old))
+
+    run = backend.get_run(old["id"])
+    write_record(run_dir, read_record(run_dir))
+
+    assert (run.status, run.error, run.extra) == ("canceled", "canceled on request", {"trigger": "timer"})
+    assert [(s.name, s.status) for s in run.steps] == [("fetch_data", "completed"), ("predict", "canceled")]
+    assert json.loads((run_dir / "run.json").read_text()) == old
 
 
 # --- real runs -------------------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ has died marks it failed (or canceled, when a cancel was asked for).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -23,12 +22,14 @@ from typing import Any
 from pipeline_def.backend import LookBack, PublishOutcome
 from pipeline_def.errors import LocalRunError, RunNotFound
 from pipeline_def.local.commands import settings_to_record, step_command
-from pipeline_def.local.processes import PID_FILE, is_zombie, process_start, write_pid
+from pipeline_def.local.processes import PID_FILE, is_running, read_pid, write_pid
 from pipeline_def.local.records import (
     CANCEL_FILE,
     LOGS_DIR,
     RECORD_FILE,
     RUNS_DIR,
+    RunRecord,
+    StepRecord,
     finish_record,
     new_run_id,
     read_record,
@@ -36,7 +37,7 @@ from pipeline_def.local.records import (
     write_record,
 )
 from pipeline_def.local.runner import Progress, execute_run
-from pipeline_def.runs import TERMINAL, RunInfo, StepStatus, is_valid_run_id
+from pipeline_def.runs import RunInfo, StepStatus, is_valid_run_id
 from pipeline_def.settings import PROJECT_ROOT, Settings
 from pipeline_def.steps import STEPS
 
@@ -115,7 +116,7 @@ class LocalBackend:
                 records.append((run_dir, self._load(run_dir)))
             except (OSError, ValueError, RunNotFound):
                 continue  # a run being created, or a stray folder
-        records.sort(key=lambda item: (item[1].get("created_at") or "", item[1]["id"]), reverse=True)
+        records.sort(key=lambda item: (item[1].created_at or "", item[1].id), reverse=True)
         return [self._info(run_dir, record) for run_dir, record in records[:limit]]
 
     def cancel(self, run_id: str) -> None:
@@ -123,11 +124,11 @@ class LocalBackend:
         group (runner and current step). The runner records the run as canceled."""
         run_dir = self._run_dir(run_id)
         record = self._load(run_dir)
-        if record["status"] in TERMINAL:
+        if record.terminal:
             return
         (run_dir / CANCEL_FILE).write_text(utc_now())
         pid = self._live_runner_pid(run_dir)
-        if record.get("mode") == "detached" and pid is not None:
+        if record.mode == "detached" and pid is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 if os.getpgid(pid) == pid:  # still the group leader we started, not a recycled pid
                     os.killpg(pid, signal.SIGTERM)
@@ -144,7 +145,7 @@ class LocalBackend:
 
     def _create_run(
         self, parameters: Mapping[str, str], tags: Mapping[str, str], mode: str
-    ) -> tuple[Path, dict[str, Any]]:
+    ) -> tuple[Path, RunRecord]:
         from pipeline_def.fingerprint import compute_fingerprint
 
         self.runs_dir.mkdir(parents=True, exist_ok=True)
@@ -158,33 +159,25 @@ class LocalBackend:
                 continue
         fingerprint = compute_fingerprint(self.settings)
         parameters = {k: str(v) for k, v in parameters.items()}
-        record = {
-            "id": run_id,
-            "status": "queued",
-            "mode": mode,
-            "parameters": {**self.settings.parameter_defaults, **parameters},
-            "tags": dict(tags),
-            "fingerprint": fingerprint,
-            "settings": settings_to_record(self.settings),
-            "steps": [
-                {
-                    "name": step.name,
-                    "command": step_command(step, self.settings, parameters, run_dir, fingerprint),
-                    "status": "queued",
-                    "log": f"{LOGS_DIR}/{step.name}.log",
-                    "started_at": None,
-                    "ended_at": None,
-                    "exit_code": None,
-                    "error": None,
-                }
-                for step in STEPS
-            ],
-            "error": None,
-            "output_path": None,
-            "created_at": utc_now(),
-            "started_at": None,
-            "ended_at": None,
-        }
+        steps = [
+            StepRecord(
+                name=step.name,
+                command=step_command(step, self.settings, parameters, run_dir, fingerprint),
+                log=f"{LOGS_DIR}/{step.name}.log",
+            )
+            for step in STEPS
+        ]
+        record = RunRecord(
+            id=run_id,
+            status="queued",
+            mode=mode,
+            parameters={**self.settings.parameter_defaults, **parameters},
+            tags=dict(tags),
+            fingerprint=fingerprint,
+            settings=settings_to_record(self.settings),
+            steps=steps,
+            created_at=utc_now(),
+        )
         write_record(run_dir, record)
         return run_dir, record
 
@@ -201,20 +194,20 @@ class LocalBackend:
             return []
         return [p for p in self.runs_dir.iterdir() if p.is_dir() and (p / RECORD_FILE).is_file()]
 
-    def _load(self, run_dir: Path) -> dict[str, Any]:
+    def _load(self, run_dir: Path) -> RunRecord:
         """The record, with a dead runner's unfinished run marked as ended."""
         try:
             record = read_record(run_dir)
         except FileNotFoundError as error:
             raise RunNotFound(run_dir.name) from error
-        if record["status"] in TERMINAL:
+        if record.terminal:
             self._reap_runner(run_dir)
             return record
         if self._runner_alive(run_dir, record):
             return record
         # Read again: the runner may have written its last record just before it exited.
         record = read_record(run_dir)
-        if record["status"] not in TERMINAL:
+        if not record.terminal:
             if (run_dir / CANCEL_FILE).exists():
                 finish_record(run_dir, record, "canceled", "canceled on request")
             else:
@@ -229,30 +222,26 @@ class LocalBackend:
     def _reap_runner(self, run_dir: Path) -> None:
         """Wait for our own runner of an ended run to exit (it writes the last record just before), so it
         leaves no zombie behind."""
-        try:
-            pid = int(json.loads((run_dir / PID_FILE).read_text())["pid"])
-        except (OSError, ValueError, KeyError):
-            return
-        process = self._children.pop(pid, None)
+        runner = read_pid(run_dir)
+        process = self._children.pop(runner.pid, None) if runner is not None else None
         if process is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=RUNNER_EXIT_SECONDS)
 
-    def _runner_alive(self, run_dir: Path, record: Mapping[str, Any]) -> bool:
+    def _runner_alive(self, run_dir: Path, record: RunRecord) -> bool:
         if self._live_runner_pid(run_dir) is not None:
             return True
         if not (run_dir / PID_FILE).exists():
             # Created, runner not started yet (or it never will be: then it is dead after the grace time).
-            created = datetime.fromisoformat(record["created_at"].replace("Z", "+00:00"))
+            created = datetime.fromisoformat((record.created_at or "").replace("Z", "+00:00"))
             return (datetime.now(UTC) - created).total_seconds() < START_GRACE_SECONDS
         return False
 
     def _live_runner_pid(self, run_dir: Path) -> int | None:
-        try:
-            info = json.loads((run_dir / PID_FILE).read_text())
-        except (OSError, ValueError):
+        runner = read_pid(run_dir)
+        if runner is None:
             return None
-        pid = int(info["pid"])
+        pid = runner.pid
         if pid == os.getpid():
             return pid
         child = self._children.get(pid)
@@ -261,45 +250,30 @@ class LocalBackend:
                 return pid
             del self._children[pid]
             return None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            pass
-        start = process_start(pid)
-        if start is not None and info.get("start") is not None and start != info["start"]:
-            return None  # the pid now belongs to another process
-        if is_zombie(pid):
-            return None
-        return pid
+        return pid if is_running(runner) else None
 
-    def _info(self, run_dir: Path, record: Mapping[str, Any]) -> RunInfo:
-        status = record["status"]
-        if status not in TERMINAL and (run_dir / CANCEL_FILE).exists():
+    def _info(self, run_dir: Path, record: RunRecord) -> RunInfo:
+        status = record.status
+        if not record.terminal and (run_dir / CANCEL_FILE).exists():
             status = "canceling"
         extra: dict[str, Any] = {}
-        if status == "completed" and record.get("output_path"):
-            extra["predictions_path"] = record["output_path"]
-        tags = record.get("tags") or {}
-        if tags.get("trigger"):
-            extra["trigger"] = tags["trigger"]
-        steps = [
-            StepStatus(step["name"], step["status"], _first_line(step.get("error")))
-            for step in record["steps"]
-        ]
+        if status == "completed" and record.output_path:
+            extra["predictions_path"] = record.output_path
+        if record.tags.get("trigger"):
+            extra["trigger"] = record.tags["trigger"]
+        steps = [StepStatus(step.name, step.status, _first_line(step.error)) for step in record.steps]
         failed = next((step for step in steps if step.status == "failed"), None)
         if status == "failed" and failed is not None:
             extra["failed_step"] = failed.name
         return RunInfo(
-            run_id=record["id"],
+            run_id=record.id,
             status=status,
             aml_status=None,
-            created_at=record.get("created_at"),
-            ended_at=record.get("ended_at"),
+            created_at=record.created_at,
+            ended_at=record.ended_at,
             steps=steps,
             portal_url=None,
-            error=record.get("error"),
+            error=record.error,
             extra=extra,
         )
 

@@ -18,8 +18,16 @@ from pipeline_def.errors import LocalRunError
 from pipeline_def.local.commands import PREDICTIONS_FILE, destination_folder, settings_from_record
 from pipeline_def.local.model import ensure_model, model_folder, registered_versions
 from pipeline_def.local.processes import write_pid
-from pipeline_def.local.records import CANCEL_FILE, finish_record, read_record, utc_now, write_record
-from pipeline_def.settings import PROJECT_ROOT, STEP_SCRIPTS_DIR
+from pipeline_def.local.records import (
+    CANCEL_FILE,
+    RunRecord,
+    StepRecord,
+    finish_record,
+    read_record,
+    utc_now,
+    write_record,
+)
+from pipeline_def.settings import PROJECT_ROOT, STEP_SCRIPTS_DIR, Settings
 
 # How often a running step looks for a cancel request made by another process.
 CANCEL_POLL_SECONDS = 0.25
@@ -33,76 +41,104 @@ class _Canceled(BaseException):
     A BaseException, so that no `except Exception` on the way swallows it."""
 
 
-def execute_run(run_dir: Path, progress: Progress | None = None) -> dict[str, Any]:
-    """Run the steps of the record in `run_dir` in order, updating the record as they go; return it."""
-    say = progress or (lambda _line: None)
+def _quiet(_line: str) -> None:
+    pass
+
+
+def execute_run(run_dir: Path, progress: Progress | None = None) -> RunRecord:
+    """Run the steps of the record in `run_dir` in order, updating the record as they go; return it ended.
+    A Ctrl-C in the foreground is recorded as a cancel and then raised on."""
+    say = progress or _quiet
     record = read_record(run_dir)
-    settings = settings_from_record(record["settings"])
-    current: subprocess.Popen | None = None
-    step: dict[str, Any] | None = None
+    settings = settings_from_record(record.settings)
     try:
-        if (run_dir / CANCEL_FILE).exists():
-            raise _Canceled
-        record.update(status="running", started_at=utc_now())
-        write_record(run_dir, record)
-        say(f"run {record['id']}: running")
-        try:
-            if not registered_versions(model_folder(settings)):
-                say(
-                    f"run {record['id']}: no {settings.model_name} model yet, training the baseline model once"
-                )
-            ensure_model(settings)
-        except Exception as error:
-            finish_record(run_dir, record, "failed", f"the model could not be prepared: {error}")
-            return record
-        for step in record["steps"]:
-            if (run_dir / CANCEL_FILE).exists():
-                raise _Canceled
-            step.update(status="running", started_at=utc_now())
-            write_record(run_dir, record)
-            say(f"  {step['name']:<18} running")
-            started = time.monotonic()
-            current = _start_step(run_dir, record["id"], step)
-            code = _wait_step(current, run_dir)
-            current = None
-            step.update(ended_at=utc_now(), exit_code=code, seconds=round(time.monotonic() - started, 3))
-            if code != 0:
-                step.update(status="failed", error=_step_error(run_dir / step["log"], code))
-                say(f"  {step['name']:<18} failed: {step['error']}")
-                finish_record(run_dir, record, "failed", f"step {step['name']} failed: {step['error']}")
-                return record
-            step["status"] = "completed"
-            write_record(run_dir, record)
-            say(f"  {step['name']:<18} completed in {step['seconds']:.1f} s")
-        record["output_path"] = str(destination_folder(settings) / PREDICTIONS_FILE)
-        finish_record(run_dir, record, "completed", None)
-        return record
+        _run_steps(run_dir, record, settings, say)
     except (_Canceled, KeyboardInterrupt) as stop:
-        _stop_step(current, step, status="canceled")
         interrupted = isinstance(stop, KeyboardInterrupt)
+        _end_running_step(record, status="canceled")
         finish_record(run_dir, record, "canceled", "interrupted" if interrupted else "canceled on request")
-        say(f"run {record['id']}: canceled")
+        say(f"run {record.id}: canceled")
         if interrupted:
             raise
-        return record
     except Exception as error:  # the runner itself broke (disk full, a step that cannot start): say so
-        _stop_step(current, step, status="failed", error=str(error))
+        _end_running_step(record, status="failed", error=str(error))
         finish_record(run_dir, record, "failed", f"the local runner failed: {error}")
-        return record
+    return record
 
 
-def _stop_step(
-    process: subprocess.Popen | None, step: dict[str, Any] | None, status: str, **details: Any
-) -> None:
-    """End the step that was running when the run stopped: its process, and its entry in the record."""
-    if process is not None and process.poll() is None:
+def _run_steps(run_dir: Path, record: RunRecord, settings: Settings, say: Progress) -> None:
+    """The run from queued to its end: the model first, then each step, stopping at the first failure."""
+    _raise_if_canceled(run_dir)
+    record.status, record.started_at = "running", utc_now()
+    write_record(run_dir, record)
+    say(f"run {record.id}: running")
+    if not _prepare_model(run_dir, record, settings, say):
+        return
+    for step in record.steps:
+        if not _run_step(run_dir, record, step, say):
+            return
+    record.output_path = str(destination_folder(settings) / PREDICTIONS_FILE)
+    finish_record(run_dir, record, "completed", None)
+
+
+def _prepare_model(run_dir: Path, record: RunRecord, settings: Settings, say: Progress) -> bool:
+    """Train the baseline model if none is registered yet; False (the run is then failed) if that fails."""
+    try:
+        if not registered_versions(model_folder(settings)):
+            say(f"run {record.id}: no {settings.model_name} model yet, training the baseline model once")
+        ensure_model(settings)
+    except Exception as error:
+        finish_record(run_dir, record, "failed", f"the model could not be prepared: {error}")
+        return False
+    return True
+
+
+def _run_step(run_dir: Path, record: RunRecord, step: StepRecord, say: Progress) -> bool:
+    """Run one step as a process to its end; False (the run is then failed) if it failed."""
+    _raise_if_canceled(run_dir)
+    step.status, step.started_at = "running", utc_now()
+    write_record(run_dir, record)
+    say(f"  {step.name:<18} running")
+    started = time.monotonic()
+    process = _start_step(run_dir, record.id, step)
+    try:
+        code = _wait_step(process, run_dir)
+    finally:
+        _terminate(process)  # when the wait was cut short by a cancel or an error
+    step.ended_at, step.exit_code = utc_now(), code
+    step.seconds = round(time.monotonic() - started, 3)
+    if code != 0:
+        step.status, step.error = "failed", _step_error(run_dir / step.log, code)
+        say(f"  {step.name:<18} failed: {step.error}")
+        finish_record(run_dir, record, "failed", f"step {step.name} failed: {step.error}")
+        return False
+    step.status = "completed"
+    write_record(run_dir, record)
+    say(f"  {step.name:<18} completed in {step.seconds:.1f} s")
+    return True
+
+
+def _raise_if_canceled(run_dir: Path) -> None:
+    if (run_dir / CANCEL_FILE).exists():
+        raise _Canceled
+
+
+def _terminate(process: subprocess.Popen) -> None:
+    if process.poll() is None:
         process.terminate()
         process.wait()
-    if step is not None and step["status"] == "running":
-        step.update(status=status, ended_at=utc_now(), **details)
 
 
-def _start_step(run_dir: Path, run_id: str, step: dict[str, Any]) -> subprocess.Popen:
+def _end_running_step(record: RunRecord, status: str, error: str | None = None) -> None:
+    """Mark the step that was running when the run stopped (its process is already ended)."""
+    step = record.running_step()
+    if step is not None:
+        step.status, step.ended_at = status, utc_now()
+        if error is not None:
+            step.error = error
+
+
+def _start_step(run_dir: Path, run_id: str, step: StepRecord) -> subprocess.Popen:
     env = dict(os.environ)
     env["PIPELINE_RUN_ID"] = run_id
     env["PYTHONUNBUFFERED"] = "1"
@@ -111,12 +147,12 @@ def _start_step(run_dir: Path, run_id: str, step: dict[str, Any]) -> subprocess.
         p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).resolve() != PROJECT_ROOT
     ]
     env["PYTHONPATH"] = os.pathsep.join(paths)
-    log_path = run_dir / step["log"]
+    log_path = run_dir / step.log
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log:
         try:
             return subprocess.Popen(
-                [sys.executable, *step["command"]],
+                [sys.executable, *step.command],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -124,7 +160,7 @@ def _start_step(run_dir: Path, run_id: str, step: dict[str, Any]) -> subprocess.
                 env=env,
             )
         except OSError as error:
-            raise LocalRunError(f"step {step['name']} could not be started: {error}") from error
+            raise LocalRunError(f"step {step.name} could not be started: {error}") from error
 
 
 def _wait_step(process: subprocess.Popen, run_dir: Path) -> int:
@@ -152,7 +188,7 @@ def _step_error(log_path: Path, code: int) -> str:
 
 
 def preview(path: str | os.PathLike, n: int) -> str:
-    """The first `n` predicted rows, a few telling columns wide (for the CLI's `--show`)."""
+    """(Stays here until the CLI takes it into __main__.py.) The first `n` predicted rows, a few telling columns wide (for the CLI's `--show`)."""
     import pandas as pd
 
     frame = pd.read_csv(path, nrows=max(n, 0))
@@ -180,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     write_pid(run_dir, os.getpid())
     record = execute_run(run_dir, progress=lambda line: print(line, flush=True))
-    return 0 if record["status"] == "completed" else 1
+    return 0 if record.status == "completed" else 1
 
 
 if __name__ == "__main__":

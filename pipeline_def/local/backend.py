@@ -50,7 +50,7 @@ RUNNER_EXIT_SECONDS = 10.0
 class LocalBackend:
     """The Backend of service.py for PIPELINE_BACKEND=local."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.runs_dir = settings.local_work_dir / RUNS_DIR
         self._children: dict[int, subprocess.Popen] = {}

@@ -45,7 +45,7 @@ _HINTS = (
         Forbidden,
         "role",
         "likely cause: the app's identity has no role on the workspace; grant it 'AzureML Data Scientist' "
-        "(or Contributor) on the Azure ML workspace",
+        "on the Azure ML workspace",
     ),
 )
 

@@ -27,7 +27,7 @@ DEFAULT_LIST_LIMIT = 20
 
 def make_backend(settings: Settings) -> Backend:
     if settings.backend == "local":
-        from pipeline_def.local.runner import LocalBackend
+        from pipeline_def.local.backend import LocalBackend
 
         return LocalBackend(settings)
     from pipeline_def.azureml.backend import AzureMLBackend

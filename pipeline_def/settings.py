@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from pipeline_def.cron import is_valid_schedule
@@ -81,139 +82,182 @@ class Settings:
         return f"https://ml.azure.com/runs/{run_id}?wsid={self.workspace_path}"
 
 
+class _Invalid(Exception):
+    """A setting's value is malformed; the message says what it must be, never what it was."""
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if raw.lower() not in options:
+            raise _Invalid(f"must be one of {', '.join(options)}")
+        return raw.lower()
+
+    return parse
+
+
+def _schedule(raw: str) -> str:
+    if not is_valid_schedule(raw):
+        raise _Invalid("must be a six-field NCRONTAB expression such as '0 30 1,13 * * *'")
+    return raw
+
+
+def _aml_name(raw: str) -> str:
+    if not _AML_NAME.fullmatch(raw):
+        raise _Invalid("must be letters, digits, '-' or '_' (at most 255, starting alphanumeric)")
+    return raw
+
+
+def _model_version(raw: str) -> str:
+    if raw.lower() == "latest":
+        return "latest"
+    if not (raw.isdigit() and int(raw) >= 1):
+        raise _Invalid("must be a positive integer or 'latest'")
+    return raw
+
+
+def _whole_number(minimum: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        if not raw.isdigit() or int(raw) < minimum:
+            raise _Invalid(f"must be a whole number of at least {minimum}")
+        return int(raw)
+
+    return parse
+
+
+def _seconds(low: float, high: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            value = float("nan")
+        if not low <= value <= high:
+            raise _Invalid(f"must be a number of seconds from {low:g} to {high:g}")
+        return value
+
+    return parse
+
+
+def _guid(value: str) -> None:
+    if not _GUID.fullmatch(value):
+        raise _Invalid("must be a GUID")
+
+
+def _resource_name(value: str) -> None:
+    if not _RESOURCE_NAME.fullmatch(value):
+        raise _Invalid("is not a valid Azure resource name")
+
+
+def _http_url(value: str) -> None:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise _Invalid("must be an http(s) URL such as https://westeurope.api.azureml.ms")
+
+
+def _path(raw: str) -> Path:
+    return Path(raw).expanduser().resolve()
+
+
+def _dataset_file(path: Path) -> None:
+    if not path.is_file():
+        raise _Invalid("does not name an existing file")
+    if not path.name.lower().endswith((".csv", ".csv.gz", ".parquet", ".pq")):
+        raise _Invalid("must be a .csv, .csv.gz or .parquet file")
+
+
+@dataclass(frozen=True)
+class _Setting:
+    """One app setting: where it lands in Settings and how it is read.
+
+    `parse` turns the text (stripped; `default` when empty) into the field's value, or raises _Invalid, for
+    every backend. `check` and `required` apply only when the chosen backend is one of `backends`.
+    """
+
+    env: str
+    field: str
+    default: str = ""
+    parse: Callable[[str], Any] = str
+    check: Callable[[Any], None] | None = None
+    required: bool = False
+    backends: tuple[str, ...] = BACKENDS
+
+
+_AZUREML = ("azureml",)
+_LOCAL = ("local",)
+
+# In the order their problems are reported. Adding a setting is one line here and a field of Settings.
+SETTINGS_TABLE: tuple[_Setting, ...] = (
+    _Setting("PIPELINE_BACKEND", "backend", "azureml", _choice(BACKENDS)),
+    _Setting("PIPELINE_OVERLAP", "overlap", "skip", _choice(OVERLAP_POLICIES)),
+    _Setting("PIPELINE_SCHEDULE", "schedule", DEFAULT_SCHEDULE, _schedule),
+    _Setting("PIPELINE_ENDPOINT_NAME", "endpoint_name", DEFAULT_ENDPOINT_NAME, _aml_name),
+    _Setting("PIPELINE_EXPERIMENT_NAME", "experiment_name", DEFAULT_ENDPOINT_NAME, _aml_name),
+    _Setting("AML_DATASET_NAME", "dataset_name", "AmesHousing", _aml_name),
+    _Setting("AML_MODEL_NAME", "model_name", "HousePrices", _aml_name),
+    _Setting("AML_MODEL_VERSION", "model_version", "latest", _model_version),
+    _Setting("PIPELINE_SAMPLE_SIZE", "sample_size", str(DEFAULT_SAMPLE_SIZE), _whole_number(0)),
+    _Setting("AML_REQUEST_TIMEOUT_SECONDS", "request_timeout", "30", _seconds(1.0, 230.0)),
+    _Setting("AML_RETRY_BUDGET_SECONDS", "retry_budget", "120", _seconds(0.0, 230.0)),
+    # Everything one HTTP request spends on Azure ML; under 30 s, so the answer leaves room for our own work.
+    _Setting("AML_HTTP_BUDGET_SECONDS", "http_budget", "25", _seconds(1.0, 29.0)),
+    _Setting("AML_SUBSCRIPTION_ID", "subscription_id", check=_guid, required=True, backends=_AZUREML),
+    _Setting("AML_RESOURCE_GROUP", "resource_group", check=_resource_name, required=True, backends=_AZUREML),
+    _Setting("AML_WORKSPACE_NAME", "workspace_name", check=_resource_name, required=True, backends=_AZUREML),
+    _Setting("AML_COMPUTE_NAME", "compute_name", check=_resource_name, required=True, backends=_AZUREML),
+    _Setting(
+        "AML_API_BASE", "api_base", parse=lambda raw: raw.rstrip("/"), check=_http_url, backends=_AZUREML
+    ),
+    _Setting("AML_REGION", "region", parse=str.lower),  # checked with AML_API_BASE, in load_settings
+    _Setting(
+        "LOCAL_DATASET_PATH",
+        "local_dataset_path",
+        str(DEFAULT_DATASET_PATH),
+        _path,
+        _dataset_file,
+        backends=_LOCAL,
+    ),
+    _Setting("LOCAL_WORK_DIR", "local_work_dir", str(DEFAULT_WORK_DIR), _path),
+    _Setting("AZURE_CLIENT_ID", "azure_client_id", parse=lambda raw: raw or None),
+)
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read every setting from `environ` (default: os.environ) and validate them together."""
     env = os.environ if environ is None else environ
     problems: list[str] = []
+    values: dict[str, Any] = {}
+    for setting in SETTINGS_TABLE:
+        raw = _text(env, setting.env) or setting.default
+        try:
+            values[setting.field] = value = setting.parse(raw)
+            if values.get("backend") not in setting.backends:
+                continue
+            if setting.required and not value:
+                problems.append(f"{setting.env} is required")
+            elif setting.check is not None and value:
+                setting.check(value)
+        except _Invalid as invalid:
+            problems.append(f"{setting.env} {invalid}")
 
-    def get(name: str, default: str = "") -> str:
-        return (env.get(name) or "").strip() or default
-
-    backend = get("PIPELINE_BACKEND", "azureml").lower()
-    if backend not in BACKENDS:
-        problems.append(f"PIPELINE_BACKEND must be one of {', '.join(BACKENDS)}")
-
-    overlap = get("PIPELINE_OVERLAP", "skip").lower()
-    if overlap not in OVERLAP_POLICIES:
-        problems.append(f"PIPELINE_OVERLAP must be one of {', '.join(OVERLAP_POLICIES)}")
-
-    schedule = get("PIPELINE_SCHEDULE", DEFAULT_SCHEDULE)
-    if not is_valid_schedule(schedule):
-        problems.append("PIPELINE_SCHEDULE must be a six-field NCRONTAB expression such as '0 30 1,13 * * *'")
-
-    endpoint_name = get("PIPELINE_ENDPOINT_NAME", DEFAULT_ENDPOINT_NAME)
-    experiment_name = get("PIPELINE_EXPERIMENT_NAME", DEFAULT_ENDPOINT_NAME)
-    dataset_name = get("AML_DATASET_NAME", "AmesHousing")
-    model_name = get("AML_MODEL_NAME", "HousePrices")
-    for name, value in (
-        ("PIPELINE_ENDPOINT_NAME", endpoint_name),
-        ("PIPELINE_EXPERIMENT_NAME", experiment_name),
-        ("AML_DATASET_NAME", dataset_name),
-        ("AML_MODEL_NAME", model_name),
-    ):
-        if not _AML_NAME.fullmatch(value):
-            problems.append(
-                f"{name} must be letters, digits, '-' or '_' (at most 255, starting alphanumeric)"
-            )
-
-    model_version = get("AML_MODEL_VERSION", "latest")
-    if model_version.lower() == "latest":
-        model_version = "latest"
-    elif not (model_version.isdigit() and int(model_version) >= 1):
-        problems.append("AML_MODEL_VERSION must be a positive integer or 'latest'")
-
-    sample_size = _int_setting(get, "PIPELINE_SAMPLE_SIZE", DEFAULT_SAMPLE_SIZE, 0, problems)
-    request_timeout = _float_setting(get, "AML_REQUEST_TIMEOUT_SECONDS", 30.0, 1.0, 230.0, problems)
-    retry_budget = _float_setting(get, "AML_RETRY_BUDGET_SECONDS", 120.0, 0.0, 230.0, problems)
-    # Everything one HTTP request spends on Azure ML; under 30 s, so the answer leaves room for our own work.
-    http_budget = _float_setting(get, "AML_HTTP_BUDGET_SECONDS", 25.0, 1.0, 29.0, problems)
-
-    subscription_id = get("AML_SUBSCRIPTION_ID")
-    resource_group = get("AML_RESOURCE_GROUP")
-    workspace_name = get("AML_WORKSPACE_NAME")
-    region = get("AML_REGION").lower()
-    api_base = get("AML_API_BASE").rstrip("/")
-    compute_name = get("AML_COMPUTE_NAME")
-    if backend == "azureml":
-        if not subscription_id:
-            problems.append(
-                "AML_SUBSCRIPTION_ID is required"
-                + ("" if get("PIPELINE_BACKEND") else " (or set PIPELINE_BACKEND=local to run without Azure)")
-            )
-        elif not _GUID.fullmatch(subscription_id):
-            problems.append("AML_SUBSCRIPTION_ID must be a GUID")
-        for name, value in (
-            ("AML_RESOURCE_GROUP", resource_group),
-            ("AML_WORKSPACE_NAME", workspace_name),
-            ("AML_COMPUTE_NAME", compute_name),
-        ):
-            if not value:
-                problems.append(f"{name} is required")
-            elif not _RESOURCE_NAME.fullmatch(value):
-                problems.append(f"{name} is not a valid Azure resource name")
-        if api_base:
-            parts = urlsplit(api_base)
-            if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
-                problems.append(
-                    "AML_API_BASE must be an http(s) URL such as https://westeurope.api.azureml.ms"
-                )
-        elif not region:
+    # The rules that join two settings.
+    missing_subscription = "AML_SUBSCRIPTION_ID is required"
+    if missing_subscription in problems and not _text(env, "PIPELINE_BACKEND"):
+        problems[problems.index(missing_subscription)] += (
+            " (or set PIPELINE_BACKEND=local to run without Azure)"
+        )
+    if values.get("backend") == "azureml" and not values["api_base"]:
+        region = values["region"]
+        if not region:
             problems.append("AML_REGION is required unless AML_API_BASE is set")
         elif not _REGION.fullmatch(region):
             problems.append("AML_REGION must be an Azure region name such as westeurope")
-        if region and not api_base and _REGION.fullmatch(region):
-            api_base = f"https://{region}.api.azureml.ms"
-
-    local_dataset_path = Path(get("LOCAL_DATASET_PATH", str(DEFAULT_DATASET_PATH))).expanduser()
-    local_work_dir = Path(get("LOCAL_WORK_DIR", str(DEFAULT_WORK_DIR))).expanduser()
-    if backend == "local":
-        if not local_dataset_path.is_file():
-            problems.append("LOCAL_DATASET_PATH does not name an existing file")
-        elif not local_dataset_path.name.lower().endswith((".csv", ".csv.gz", ".parquet", ".pq")):
-            problems.append("LOCAL_DATASET_PATH must be a .csv, .csv.gz or .parquet file")
+        else:
+            values["api_base"] = f"https://{region}.api.azureml.ms"
 
     if problems:
         raise ConfigError(problems)
-    return Settings(
-        backend=backend,
-        subscription_id=subscription_id,
-        resource_group=resource_group,
-        workspace_name=workspace_name,
-        region=region,
-        api_base=api_base,
-        compute_name=compute_name,
-        dataset_name=dataset_name,
-        model_name=model_name,
-        model_version=model_version,
-        endpoint_name=endpoint_name,
-        experiment_name=experiment_name,
-        schedule=schedule,
-        overlap=overlap,
-        sample_size=sample_size,
-        local_dataset_path=local_dataset_path.resolve(),
-        local_work_dir=local_work_dir.resolve(),
-        azure_client_id=get("AZURE_CLIENT_ID") or None,
-        request_timeout=request_timeout,
-        retry_budget=retry_budget,
-        http_budget=http_budget,
-    )
+    return Settings(**values)
 
 
-def _int_setting(get, name: str, default: int, minimum: int, problems: list[str]) -> int:
-    raw = get(name, str(default))
-    if not raw.isdigit() or int(raw) < minimum:
-        problems.append(f"{name} must be a whole number of at least {minimum}")
-        return default
-    return int(raw)
-
-
-def _float_setting(get, name: str, default: float, low: float, high: float, problems: list[str]) -> float:
-    raw = get(name, str(default))
-    try:
-        value = float(raw)
-    except ValueError:
-        value = float("nan")
-    if not low <= value <= high:
-        problems.append(f"{name} must be a number of seconds from {low:g} to {high:g}")
-        return default
-    return value
+def _text(env: Mapping[str, str], name: str) -> str:
+    """The setting's text, stripped; empty when unset."""
+    return (env.get(name) or "").strip()

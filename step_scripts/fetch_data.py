@@ -8,7 +8,6 @@ dataset, read at run time so that a new version of the data is picked up without
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import re
 import secrets
@@ -16,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stepio import METADATA_FILE, StepError, aml_workspace, fail, write_frame
+from stepio import StepError, aml_workspace, run_step, step_parser, write_frame, write_metadata
 
 if TYPE_CHECKING:  # pandas is imported where frames are read, so `--help` stays fast
     import pandas as pd
@@ -38,11 +37,15 @@ def sample_rows(frame: pd.DataFrame, sample_size: int, seed: int) -> pd.DataFram
     0 means every row, and so does a size at least as large as the frame; either way the rows keep their
     original order. The index is reset, so the result does not depend on how the frame was read.
     """
-    if sample_size < 0:
-        raise StepError(f"sample size must be 0 (every row) or more, not {sample_size}")
+    check_sample_size(sample_size)
     if sample_size == 0 or sample_size >= len(frame):
         return frame.reset_index(drop=True)
     return frame.sample(n=sample_size, random_state=seed).reset_index(drop=True)
+
+
+def check_sample_size(sample_size: int, name: str = "sample size") -> None:
+    if sample_size < 0:
+        raise StepError(f"{name} must be 0 (every row) or more, not {sample_size}")
 
 
 def drop_target(frame: pd.DataFrame, target: str = TARGET_COLUMN) -> pd.DataFrame:
@@ -116,7 +119,7 @@ def load_dataset(dataset: str) -> pd.DataFrame:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = step_parser(__doc__)
     parser.add_argument(
         "--dataset", required=True, help="a CSV/CSV.gz/Parquet file, or a registered tabular dataset name"
     )
@@ -127,30 +130,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = parse_args(argv)
-    if args.sample_size < 0:
-        fail(f"--sample-size must be 0 (every row) or more, not {args.sample_size}")
+    return run_step(lambda: fetch(args), io_failure="cannot write the output")
+
+
+def fetch(args: argparse.Namespace) -> None:
+    check_sample_size(args.sample_size, "--sample-size")
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
-    try:
-        frame = load_dataset(args.dataset)
-        if len(frame) == 0:
-            raise StepError(f"dataset {args.dataset!r} holds no rows")
-        if args.sample_size > len(frame):
-            log.info(
-                "sample size %d is larger than the dataset (%d rows): taking every row",
-                args.sample_size,
-                len(frame),
-            )
-        rows = drop_target(sample_rows(frame, args.sample_size, seed))
-        output = Path(args.output)
-        write_frame(output, rows)
-        metadata = fetch_metadata(args.dataset, len(frame), len(rows), args.sample_size, seed)
-        (output / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
-    except StepError as error:
-        fail(str(error))
-    except OSError as error:
-        fail(f"cannot write the output: {error}")
+    frame = load_dataset(args.dataset)
+    if len(frame) == 0:
+        raise StepError(f"dataset {args.dataset!r} holds no rows")
+    if args.sample_size > len(frame):
+        log.info(
+            "sample size %d is larger than the dataset (%d rows): taking every row",
+            args.sample_size,
+            len(frame),
+        )
+    rows = drop_target(sample_rows(frame, args.sample_size, seed))
+    write_frame(args.output, rows)
+    write_metadata(args.output, fetch_metadata(args.dataset, len(frame), len(rows), args.sample_size, seed))
     log.info(
         "fetched %d of %d rows of %s (sample size %d, seed %d) into %s",
         len(rows),
@@ -160,7 +158,6 @@ def main(argv: list[str] | None = None) -> int:
         seed,
         args.output,
     )
-    return 0
 
 
 if __name__ == "__main__":

@@ -23,12 +23,16 @@ from typing import TYPE_CHECKING, Any
 from stepio import (
     METADATA_FILE,
     PART_NAME,
+    PREDICTION_COLUMN,
     StepError,
     aml_workspace,
-    fail,
     iter_batches,
     parquet_parts,
+    read_metadata,
+    run_step,
+    step_parser,
     write_frame,
+    write_metadata,
 )
 
 if TYPE_CHECKING:  # pandas is imported where frames are read, so `--help` stays fast
@@ -37,7 +41,6 @@ if TYPE_CHECKING:  # pandas is imported where frames are read, so `--help` stays
 
 log = logging.getLogger("predict")
 
-PREDICTION_COLUMN = "PredictedSalePrice"
 MODEL_FILE = "model.joblib"
 MODEL_METADATA_FILE = "metadata.json"
 MODEL_SUFFIXES = (".joblib", ".pkl", ".pickle")
@@ -153,7 +156,8 @@ class ModelSource:
 
 
 def read_json_object(path: Path) -> dict[str, Any]:
-    """The JSON object in `path`, or {} when the file is missing or holds something else."""
+    """The JSON object in `path` (a model's registry notes), or {} when the file is missing or holds something
+    else: the notes are optional, the model file is what counts."""
     try:
         value = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -286,7 +290,7 @@ def score(source: Path, output: Path, model: Any, features: list[str], batch_row
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = step_parser(__doc__)
     parser.add_argument(
         "--input", required=True, help="folder of Parquet parts to score (fetch_data's output)"
     )
@@ -309,45 +313,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = parse_args(argv)
+    return run_step(lambda: predict(args), io_failure="cannot read the input or write the output")
+
+
+def predict(args: argparse.Namespace) -> None:
     if args.batch_rows < 1:
-        fail(f"--batch-rows must be at least 1, not {args.batch_rows}")
+        raise StepError(f"--batch-rows must be at least 1, not {args.batch_rows}")
     source, output = Path(args.input), Path(args.output)
     started = time.monotonic()
-    try:
-        columns = input_columns(source)  # checks the input before the model is even loaded
-        if output.resolve() == source.resolve():
-            raise StepError("--output must not be the --input folder")
-        with tempfile.TemporaryDirectory(prefix="predict-model-") as download_dir:
-            model_source = resolve_model(args.model, args.model_version, Path(download_dir))
-            model = load_model(model_source.path)
-        features = model_features(model, model_source.metadata)
-        missing = missing_columns(columns, features)
-        if missing:
-            raise StepError(missing_message(missing))
-        log.info("model %s version %s from %s", model_source.name, model_source.version, model_source.path)
-        clear_output(output)
-        rows = score(source, output, model, features, args.batch_rows)
-        metadata = output_metadata(
-            read_json_object(source / METADATA_FILE), model_source.name, model_source.version, rows
-        )
-        (output / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
-    except StepError as error:
-        fail(str(error))
-    except OSError as error:
-        fail(f"cannot read the input or write the output: {error}")
-    except Exception as error:
-        # e.g. a corrupt input part: the traceback goes to the log, one line to the runner
-        log.exception("predict failed")
-        fail(f"{type(error).__name__}: {error}")
+    columns = input_columns(source)  # checks the input before the model is even loaded
+    if output.resolve() == source.resolve():
+        raise StepError("--output must not be the --input folder")
+    input_metadata = read_metadata(source)
+    with tempfile.TemporaryDirectory(prefix="predict-model-") as download_dir:
+        model_source = resolve_model(args.model, args.model_version, Path(download_dir))
+        model = load_model(model_source.path)
+    features = model_features(model, model_source.metadata)
+    missing = missing_columns(columns, features)
+    if missing:
+        raise StepError(missing_message(missing))
+    log.info("model %s version %s from %s", model_source.name, model_source.version, model_source.path)
+    clear_output(output)
+    rows = score(source, output, model, features, args.batch_rows)
+    write_metadata(output, output_metadata(input_metadata, model_source.name, model_source.version, rows))
     if rows == 0:
         log.warning("the input holds no rows: wrote an empty output with the %s column", PREDICTION_COLUMN)
     elapsed = time.monotonic() - started
     log.info(
         "scored %d rows in %.1f s (%.0f rows/s) into %s", rows, elapsed, rows / max(elapsed, 1e-9), output
     )
-    return 0
 
 
 if __name__ == "__main__":

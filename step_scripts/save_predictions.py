@@ -25,12 +25,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from stepio import (
     METADATA_FILE,
+    PREDICTION_COLUMN,
     StepError,
     aml_workspace,
     current_run_id,
-    fail,
     iter_batches,
     parquet_parts,
+    read_metadata,
+    run_step,
+    step_parser,
 )
 
 if TYPE_CHECKING:
@@ -38,7 +41,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("save_predictions")
 
-PREDICTION_COLUMN = "PredictedSalePrice"
 LATEST_DIR = "latest_predictions"
 HISTORY_DIR = "history"
 CSV_NAME = "predictions.csv"
@@ -127,21 +129,6 @@ def write_predictions_csv(
     if rows == 0 or columns is None:
         raise StepError("the input holds no rows; the latest predictions are left as they were")
     return rows, columns
-
-
-def read_input_metadata(input_folder: str | Path) -> dict[str, Any]:
-    """What the previous steps recorded (model, dataset, seed); empty when they recorded nothing."""
-    path = Path(input_folder) / METADATA_FILE
-    if not path.is_file():
-        log.warning("%s has no %s; the manifest will not name the model", input_folder, METADATA_FILE)
-        return {}
-    try:
-        metadata = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise StepError(f"cannot read {str(path)!r}: {error}") from error
-    if not isinstance(metadata, dict):
-        raise StepError(f"{str(path)!r} does not hold a JSON object")
-    return metadata
 
 
 # --- destinations ----------------------------------------------------------------------------------------
@@ -265,7 +252,7 @@ def open_destination(destination: str, environ: Mapping[str, str]) -> Destinatio
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = step_parser(__doc__)
     parser.add_argument("--input", required=True, help="folder with predict's Parquet output")
     parser.add_argument(
         "--destination",
@@ -278,40 +265,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("azure").setLevel(logging.WARNING)  # the SDK logs every HTTP request at INFO
     args = parse_args(argv)
+    # A storage error leaves the latest files untouched (see publish_plan); the step reports it in one line.
+    return run_step(
+        lambda: save(args),
+        io_failure="cannot write the predictions",
+        azure_failure="cannot upload the predictions",
+    )
+
+
+def save(args: argparse.Namespace) -> None:
     run_id = current_run_id()
     now = datetime.now(UTC)
-    try:
-        metadata = read_input_metadata(args.input)
-        with tempfile.TemporaryDirectory(prefix="save_predictions.") as scratch:
-            csv_file = Path(scratch) / CSV_NAME
-            rows, columns = write_predictions_csv(args.input, csv_file, args.prediction_column)
-            history = history_folder(run_id, now)
-            manifest = build_manifest(
-                rows=rows,
-                columns=columns,
-                run_id=run_id,
-                fingerprint=args.pipeline_fingerprint,
-                input_metadata=metadata,
-                now=now,
-                history=history,
-            )
-            manifest_file = Path(scratch) / MANIFEST_NAME
-            manifest_file.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-            destination = open_destination(args.destination, os.environ)
-            destination.publish(publish_plan(history, csv_file, manifest_file))
-    except StepError as error:
-        fail(str(error))
-    except OSError as error:
-        fail(f"cannot write the predictions: {error}")
-    except Exception as error:  # storage SDK errors: report one line, the latest files are untouched
-        from azure.core.exceptions import AzureError
-
-        if not isinstance(error, AzureError):
-            raise
-        fail(f"cannot upload the predictions: {type(error).__name__}: {str(error).splitlines()[0]}")
+    metadata = read_metadata(args.input)
+    if not metadata:
+        log.warning("%s has no %s; the manifest will not name the model", args.input, METADATA_FILE)
+    with tempfile.TemporaryDirectory(prefix="save_predictions.") as scratch:
+        csv_file = Path(scratch) / CSV_NAME
+        rows, columns = write_predictions_csv(args.input, csv_file, args.prediction_column)
+        history = history_folder(run_id, now)
+        manifest = build_manifest(
+            rows=rows,
+            columns=columns,
+            run_id=run_id,
+            fingerprint=args.pipeline_fingerprint,
+            input_metadata=metadata,
+            now=now,
+            history=history,
+        )
+        manifest_file = Path(scratch) / MANIFEST_NAME
+        manifest_file.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        destination = open_destination(args.destination, os.environ)
+        destination.publish(publish_plan(history, csv_file, manifest_file))
     log.info(
         "saved %d predictions of run %s (model %s version %s) to %s",
         rows,
@@ -320,7 +305,6 @@ def main(argv: list[str] | None = None) -> int:
         metadata.get("model_version"),
         destination.describe(f"{LATEST_DIR}/{CSV_NAME}"),
     )
-    return 0
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
+import pandas as pd
 import pytest
 
 from pipeline_def.settings import STEP_SCRIPTS_DIR
@@ -50,6 +51,12 @@ def local_env(
         yield values
     finally:
         reset_service()
+
+
+def read_parts(folder: str | os.PathLike) -> pd.DataFrame:
+    """Every row a step wrote into `folder`, as one frame: its Parquet parts, found as the next step finds them."""
+    parts = load_step_module("stepio").parquet_parts(folder)
+    return pd.concat([pd.read_parquet(part) for part in parts], ignore_index=True)
 
 
 def load_step_module(name: str) -> ModuleType:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.fixtures_local import load_step_module
+from tests.fixtures_local import load_step_module, read_parts
 
 fetch_data = load_step_module("fetch_data")
 stepio = load_step_module("stepio")
@@ -81,7 +81,7 @@ def test_fetch_step_writes_the_sample_without_the_target_and_its_metadata(
     done = run_step("fetch_data.py", "--dataset", ames_csv, "--sample-size", 10, "--seed", 3, "--output", out)
 
     assert done.returncode == 0, done.stderr
-    rows = stepio.read_frame(out)
+    rows = read_parts(out)
     assert len(rows) == 10
     assert "SalePrice" not in rows.columns
     assert set(rows["PID"]) <= set(ames["PID"])
@@ -106,10 +106,7 @@ def test_fetch_step_without_a_seed_records_the_one_it_drew_so_the_sample_can_be_
 
     assert again.returncode == 0, again.stderr
     assert isinstance(seed, int)
-    assert (
-        stepio.read_frame(tmp_path / "a")["Order"].tolist()
-        == stepio.read_frame(tmp_path / "b")["Order"].tolist()
-    )
+    assert read_parts(tmp_path / "a")["Order"].tolist() == read_parts(tmp_path / "b")["Order"].tolist()
 
 
 def test_fetch_step_with_a_size_above_the_data_takes_every_row_and_says_so(
@@ -120,7 +117,7 @@ def test_fetch_step_with_a_size_above_the_data_takes_every_row_and_says_so(
     )
 
     assert done.returncode == 0, done.stderr
-    assert len(stepio.read_frame(tmp_path / "o")) == 2930
+    assert len(read_parts(tmp_path / "o")) == 2930
     assert "larger than the dataset (2930 rows): taking every row" in done.stderr
 
 
@@ -138,7 +135,7 @@ def test_fetch_step_reads_a_parquet_dataset(run_step, ames: pd.DataFrame, tmp_pa
     )
 
     assert done.returncode == 0, done.stderr
-    assert stepio.read_frame(tmp_path / "o")["Order"].tolist() == ames["Order"].tolist()
+    assert read_parts(tmp_path / "o")["Order"].tolist() == ames["Order"].tolist()
 
 
 def _write_garbage_gzip(path: Path) -> Path:

@@ -119,7 +119,7 @@ def test_the_command_line_run_does_not_publish_either_and_names_publish(stale):
 
 
 def test_the_local_backend_runs_its_fingerprint_which_is_always_current(tmp_path):
-    from pipeline_def.local.runner import LocalBackend
+    from pipeline_def.local.backend import LocalBackend
 
     settings = load_settings({"PIPELINE_BACKEND": "local", "LOCAL_WORK_DIR": str(tmp_path)})
     target = Service(settings, LocalBackend(settings)).backend.published_target()

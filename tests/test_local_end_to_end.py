@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline_def.local.runner import LocalBackend
+from pipeline_def.local.backend import LocalBackend
 from pipeline_def.settings import load_settings
 
 

@@ -16,7 +16,9 @@ import pytest
 
 from emulator.functions_host import wait_for
 from pipeline_def.errors import RunNotFound
-from pipeline_def.local.runner import LocalBackend, new_run_id, step_command
+from pipeline_def.local.backend import LocalBackend
+from pipeline_def.local.commands import step_command
+from pipeline_def.local.records import new_run_id, read_record, write_record
 from pipeline_def.runs import RUN_ID_PATTERN, STATUSES
 from pipeline_def.service import Service
 from pipeline_def.settings import PROJECT_ROOT, STEP_SCRIPTS_DIR, load_settings
@@ -32,6 +34,10 @@ def backend(local_env: dict[str, str]) -> LocalBackend:
 
 def terminal(backend: LocalBackend, run_id: str):
     return wait_for(lambda: (run := backend.get_run(run_id)).terminal and run)
+
+
+def active_runs(backend: LocalBackend) -> list[str]:
+    return [run.run_id for run in backend.list_runs(100) if not run.terminal]
 
 
 def latest_files(backend: LocalBackend) -> dict[str, bytes]:
@@ -103,7 +109,49 @@ def test_unknown_or_malformed_run_ids_are_not_found(backend: LocalBackend) -> No
     with pytest.raises(RunNotFound):
         backend.cancel("local_20260101T000000_000000")
     assert backend.list_runs(5) == []
-    assert backend.find_active_run() is None
+    assert active_runs(backend) == []
+
+
+def test_a_run_record_in_the_json_shape_of_earlier_versions_reads_and_keeps_its_keys(
+    backend: LocalBackend,
+) -> None:
+    step = {
+        "name": "fetch_data",
+        "command": ["fetch_data.py"],
+        "status": "completed",
+        "log": "logs/fetch_data.log",
+        "started_at": "2026-01-01T00:00:01.000000Z",
+        "ended_at": "2026-01-01T00:00:02.000000Z",
+        "exit_code": 0,
+        "error": None,
+        "seconds": 1.0,
+    }
+    queued = {**step, "name": "predict", "status": "canceled", "exit_code": None, "note": "not run"}
+    old = {
+        "id": "local_20260101T000000_abcdef",
+        "status": "canceled",
+        "mode": "detached",
+        "parameters": {"sample_size": "10", "model_version": "latest"},
+        "tags": {"trigger": "timer"},
+        "fingerprint": "fp",
+        "settings": {"backend": "local"},
+        "steps": [step, queued],
+        "error": "canceled on request",
+        "output_path": None,
+        "created_at": "2026-01-01T00:00:00.000000Z",
+        "started_at": "2026-01-01T00:00:00.500000Z",
+        "ended_at": "2026-01-01T00:00:03.000000Z",
+    }
+    run_dir = backend.settings.local_work_dir / "runs" / old["id"]
+    run_dir.mkdir(parents=True)
+    (run_dir / "run.json").write_text(json.dumps(old))
+
+    run = backend.get_run(old["id"])
+    write_record(run_dir, read_record(run_dir))
+
+    assert (run.status, run.error, run.extra) == ("canceled", "canceled on request", {"trigger": "timer"})
+    assert [(s.name, s.status) for s in run.steps] == [("fetch_data", "completed"), ("predict", "canceled")]
+    assert json.loads((run_dir / "run.json").read_text()) == old
 
 
 # --- real runs -------------------------------------------------------------------------------------------
@@ -184,7 +232,7 @@ def test_a_submitted_run_goes_on_in_the_background_and_is_listed_newest_first(ba
     assert len(pd.read_csv(done.extra["predictions_path"])) == 4
     assert [r.run_id for r in backend.list_runs(10)] == [second.run_id, first.run_id]
     assert [r.run_id for r in backend.list_runs(1)] == [second.run_id]
-    assert backend.find_active_run() is None
+    assert active_runs(backend) == []
 
 
 @pytest.mark.slow
@@ -192,7 +240,7 @@ def test_cancel_terminates_a_running_run_and_later_steps_do_not_run(backend: Loc
     service = Service(backend.settings, backend)
     submitted = service.start_run({"sample_size": 0}, trigger="test")
     running = wait_for(lambda: (run := backend.get_run(submitted.run_id)).status == "running" and run)
-    assert backend.find_active_run().run_id == submitted.run_id
+    assert active_runs(backend) == [submitted.run_id]
 
     service.cancel(submitted.run_id)
 
@@ -202,7 +250,7 @@ def test_cancel_terminates_a_running_run_and_later_steps_do_not_run(backend: Loc
     assert done.status == "canceled"
     assert "canceled" in [s.status for s in done.steps]
     assert not (backend.settings.local_work_dir / "datastore" / "latest_predictions").exists()
-    assert backend.find_active_run() is None
+    assert active_runs(backend) == []
 
 
 @pytest.mark.slow
@@ -217,4 +265,4 @@ def test_a_run_whose_runner_died_is_reported_failed(backend: LocalBackend) -> No
 
     assert done.status == "failed"
     assert "runner process ended before the run did" in done.error
-    assert backend.find_active_run() is None
+    assert active_runs(backend) == []

@@ -17,6 +17,7 @@ import pytest
 from sklearn.metrics import r2_score
 
 from pipeline_def.settings import STEP_SCRIPTS_DIR
+from tests.fixtures_local import read_parts
 
 # step scripts import each other as top-level modules, as they do in their Azure ML snapshot
 if str(STEP_SCRIPTS_DIR) not in sys.path:
@@ -193,7 +194,7 @@ def test_step_scores_every_shipped_row_close_to_its_true_price(
     done = run_predict("--input", source, "--model", model_dir, "--output", tmp_path / "out")
 
     assert done.returncode == 0, done.stderr
-    scored = stepio.read_frame(tmp_path / "out")
+    scored = read_parts(tmp_path / "out")
     assert list(scored.columns) == [*new_rows.columns, PREDICTED]
     assert len(scored) == len(new_rows)
     pd.testing.assert_frame_equal(scored.drop(columns=[PREDICTED]), new_rows)
@@ -224,9 +225,7 @@ def test_chunked_output_equals_unchunked_output(
     assert whole.returncode == 0 and chunked.returncode == 0, whole.stderr + chunked.stderr
     assert len(stepio.parquet_parts(tmp_path / "whole")) == 2  # one per input part
     assert len(stepio.parquet_parts(tmp_path / "chunked")) == 12  # 500 rows per part: ceil(500 / 97) * 2
-    pd.testing.assert_frame_equal(
-        stepio.read_frame(tmp_path / "chunked"), stepio.read_frame(tmp_path / "whole")
-    )
+    pd.testing.assert_frame_equal(read_parts(tmp_path / "chunked"), read_parts(tmp_path / "whole"))
 
 
 def test_missing_columns_fail_with_their_names_and_write_nothing(
@@ -284,6 +283,19 @@ def test_a_corrupt_input_part_fails_in_one_line(
     assert not (tmp_path / "out" / "_metadata.json").exists()  # the next step must not take it as done
 
 
+def test_a_malformed_input_metadata_file_fails_before_anything_is_written(
+    model_dir: Path, new_rows: pd.DataFrame, tmp_path: Path
+) -> None:
+    source = write_input(tmp_path / "in", new_rows.head(20))
+    (source / "_metadata.json").write_text("[1, 2]")
+
+    done = run_predict("--input", source, "--model", model_dir, "--output", tmp_path / "out")
+
+    assert done.returncode == 2
+    assert "does not hold a JSON object" in error_line(done)
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_empty_input_gives_an_empty_output_with_the_prediction_column(
     model_dir: Path, new_rows: pd.DataFrame, tmp_path: Path
 ) -> None:
@@ -292,7 +304,7 @@ def test_an_empty_input_gives_an_empty_output_with_the_prediction_column(
     done = run_predict("--input", source, "--model", model_dir, "--output", tmp_path / "out")
 
     assert done.returncode == 0, done.stderr
-    scored = stepio.read_frame(tmp_path / "out")
+    scored = read_parts(tmp_path / "out")
     assert len(scored) == 0
     assert list(scored.columns) == [*new_rows.columns, PREDICTED]
     assert json.loads((tmp_path / "out" / "_metadata.json").read_text())["rows"] == 0
@@ -330,7 +342,7 @@ def test_rerunning_into_the_same_output_replaces_the_previous_parts(
 
     assert first.returncode == second.returncode == 0, first.stderr + second.stderr
     assert len(stepio.parquet_parts(tmp_path / "out")) == 1
-    assert len(stepio.read_frame(tmp_path / "out")) == 300
+    assert len(read_parts(tmp_path / "out")) == 300
 
 
 def test_help_is_fast_and_imports_no_data_library() -> None:

@@ -3,10 +3,21 @@ echoed back, and the derived values (API base, parameter defaults, portal link) 
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import pytest
 
 from pipeline_def.errors import ConfigError
-from pipeline_def.settings import DEFAULT_ENDPOINT_NAME, DEFAULT_SCHEDULE, load_settings
+from pipeline_def.settings import (
+    DEFAULT_ENDPOINT_NAME,
+    DEFAULT_SCHEDULE,
+    PROJECT_ROOT,
+    REQUIRED_FOR_AZUREML,
+    SETTINGS_TABLE,
+    Settings,
+    load_settings,
+)
 
 GOOD = {
     "AML_SUBSCRIPTION_ID": "00000000-0000-0000-0000-000000000001",
@@ -164,3 +175,20 @@ def test_the_http_budget_defaults_to_25_s_and_must_keep_an_answer_under_30_s():
         with pytest.raises(ConfigError) as caught:
             load_settings({**GOOD, "AML_HTTP_BUDGET_SECONDS": bad})
         assert caught.value.problems == ["AML_HTTP_BUDGET_SECONDS must be a number of seconds from 1 to 29"]
+
+
+def test_every_settings_field_is_read_from_exactly_one_app_setting():
+    assert sorted(entry.field for entry in SETTINGS_TABLE) == sorted(
+        f.name for f in dataclasses.fields(Settings)
+    )
+    assert len({entry.env for entry in SETTINGS_TABLE}) == len(SETTINGS_TABLE)
+
+
+def test_every_app_setting_is_in_the_sample_local_settings():
+    sample = json.loads((PROJECT_ROOT / "local.settings.sample.json").read_text())["Values"]
+    assert [entry.env for entry in SETTINGS_TABLE if entry.env not in sample] == []
+
+
+def test_the_settings_required_for_azureml_are_those_the_table_requires_and_the_region():
+    required = {entry.env for entry in SETTINGS_TABLE if entry.required and "azureml" in entry.backends}
+    assert required | {"AML_REGION"} == set(REQUIRED_FOR_AZUREML)

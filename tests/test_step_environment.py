@@ -26,11 +26,11 @@ from packaging.requirements import Requirement
 from emulator.step_env import DEFAULT_REQUIREMENTS, MARKER, StepEnvError, step_python
 from pipeline_def.settings import PROJECT_ROOT, STEP_SCRIPTS_DIR
 from pipeline_def.steps import STEP_ENVIRONMENT
+from tests.fixtures_local import read_parts
 
 if str(STEP_SCRIPTS_DIR) not in sys.path:
     sys.path.insert(0, str(STEP_SCRIPTS_DIR))
 predict_step = importlib.import_module("predict")
-stepio = importlib.import_module("stepio")
 
 # Every proxy variable (dataprep's Rust reader reads only the lower-case ones) aimed at a closed port: a step
 # that reaches for the network fails at once instead of waiting.
@@ -109,7 +109,7 @@ def test_the_steps_run_in_their_venv_offline_on_a_model_trained_in_the_dev_venv(
     run_in(step_env, STEP_SCRIPTS_DIR / "save_predictions.py", "--input", predictions,
            "--destination", destination, env=env, cwd=tmp_path)  # fmt: skip
 
-    rows = stepio.read_frame(new_data)
+    rows = read_parts(new_data)
     assert len(rows) == 20 and "SalePrice" not in rows.columns
     saved = pd.read_csv(destination / "latest_predictions" / "predictions.csv")
     assert list(saved["PID"]) == list(rows["PID"])

@@ -1,0 +1,68 @@
+"""Turning steps.py into the local backend's command lines, and the Settings a run record carries (so the
+detached runner runs with the settings of the process that created the run)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pipeline_def.errors import LocalRunError
+from pipeline_def.local.model import model_folder
+from pipeline_def.settings import STEP_SCRIPTS_DIR, Settings
+from pipeline_def.steps import DataIn, DataOut, Param, Setting, Step
+
+PREDICTIONS_FILE = Path("latest_predictions") / "predictions.csv"
+
+
+def destination_folder(settings: Settings) -> Path:
+    return settings.local_work_dir / "datastore"
+
+
+def resolve_argument(
+    argument: Any, settings: Settings, parameters: Mapping[str, str], run_dir: Path, fingerprint: str
+) -> str:
+    """One steps.py argument as the local backend passes it: parameters as given (else their defaults),
+    settings as local paths, data as folders of the run (docs/product.md, "Running without Azure")."""
+    if isinstance(argument, str):
+        return argument
+    if isinstance(argument, Param):
+        return str(parameters.get(argument.name, settings.parameter_defaults[argument.name]))
+    if isinstance(argument, Setting):
+        values = {
+            "dataset": str(settings.local_dataset_path),
+            "model": str(model_folder(settings)),
+            "destination": str(destination_folder(settings)),
+            "fingerprint": fingerprint,
+        }
+        if argument.name not in values:
+            raise LocalRunError(f"steps.py uses a setting the local backend does not know: {argument.name!r}")
+        return values[argument.name]
+    if isinstance(argument, DataIn | DataOut):
+        return str(run_dir / "data" / argument.name)
+    raise LocalRunError(f"steps.py holds an argument the local backend cannot resolve: {argument!r}")
+
+
+def step_command(
+    step: Step, settings: Settings, parameters: Mapping[str, str], run_dir: Path, fingerprint: str
+) -> list[str]:
+    """The script and arguments of `step` (the interpreter is added when it runs)."""
+    arguments = [resolve_argument(a, settings, parameters, run_dir, fingerprint) for a in step.arguments]
+    return [str(STEP_SCRIPTS_DIR / step.script), *arguments]
+
+
+def settings_to_record(settings: Settings) -> dict[str, Any]:
+    return {
+        f.name: str(value) if isinstance(value := getattr(settings, f.name), Path) else value
+        for f in dataclasses.fields(settings)
+    }
+
+
+def settings_from_record(raw: Mapping[str, Any]) -> Settings:
+    known = {f.name for f in dataclasses.fields(Settings)}
+    values = {k: v for k, v in raw.items() if k in known}
+    for name in ("local_dataset_path", "local_work_dir"):
+        if name in values:
+            values[name] = Path(values[name])
+    return Settings(**values)

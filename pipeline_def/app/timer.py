@@ -68,11 +68,9 @@ def run_tick(past_due: bool = False, clock: Clock | None = None) -> TickOutcome:
         raise
     publish = outcome.publish
     if publish.published:
-        log.info(
-            "published pipeline %s (version %s) as the endpoint default", publish.pipeline_id, publish.version
-        )
+        log.info("published pipeline version %s as the endpoint default", publish.target.version)
     else:
-        log.info("pipeline is current (version %s): nothing published", publish.version)
+        log.info("pipeline is current (version %s): nothing published", publish.target.version)
     if outcome.action == "skipped" and outcome.active_run is not None:
         log.warning(
             "tick for %s skipped: run %s is still active (%s) and PIPELINE_OVERLAP is skip",

@@ -1,7 +1,7 @@
 """The HTTP API of docs/product.md as plain functions: request parts in, an ApiResponse out. Input is parsed here
 and judged by the service's own checks before the service is built, every answer runs inside one bounded Azure
-ML budget (budget.http_request: AML_HTTP_BUDGET_SECONDS, at most 4 attempts of any call), and every error
-becomes its status and JSON body in one place (`respond`)."""
+ML budget (budget.http_request_budget: AML_HTTP_BUDGET_SECONDS, at most 4 attempts of any call), and every
+error becomes its status and JSON body in one place (`respond`)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from pipeline_def.budget import http_request
+from pipeline_def.budget import http_request_budget
 from pipeline_def.errors import (
     AzureMLError,
     Forbidden,
@@ -69,7 +69,7 @@ def respond(handler: Callable[..., ApiResponse], *args: Any) -> ApiResponse:
     """Run one route handler inside one HTTP request budget and turn whatever it raises into the answer
     docs/product.md gives for it (NotPublished is 409 `not_published`, as its class says)."""
     try:
-        with http_request():
+        with http_request_budget():
             return handler(*args)
     except PipelineError as error:
         return error_response(error)

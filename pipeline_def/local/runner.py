@@ -29,7 +29,7 @@ from pipeline_def.errors import LocalRunError, RunNotFound
 from pipeline_def.local.model import ensure_model, model_folder, registered_versions
 from pipeline_def.runs import TERMINAL, RunInfo, StepStatus, is_valid_run_id
 from pipeline_def.settings import PROJECT_ROOT, STEP_SCRIPTS_DIR, Settings
-from pipeline_def.steps import STEPS, DataIn, DataOut, Param, Setting, Step
+from pipeline_def.steps import STEPS, BuildValue, DataIn, DataOut, Param, Step
 
 RUNS_DIR = "runs"
 RECORD_FILE = "run.json"
@@ -76,7 +76,7 @@ def resolve_argument(
         return argument
     if isinstance(argument, Param):
         return str(parameters.get(argument.name, settings.parameter_defaults[argument.name]))
-    if isinstance(argument, Setting):
+    if isinstance(argument, BuildValue):
         values = {
             "dataset": str(settings.local_dataset_path),
             "model": str(model_folder(settings)),

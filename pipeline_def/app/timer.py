@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from pipeline_def.cron import is_valid_schedule, parse_schedule
 from pipeline_def.errors import AzureMLError, PipelineError
+from pipeline_def.service import get_service
 from pipeline_def.settings import DEFAULT_SCHEDULE
 
 if TYPE_CHECKING:
@@ -52,8 +53,6 @@ def run_tick(past_due: bool = False, clock: Clock | None = None) -> TickOutcome:
     """One timer invocation: build the service, run Service.tick for the occurrence this tick is for, and log
     what happened. A failure is logged with what failed and why (and the Azure ML correlation id when there
     is one) and raised again, so the invocation ends as failed."""
-    from pipeline_def.service import get_service
-
     try:
         service = get_service()
         occurrence = scheduled_for(service.settings.schedule, clock)

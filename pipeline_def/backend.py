@@ -28,7 +28,8 @@ class Target:
 
 @dataclass(frozen=True)
 class Published:
-    """What ensure_published found or did: the `target` a submit runs, and whether this call `published` it."""
+    """What ensure_published found or did: the `target` a submit runs, and whether this call `published`
+    it."""
 
     target: Target
     published: bool

@@ -40,6 +40,9 @@ test: $(STAMP) node_modules/.bin/azurite-blob step-env
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+	$(VENV)/bin/actionlint .github/workflows/*.yml
+	$(VENV)/bin/zizmor --offline .github/
 
 format: $(STAMP)
 	$(PY) -m ruff format .

@@ -40,9 +40,35 @@ def make_token(resource: str, serial: int) -> str:
     return f"{TOKEN_PREFIX}.{encoded}.{serial}"
 
 
+# The tenant and object id written into JWT-shaped tokens (azure-ai-ml reads `tid` for the studio URL).
+TOKEN_TENANT = "00000000-0000-0000-0000-0000000000f1"
+TOKEN_OBJECT_ID = "00000000-0000-0000-0000-0000000000aa"
+
+
+def make_jwt(resource: str, serial: int, expires_on: int) -> str:
+    """An unsigned JWT (`alg: none`) whose `aud` is `resource`, issued by `fake-mi`: what a client that reads
+    its token's claims needs (azure-ai-ml checks that the `x-azureml-token` it sends has the ML audience)."""
+    header = {"alg": "none", "typ": "JWT"}
+    claims = {
+        "aud": resource,
+        "iss": TOKEN_PREFIX,
+        "tid": TOKEN_TENANT,
+        "oid": TOKEN_OBJECT_ID,
+        "exp": expires_on,
+        "jti": str(serial),
+    }
+    return f"{_b64url(header)}.{_b64url(claims)}."
+
+
+def _b64url(value: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+
 def token_resource(token: str) -> str | None:
-    """The resource a fake-mi token was issued for, or None if `token` is not one."""
+    """The resource a fake-mi token (either form) was issued for, or None if `token` is not one."""
     parts = token.split(".")
+    if len(parts) == 3 and parts[0] != TOKEN_PREFIX:
+        return _jwt_resource(parts[1])
     if len(parts) != 3 or parts[0] != TOKEN_PREFIX:
         return None
     try:
@@ -52,10 +78,23 @@ def token_resource(token: str) -> str | None:
         return None
 
 
-class FakeManagedIdentity:
-    """App Service style managed identity (api-version 2019-08-01) on 127.0.0.1, port 0."""
+def _jwt_resource(payload: str) -> str | None:
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except ValueError:
+        return None
+    if not isinstance(claims, dict) or claims.get("iss") != TOKEN_PREFIX:
+        return None
+    audience = claims.get("aud")
+    return audience if isinstance(audience, str) and audience else None
 
-    def __init__(self) -> None:
+
+class FakeManagedIdentity:
+    """App Service style managed identity (api-version 2019-08-01) on 127.0.0.1, port 0. `jwt=True` issues
+    JWT-shaped tokens (make_jwt) instead of the opaque `fake-mi.<resource>.<n>` ones."""
+
+    def __init__(self, *, jwt: bool = False) -> None:
+        self.jwt = jwt
         self.header = secrets.token_hex(16)
         self.requests: list[tuple[str, str | None]] = []
         self.expires_in = 3600
@@ -153,7 +192,11 @@ class FakeManagedIdentity:
             return status, {"error": "service_unavailable", "error_description": "fake failure"}
         expires_on = int(time.time()) + int(self.expires_in)
         return 200, {
-            "access_token": make_token(resource, next(self._serial)),
+            "access_token": (
+                make_jwt(resource, next(self._serial), expires_on)
+                if self.jwt
+                else make_token(resource, next(self._serial))
+            ),
             "expires_on": str(expires_on),
             "resource": resource,
             "token_type": "Bearer",

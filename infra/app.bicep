@@ -13,15 +13,10 @@ param pipelineSettings object
 param maximumInstanceCount int
 param instanceMemoryMB int
 
-var deploymentContainerName = 'deployment-package'
+@description('Resource id of a subnet delegated to Microsoft.App/environments for VNet integration (e.g. to reach a workspace behind a private endpoint); empty: none.')
+param appSubnetId string = ''
 
-// Built-in role definitions the app needs on its own storage account.
-var storageRoles = {
-  // The host's blobs: timer schedule monitor, singleton locks, keys, and the deployment package.
-  storageBlobDataOwner: 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
-  // The host writes its diagnostic events to a table. The app has no queue or blob trigger, so no queue role.
-  storageTableDataContributor: '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
-}
+var deploymentContainerName = 'deployment-package'
 
 resource appInsights 'Microsoft.Insights/components@2020-02-02' existing = {
   name: appInsightsName
@@ -70,13 +65,16 @@ resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
 
 // Host storage by identity: the host builds the blob/queue/table URIs from the account name and takes its
 // tokens from the system-assigned identity. Flex Consumption takes the runtime from functionAppConfig, so
-// FUNCTIONS_WORKER_RUNTIME and FUNCTIONS_EXTENSION_VERSION must not be set.
+// FUNCTIONS_WORKER_RUNTIME and FUNCTIONS_EXTENSION_VERSION must not be set. Application Insights takes no
+// key-based ingestion (monitoring.bicep: DisableLocalAuth): the host signs its telemetry with the system-assigned
+// identity (Authorization=AAD, no ClientId for a system-assigned identity), which app-access.bicep makes a
+// Monitoring Metrics Publisher on the component.
 var hostSettings = {
   AzureWebJobsStorage__accountName: storage.name
   AzureWebJobsStorage__credential: 'managedidentity'
   APPLICATIONINSIGHTS_CONNECTION_STRING: appInsights.properties.ConnectionString
+  APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'Authorization=AAD'
 }
-var appSettings = union(hostSettings, pipelineSettings)
 
 resource site 'Microsoft.Web/sites@2024-04-01' = {
   name: appName
@@ -91,12 +89,11 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
   properties: {
     serverFarmId: plan.id
     httpsOnly: true
+    virtualNetworkSubnetId: empty(appSubnetId) ? null : appSubnetId
     siteConfig: {
       minTlsVersion: '1.2'
-      appSettings: [for setting in items(appSettings): {
-        name: setting.key
-        value: setting.value
-      }]
+      // Deploys use Entra tokens (azd, functions-action with OIDC): no FTP, and no basic credentials (below).
+      ftpsState: 'Disabled'
     }
     functionAppConfig: {
       deployment: {
@@ -123,15 +120,50 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
   ]
 }
 
-resource storageRoleAssignments 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for role in items(storageRoles): {
-  name: guid(storage.id, site.id, role.value)
-  scope: storage
+// The app settings as the site's `appsettings` config resource, not as a `[for ...]` loop in siteConfig: a for
+// expression must be computable when the deployment starts (Bicep error BCP178), and hostSettings holds a runtime
+// value (the connection string of App Insights). An object needs no loop, so runtime values are fine here; this is
+// how Azure Verified Modules write app settings (avm/res/web/site config--appsettings). The resource replaces the
+// whole set, as siteConfig.appSettings did.
+resource siteAppSettings 'Microsoft.Web/sites/config@2024-04-01' = {
+  parent: site
+  name: 'appsettings'
+  properties: union(hostSettings, pipelineSettings)
+  // The host switches to identity-based storage and telemetry with these settings: apply them once the roles
+  // exist (a new assignment can still take minutes to take effect).
+  dependsOn: [
+    access
+  ]
+}
+
+// No basic (user name and password) publishing credentials on FTP or on the SCM (Kudu) site.
+resource ftpPolicy 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
+  parent: site
+  name: 'ftp'
   properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', role.value)
-    principalId: site.identity.principalId
-    principalType: 'ServicePrincipal'
+    allow: false
   }
-}]
+}
+
+resource scmPolicy 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
+  parent: site
+  name: 'scm'
+  properties: {
+    allow: false
+  }
+}
+
+// The identity's roles on the storage account and on App Insights. A module, so that the principal id is one of
+// its parameters: a role assignment's name must be computable when the deployment starts (BCP120), which
+// site.identity.principalId is not in this file, and the name should hold the principal (review N5).
+module access 'app-access.bicep' = {
+  name: 'app-access'
+  params: {
+    principalId: site.identity.principalId
+    storageAccountName: storage.name
+    appInsightsName: appInsights.name
+  }
+}
 
 output appName string = site.name
 output url string = 'https://${site.properties.defaultHostName}'

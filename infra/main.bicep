@@ -73,8 +73,27 @@ param alertEmail string
 @description('Object id of a principal that publishes from outside the app (the deployment pipeline\'s service principal); it gets the same workspace role. Empty: none.')
 param publisherPrincipalId string = ''
 
-@description('Most instances Flex Consumption may scale the app out to.')
-@minValue(40)
+@allowed([
+  'ServicePrincipal'
+  'User'
+  'Group'
+])
+@description('Type of publisherPrincipalId (AML_PUBLISHER_PRINCIPAL_TYPE): ServicePrincipal for the deploy workflow\'s app registration, User for you (azd\'s AZURE_PRINCIPAL_TYPE is the type of the account azd runs as).')
+param publisherPrincipalType string = 'ServicePrincipal'
+
+@minLength(36)
+@maxLength(36)
+@description('Role definition (GUID) the app and the publisher get on the workspace (AML_ROLE_DEFINITION_ID); default AzureML Data Scientist. See docs/deploy.md for the narrower custom role.')
+param amlRoleDefinitionId string = 'f6c7c914-8db3-469d-8ca1-694a8f32e121'
+
+@description('Create the custom role infra/aml-pipeline-operator-role.json on the workspace and grant it instead of amlRoleDefinitionId (needs the right to create role definitions).')
+param createCustomAmlRole bool = false
+
+@description('Resource id of a subnet delegated to Microsoft.App/environments, for VNet integration (AZURE_APP_SUBNET_ID), e.g. to reach a workspace behind a private endpoint; empty: none.')
+param appSubnetId string = ''
+
+@description('Most instances Flex Consumption may scale the app out to (the lowest cap Flex Consumption takes is 1).')
+@minValue(1)
 @maxValue(1000)
 param maximumInstanceCount int = 40
 
@@ -143,6 +162,7 @@ module app 'app.bicep' = {
     pipelineSettings: pipelineSettings
     maximumInstanceCount: maximumInstanceCount
     instanceMemoryMB: instanceMemoryMB
+    appSubnetId: appSubnetId
   }
 }
 
@@ -154,6 +174,9 @@ module amlAccess 'aml-access.bicep' = {
     workspaceName: amlWorkspaceName
     appPrincipalId: app.outputs.principalId
     publisherPrincipalId: publisherPrincipalId
+    publisherPrincipalType: publisherPrincipalType
+    amlRoleDefinitionId: amlRoleDefinitionId
+    createCustomAmlRole: createCustomAmlRole
   }
 }
 

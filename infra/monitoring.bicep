@@ -30,6 +30,10 @@ resource appInsights 'Microsoft.Insights/components@2020-02-02' = {
   properties: {
     Application_Type: 'web'
     WorkspaceResourceId: logs.id
+    // Entra-authenticated ingestion only: the instrumentation key in the connection string is readable by anyone
+    // who can read the app settings, and would let them write fake "previous scheduled run" traces (the alert's
+    // input). The app signs its telemetry with its identity (app.bicep, app-access.bicep).
+    DisableLocalAuth: true
   }
 }
 

@@ -1,7 +1,33 @@
 """Typed errors of the service. Each carries the HTTP status and code it maps to, so the HTTP layer maps
-them in one place and the CLI prints the same message."""
+them in one place and the CLI prints the same message.
+
+The tree (HTTP status the app answers with, then `code`):
+
+* PipelineError                 500 internal_error
+  + ConfigError                 500 configuration_error   a setting is missing or malformed
+  + InvalidRequest              400 invalid_request       the caller's input; nothing was sent
+  | - PayloadTooLarge           413 payload_too_large
+  + RunNotFound                 404 run_not_found
+  + NotPublished                409 not_published         nothing to run; nothing was submitted
+  + LocalRunError               500 local_run_error
+  + AzureMLError                502 azureml_error         Azure ML failed or refused (status, aml_code,
+    |                                                     correlation_id)
+    | Azure ML never gave an answer (status is None):
+    - Unreachable               504 azureml_unreachable   refused, dropped or timed out
+    - TokenError                502 token_unavailable     no token from azure-identity; nothing was sent
+    | Azure ML answered with an error (status is its HTTP status):
+    - Throttled                 503 azureml_throttled     429, or 503 with Retry-After (retry_after)
+    - Unauthorized              502 azureml_unauthorized  401
+    - Forbidden                 502 azureml_forbidden     403
+    - NotFound                  502 azureml_not_found     404
+    - EntityChanged             502 azureml_conflict      412
+    - ServiceError              502 azureml_service_error 5xx, or an answer that cannot be read
+    - PublishFailed             502 azureml_publish_failed the SDK's publish (status when it carries one)
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class PipelineError(Exception):
@@ -94,7 +120,7 @@ class Throttled(AzureMLError):
     http_status = 503
     code = "azureml_throttled"
 
-    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs):
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any):
         super().__init__(message, **kwargs)
         self.retry_after = retry_after
 

@@ -1,5 +1,5 @@
 """Fixtures (fakes): the fake Azure ML service, the fake managed identity, the settings that aim the azureml
-backend at them (`aml_env`), and Azurite for blob storage."""
+backend at them (`aml_env`), Azurite for blob storage, and a clock for the Azure ML client (`clock`)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,26 @@ from emulator.identity import OTHER_CREDENTIAL_VARIABLES, FakeManagedIdentity
 
 # re-exported: tests import these from here
 __all__ = ["DEVSTORE_ACCOUNT", "DEVSTORE_KEY", "AzuriteBlob"]
+
+
+class FakeTime:
+    """A monotonic clock that only moves when the client sleeps; records every sleep."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeTime:
+    return FakeTime()
 
 
 @pytest.fixture

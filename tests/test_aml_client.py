@@ -11,7 +11,9 @@ import time
 import pytest
 
 from emulator.identity import token_resource
-from pipeline_def.azureml.client import SUBMISSION_TAG, AzureMLClient, parse_retry_after, runs_filter
+from pipeline_def.azureml.client import SUBMISSION_TAG, AzureMLClient
+from pipeline_def.azureml.odata import runs_filter
+from pipeline_def.azureml.transport import parse_retry_after
 from pipeline_def.budget import HTTP_MAX_ATTEMPTS, http_request_budget
 from pipeline_def.errors import (
     AzureMLError,
@@ -25,26 +27,7 @@ from pipeline_def.errors import (
     Unreachable,
 )
 from pipeline_def.settings import load_settings
-
-
-class FakeTime:
-    """A monotonic clock that only moves when the client sleeps; records every sleep."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-
-@pytest.fixture
-def clock() -> FakeTime:
-    return FakeTime()
+from tests.fixtures_fakes import FakeTime
 
 
 @pytest.fixture
@@ -226,6 +209,21 @@ def test_401_names_the_token_audience_and_is_not_retried(client, fake_aml, fake_
     assert caught.value.http_status == 502
     assert len(fake_aml.requests) == 1
     assert clock.sleeps == []
+
+
+def test_a_401_forgets_the_token_so_the_next_call_asks_the_credential_again(
+    settings, fake_aml, fake_identity, clock
+):
+    credential = CountingCredential()
+    client = AzureMLClient(settings, credential, monotonic=clock.monotonic, sleep=clock.sleep)
+    client.get_endpoint_by_name("a")
+    fake_aml.inject_fault("GET", "/PipelineEndpoints/Name", status=401)
+    with pytest.raises(Unauthorized):
+        client.get_endpoint_by_name("b")
+    assert len(credential.asked) == 1  # the refused call was not retried with a new token
+    client.get_endpoint_by_name("c")
+    client.get_endpoint_by_name("d")
+    assert len(credential.asked) == 2  # asked once more after the 401, then reused again
 
 
 def test_a_token_for_another_audience_is_refused_with_401(settings, fake_aml, fake_identity, clock):

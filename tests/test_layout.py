@@ -18,6 +18,8 @@ LAYERS = [
     "pipeline_def.steps",
     "pipeline_def.fingerprint",
     "pipeline_def.backend",
+    "pipeline_def.azureml.odata",
+    "pipeline_def.azureml.transport",
     "pipeline_def.azureml.client",
     "pipeline_def.azureml.definition",
     "pipeline_def.azureml.publisher",
@@ -68,7 +70,11 @@ def test_no_module_imports_upward() -> None:
 
 # What ships (function_app.py, pipeline_def/, step_scripts/) stands alone: it never imports the emulated Azure or
 # the tests, which .funcignore keeps out of the package; the emulator never imports the tests.
-SHIPPED = [ROOT.parent / "function_app.py", *ROOT.rglob("*.py"), *(ROOT.parent / "step_scripts").rglob("*.py")]
+SHIPPED = [
+    ROOT.parent / "function_app.py",
+    *ROOT.rglob("*.py"),
+    *(ROOT.parent / "step_scripts").rglob("*.py"),
+]
 EMULATOR = list((ROOT.parent / "emulator").rglob("*.py"))
 
 

@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from emulator.aml.arm import ARM_API_VERSIONS, ArmService
 from emulator.aml.artifacts import ArtifactService
 from emulator.aml.compute import ComputeService
 from emulator.aml.content import ContentService
@@ -30,6 +31,8 @@ from emulator.aml.jobs import RUN_TOKEN_AUDIENCE, JobContext
 from emulator.aml.models import ModelService
 from emulator.aml.pipelines import BUILTIN_DATA_TYPES, PipelinesService
 from emulator.aml.state import ARM_AUDIENCES, Clock, FakeRun, iso, new_id
+from emulator.aml.v2_execution import V2ExecutionService
+from emulator.aml.v2_jobs import V2JobService
 from emulator.aml.wire import (
     ERROR_CODES,
     CaseInsensitiveDict,
@@ -49,6 +52,13 @@ _SERVICE_PATH = re.compile(
     re.IGNORECASE,
 )
 
+# {workspace}{rest}?api-version=...: Azure ML v2's ARM-style control plane (arm.py, v2_jobs.py)
+_ARM_PATH = re.compile(
+    r"^(?P<ws>/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.MachineLearningServices"
+    r"/workspaces/[^/]+)(?P<rest>/.*)?$",
+    re.IGNORECASE,
+)
+
 # RecordedRequest is re-exported: tests import it from here.
 __all__ = ["FakeAzureML", "RecordedRequest", "Response", "ServiceError"]
 
@@ -65,6 +75,9 @@ class FakeAzureML(
     ModelService,
     ArtifactService,
     JobContext,
+    V2ExecutionService,
+    V2JobService,
+    ArmService,
 ):
     """The fake workspace. Each service's routes and state helpers live in its own module (a mixin here);
     this class holds the state they share, the request log, the faults and the HTTP plumbing. The README's
@@ -112,6 +125,7 @@ class FakeAzureML(
         self.models: dict[str, list[dict[str, Any]]] = {}  # name -> model DTOs, oldest first
         self.assets: dict[str, dict[str, Any]] = {}  # asset id -> asset
         self.artifacts: set[str] = set()  # "{origin}/{container}/{path}" stored in Azurite
+        self._init_arm()
         self._faults = FaultBook()
         self._stopping = threading.Event()
         self._server: ThreadingHTTPServer | None = None
@@ -312,6 +326,9 @@ class FakeAzureML(
     def _error_body(self, record: RecordedRequest, status: int, code: str, message: str) -> dict[str, Any]:
         correlation = {"operation": uuid.uuid4().hex, "request": uuid.uuid4().hex[:16]}
         path = record.path.lower()
+        if path.startswith("/subscriptions/"):
+            # ARM's ErrorResponse, as every Azure resource provider answers
+            return {"error": {"code": code, "message": message, "details": [], "additionalInfo": []}}
         if path.startswith("/modelmanagement"):
             # model management's ModelErrorResponse is flat: the SDK reads statusCode and correlation
             return {
@@ -365,10 +382,17 @@ class FakeAzureML(
             self._check_auth(record)
             match = _SERVICE_PATH.match(record.path)
             if match is None:
-                raise ServiceError(404, f"No route for {record.method} {record.path}.", "RouteNotFound")
+                match = _ARM_PATH.match(record.path)
+                if match is None:
+                    raise ServiceError(404, f"No route for {record.method} {record.path}.", "RouteNotFound")
+                service = "arm"
+                self._check_api_version(record)
+            else:
+                service = (match["service"] or "rp").lower()
             if match["ws"].lower() != self.workspace_path.lower():
-                raise ServiceError(404, f"Workspace {match['ws']} not found.", "WorkspaceNotFound")
-            service, rest = (match["service"] or "rp").lower(), match["rest"] or "/"
+                code = "ResourceNotFound" if service == "arm" else "WorkspaceNotFound"
+                raise ServiceError(404, f"Workspace {match['ws']} not found.", code)
+            rest = match["rest"] or "/"
             for method, pattern, func in self._routes.get(service, []):
                 if method != record.method:
                     continue
@@ -380,6 +404,22 @@ class FakeAzureML(
         except ServiceError as error:
             return Response(
                 error.status, self._error_body(record, error.status, error.code, error.message), error.headers
+            )
+
+    def _check_api_version(self, record: RecordedRequest) -> None:
+        version = record.api_version
+        if not version:
+            raise ServiceError(
+                400,
+                "The api-version query parameter (?api-version=) is required for all requests.",
+                "MissingApiVersionParameter",
+            )
+        if version not in ARM_API_VERSIONS:
+            raise ServiceError(
+                400,
+                f"The resource type 'workspaces' could not be found for api version '{version}'. The supported "
+                f"api-versions are '{', '.join(sorted(ARM_API_VERSIONS))}'.",
+                "NoRegisteredProviderFound",
             )
 
     def _check_auth(self, record: RecordedRequest) -> None:
@@ -401,7 +441,10 @@ class FakeAzureML(
             return
         audience = _audience(token)
         record.audience = audience
-        if self.require_audience and audience is not None and audience not in ARM_AUDIENCES:
+        # A client aimed at the emulator as a custom cloud (azure-ai-ml's cloud_metadata) asks for tokens of
+        # that cloud's resource manager endpoint: the emulator's own URL.
+        own = audience is not None and audience.rstrip("/") == self.base_url
+        if self.require_audience and audience is not None and audience not in ARM_AUDIENCES and not own:
             raise ServiceError(
                 401,
                 f"The token's audience '{audience}' is not valid for this service; use an ARM token "
@@ -422,6 +465,7 @@ class FakeAzureML(
             "data": self._data_routes(),
             "modelmanagement": self._model_routes(),
             "artifact": self._artifact_routes(),
+            "arm": [*self._arm_routes(), *self._job_routes()],
         }
 
 

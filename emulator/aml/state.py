@@ -84,6 +84,9 @@ ARM_AUDIENCES = frozenset(
     }
 )
 
+# The Azure ML audience: azure-ai-ml's `x-azureml-token` on a pipeline job PUT, the batch scoring URI.
+ML_AUDIENCES = frozenset({"https://ml.azure.com", "https://ml.azure.com/"})
+
 
 def new_id() -> str:
     return str(uuid.uuid4())

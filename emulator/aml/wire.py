@@ -51,6 +51,11 @@ class RecordedRequest:
     audience: str | None = None
     raw_path: str = ""
 
+    @property
+    def api_version(self) -> str | None:
+        """The `api-version` of an ARM-style request (None for the data-plane services, which have none)."""
+        return self.query.get("api-version")
+
     def header(self, name: str, default: str | None = None) -> str | None:
         for key, value in self.headers.items():
             if key.lower() == name.lower():

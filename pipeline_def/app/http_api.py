@@ -50,7 +50,7 @@ _HINTS = (
         Forbidden,
         "role",
         "likely cause: the app's identity has no role on the workspace; grant it 'AzureML Data Scientist' "
-        "(or Contributor) on the Azure ML workspace",
+        "on the Azure ML workspace",
     ),
 )
 

@@ -12,12 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline_def.azureml import publisher
-from pipeline_def.azureml.client import (
-    ACTIVE_HISTORY_STATUSES,
-    SUBMISSION_TAG,
-    AzureMLClient,
-    runs_filter,
-)
+from pipeline_def.azureml.client import SUBMISSION_TAG, AzureMLClient
+from pipeline_def.azureml.odata import ACTIVE_HISTORY_STATUSES, runs_filter
 from pipeline_def.backend import LookBack, Progress, Published, Target
 from pipeline_def.errors import NotFound, NotPublished, RunNotFound, ServiceError
 from pipeline_def.fingerprint import compute_fingerprint

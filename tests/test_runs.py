@@ -45,7 +45,7 @@ def _base(run: RunInfo) -> str:
         ("submission_id", "3f1c0d4e"),
         ("aml_history_status", "CancelRequested"),
         ("failed_step", "predict"),
-        ("predictions_path", "/work/datastore/latest_predictions/predictions.csv"),
+        ("predictions_path", "datastore/latest_predictions/predictions.csv"),
     ],
 )
 def test_each_optional_fact_is_one_key_at_the_end_only_when_set(field, value):

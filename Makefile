@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo demo-azureml test step-env lint format bench clean
+.PHONY: demo demo-azureml test test-fast step-env lint format bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ step-env: $(STAMP)
 test: $(STAMP) node_modules/.bin/azurite-blob step-env
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
+
+# The inner loop: the suite without the end-to-end emulated runs, the other slow tests and anything that needs the
+# steps' venv (so it never builds one). `make test` stays the whole suite, the one CI runs.
+test-fast: $(STAMP) node_modules/.bin/azurite-blob
+	$(PY) -m pytest -q -m "not slow and not azure_path and not step_env and not live"
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

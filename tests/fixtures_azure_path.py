@@ -14,6 +14,14 @@ from emulator.azure import MODEL_NAME, EmulatedAzure
 from emulator.azurite import AzuriteBlob
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that uses the steps' venv, even through another fixture, carries the `step_env` marker, so
+    `make test-fast` (`-m "not step_env"`) never builds the venv."""
+    for item in items:
+        if "step_env_python" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.step_env)
+
+
 @pytest.fixture(scope="session")
 def step_env_python() -> Path:
     """The interpreter of the steps' venv (step_scripts/requirements.txt), built on first use."""

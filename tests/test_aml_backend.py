@@ -459,6 +459,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_the_command_line_publishes_runs_shows_lists_and_cancels(aml_env, fake_aml):
     published = _cli("publish")
     assert published.returncode == 0, published.stderr

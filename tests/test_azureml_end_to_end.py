@@ -16,7 +16,7 @@ from emulator.azure import DATASET_NAME, MODEL_NAME, EmulatedAzure
 from emulator.functions_host import LoadedApp
 from tests.fixtures_azure_path import copy_step_scripts
 
-pytestmark = [pytest.mark.azure_path, pytest.mark.slow]
+pytestmark = [pytest.mark.azure_path, pytest.mark.slow, pytest.mark.step_env]
 
 RUN_TIMEOUT = 300.0  # a run is three step processes; a cold machine under load needs a minute or two
 STEP_NAMES = ["fetch_data", "predict", "save_predictions"]

@@ -106,6 +106,7 @@ def test_metadata_names_features_versions_metrics_data_and_seed(
     assert abs((datetime.now(UTC) - trained_at).total_seconds()) < 3600
 
 
+@pytest.mark.slow
 def test_training_again_with_the_same_seed_registers_version_2_with_identical_predictions(
     trained_registry: Path, ames: pd.DataFrame, tmp_path: Path
 ) -> None:
@@ -124,6 +125,7 @@ def test_training_again_with_the_same_seed_registers_version_2_with_identical_pr
     assert record["holdout_rmse"] == stored["holdout_rmse"]
 
 
+@pytest.mark.slow
 def test_ensure_model_trains_version_1_into_an_empty_registry_and_only_once(tmp_path: Path) -> None:
     settings = Settings(backend="local", local_work_dir=tmp_path)
 
@@ -149,6 +151,7 @@ def test_training_data_without_the_target_is_refused_by_name(ames: pd.DataFrame)
         train(ames.drop(columns=["SalePrice"]).head(100), seed=1)
 
 
+@pytest.mark.slow
 def test_train_cli_registers_the_next_version_with_the_given_seed(
     trained_registry: Path, tmp_path: Path
 ) -> None:

@@ -19,6 +19,9 @@ import pytest
 from emulator.aml import FakeAzureML
 from tests.fixtures_fakes import DEVSTORE_ACCOUNT, DEVSTORE_KEY, AzuriteBlob
 
+# Each test runs the SDK (or a step script) in a job's process: seconds each.
+pytestmark = pytest.mark.slow
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STEP_SCRIPTS = REPO_ROOT / "step_scripts"
 RESULT = "RESULT:"  # dataprep prints to stdout; the snippet's answer is the line after this marker

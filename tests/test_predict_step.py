@@ -182,6 +182,7 @@ def test_local_model_paths_resolve_to_the_right_version(model_dir: Path, tmp_pat
 # --- the step as the pipeline runs it --------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_step_scores_every_shipped_row_close_to_its_true_price(
     model_dir: Path, ames: pd.DataFrame, new_rows: pd.DataFrame, tmp_path: Path
 ) -> None:
@@ -209,6 +210,7 @@ def test_step_scores_every_shipped_row_close_to_its_true_price(
     }
 
 
+@pytest.mark.slow
 def test_chunked_output_equals_unchunked_output(
     model_dir: Path, new_rows: pd.DataFrame, tmp_path: Path
 ) -> None:
@@ -316,6 +318,7 @@ def test_the_requested_version_is_loaded_and_recorded(
     assert "model version 4 is not registered (available: 1)" in error_line(absent)
 
 
+@pytest.mark.slow
 def test_rerunning_into_the_same_output_replaces_the_previous_parts(
     model_dir: Path, new_rows: pd.DataFrame, tmp_path: Path
 ) -> None:

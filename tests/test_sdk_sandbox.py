@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+# Each test publishes with the SDK in a fresh process under an audit hook.
+pytestmark = pytest.mark.slow
+
 pytest.importorskip("azureml.pipeline.core")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

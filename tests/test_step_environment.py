@@ -74,6 +74,7 @@ def pinned(requirements_file: Path) -> dict[str, str]:
 # --- the requirements resolve, and the venv holds them ----------------------------------------------------
 
 
+@pytest.mark.step_env
 def test_the_requirements_resolve_into_a_venv_with_exactly_the_pinned_versions(step_env: Path, tmp_path):
     pins = pinned(DEFAULT_REQUIREMENTS)
     assert {"pandas", "numpy", "scikit-learn", "azureml-core", "azureml-dataset-runtime"} <= set(pins)
@@ -92,6 +93,7 @@ def test_the_requirements_resolve_into_a_venv_with_exactly_the_pinned_versions(s
     run_in(step_env, "-m", "pip", "check", env=offline_env(tmp_path), cwd=tmp_path)
 
 
+@pytest.mark.step_env
 def test_the_steps_run_in_their_venv_offline_on_a_model_trained_in_the_dev_venv(
     step_env: Path, trained_registry: Path, ames_csv: Path, tmp_path: Path
 ):
@@ -156,6 +158,7 @@ print(json.dumps({
 """
 
 
+@pytest.mark.step_env
 def test_dataprep_converts_a_tabular_dataset_with_the_step_venvs_pandas(
     step_env: Path, served_csv: str, ames_csv: Path, tmp_path: Path
 ):
@@ -213,6 +216,7 @@ def build_in_process(requirements: Path, cache: Path) -> subprocess.Popen:
     )
 
 
+@pytest.mark.step_env
 def test_two_processes_building_at_once_share_one_build(tmp_path):
     requirements = tmp_path / "requirements.txt"
     requirements.write_text("# nothing but pip\n")
@@ -236,6 +240,7 @@ def test_two_processes_building_at_once_share_one_build(tmp_path):
     assert (again.returncode, stdout.strip(), stderr) == (0, str(venv / "bin" / "python"), "")
 
 
+@pytest.mark.step_env
 def test_a_failed_build_raises_with_pips_error_and_leaves_no_half_built_venv(tmp_path):
     requirements = tmp_path / "requirements.txt"
     requirements.write_text("--no-index\nsurely-not-installable==0.0.0\n")

@@ -80,8 +80,8 @@ class FakeAzureML(
     ArmService,
 ):
     """The fake workspace. Each service's routes and state helpers live in its own module (a mixin here);
-    this class holds the state they share, the request log, the faults and the HTTP plumbing. The README's
-    section on the fakes lists the routes and the API."""
+    this class holds the state they share, the request log, the faults and the HTTP plumbing. emulator/README.md
+    lists the routes and the API."""
 
     def __init__(
         self,

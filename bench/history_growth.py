@@ -58,7 +58,7 @@ def seed(fake: FakeAzureML, pipeline_id: str, experiment: str, count: int) -> No
 def measure(count: int, identity: FakeManagedIdentity) -> dict:
     from pipeline_def.azureml.backend import AzureMLBackend
     from pipeline_def.azureml.client import AzureMLClient
-    from pipeline_def.budget import http_request
+    from pipeline_def.budget import http_request_budget
     from pipeline_def.fingerprint import compute_fingerprint
     from pipeline_def.service import Service
     from pipeline_def.settings import load_settings
@@ -94,7 +94,7 @@ def measure(count: int, identity: FakeManagedIdentity) -> dict:
 
         service = Service(settings, AzureMLBackend(settings, client=client))
         session.reset()
-        with http_request():
+        with http_request_budget():
             listed = service.list_runs(LIST_LIMIT)
         listing = {"calls": session.calls, "bytes": session.bytes, "runs": len(listed)}
 

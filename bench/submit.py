@@ -32,7 +32,7 @@ started = time.perf_counter()
 from pipeline_def.service import Service, make_backend
 from pipeline_def.settings import load_settings
 settings = load_settings()
-run = Service(settings, make_backend(settings)).start_run({})
+run = Service(settings, make_backend(settings)).start_run({}).run
 import sys
 print(run.run_id, time.perf_counter() - started, "azureml" in sys.modules)
 """

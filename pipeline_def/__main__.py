@@ -11,13 +11,33 @@ import functools
 import json
 import os
 import sys
-from typing import Any
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from pipeline_def.errors import PipelineError
 from pipeline_def.settings import Settings, load_settings
 
+if TYPE_CHECKING:
+    from pipeline_def.service import Service
 
-def main(argv: list[str] | None = None) -> int:
+PREVIEW_COLUMNS = ("Order", "PID", "Neighborhood", "GrLivArea", "OverallQual", "YearBuilt")
+
+
+def main(argv: list[str] | None = None, *, sleep: Callable[[float], None] = time.sleep) -> int:
+    """Run one command; `sleep` is how waiting for a run passes the time between two reads of it."""
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](_Invocation(args, _settings(args.backend), sleep))
+    except PipelineError as error:
+        print(f"error: {error.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline_def", description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=("azureml", "local"), help="overrides PIPELINE_BACKEND")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -33,7 +53,16 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--sample-size", type=int, help="rows to score (0 means every row)")
     run.add_argument("--model-version", help="model version to use (default: the latest)")
     run.add_argument("--show", type=int, default=0, metavar="N", help="print the first N predicted rows")
-    run.add_argument("--no-wait", action="store_true", help="local backend: start the run and return")
+    waiting = run.add_mutually_exclusive_group()
+    waiting.add_argument(
+        "--wait", action="store_true", default=None, help="wait for the run to end (the default locally)"
+    )
+    waiting.add_argument(
+        "--no-wait",
+        dest="wait",
+        action="store_false",
+        help="start the run and return (the default on Azure ML)",
+    )
 
     status = add_command("status", help="show one run")
     status.add_argument("run_id")
@@ -45,16 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     add_command("fingerprint", help="print the fingerprint the published pipeline is compared to")
     train = add_command("train", help="train the baseline model into the local model registry")
     train.add_argument("--seed", type=int, default=42)
-
-    args = parser.parse_args(argv)
-    try:
-        settings = _settings(args.backend)
-        return _dispatch(args, settings)
-    except PipelineError as error:
-        print(f"error: {error.message}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return parser
 
 
 def _settings(backend: str | None) -> Settings:
@@ -64,76 +84,116 @@ def _settings(backend: str | None) -> Settings:
     return load_settings(env)
 
 
-def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline_def.service import Service, make_backend
+@dataclass(frozen=True)
+class _Invocation:
+    """One command as given: its arguments, the settings, and how waiting passes the time."""
 
-    if args.command == "fingerprint":
-        from pipeline_def.fingerprint import compute_fingerprint
+    args: argparse.Namespace
+    settings: Settings
+    sleep: Callable[[float], None]
 
-        print(compute_fingerprint(settings))
-        return 0
-    if args.command == "train":
-        from pipeline_def.local.model import train_and_register
+    def service(self) -> Service:
+        from pipeline_def.service import Service, make_backend
 
-        record = train_and_register(settings, seed=args.seed)
-        _emit(args, record, lambda r: "\n".join(f"{k}: {v}" for k, v in r.items()))
-        return 0
-
-    backend = make_backend(settings)
-    service = Service(settings, backend)
-    if args.command == "run":
-        parameters: dict[str, Any] = {}
-        if args.sample_size is not None:
-            parameters["sample_size"] = args.sample_size
-        if args.model_version is not None:
-            parameters["model_version"] = args.model_version
-        if settings.backend == "local" and not args.no_wait:
-            from pipeline_def.steps import validate_parameters
-
-            # Progress goes to stderr, so that stdout stays the run (or its JSON).
-            run = backend.run(
-                validate_parameters(parameters),
-                {"trigger": "cli"},
-                progress=lambda line: print(line, file=sys.stderr, flush=True),
-            )
-        else:
-            run = service.start_run(parameters, trigger="cli")
-        _emit(args, run.to_dict(), _format_run)
-        if settings.backend == "local" and args.show and run.extra.get("predictions_path"):
-            from pipeline_def.local.runner import preview
-
-            print(preview(run.extra["predictions_path"], args.show))
-        if run.status in ("failed", "canceled"):
-            print(f"error: run {run.run_id} {run.status}: {run.error or 'no reason given'}", file=sys.stderr)
-            return 1
-        return 0
-    if args.command == "status":
-        _emit(args, service.get_run(args.run_id).to_dict(), _format_run)
-        return 0
-    if args.command == "list":
-        runs = service.list_runs(args.limit)
-        _emit(args, {"runs": [r.to_dict() for r in runs]}, _format_runs)
-        return 0
-    if args.command == "cancel":
-        service.cancel(args.run_id)
-        _emit(
-            args, {"run_id": args.run_id, "cancel": "requested"}, lambda r: f"cancel requested: {r['run_id']}"
-        )
-        return 0
-    if args.command == "publish":
-        outcome = backend.ensure_published()
-        body = {
-            "published": outcome.published,
-            "pipeline_id": outcome.pipeline_id,
-            "version": outcome.version,
-            "endpoint_id": outcome.endpoint_id,
-        }
-        _emit(args, body, lambda r: ("published " if r["published"] else "already current ") + str(r))
-        return 0
-    raise AssertionError(args.command)
+        return Service(self.settings, make_backend(self.settings, sleep=self.sleep))
 
 
-def _emit(args: argparse.Namespace, body: dict[str, Any], text) -> None:
+def _run(cli: _Invocation) -> int:
+    args = cli.args
+    parameters: dict[str, Any] = {}
+    if args.sample_size is not None:
+        parameters["sample_size"] = args.sample_size
+    if args.model_version is not None:
+        parameters["model_version"] = args.model_version
+    # A local run waits by default: it runs in this process, as `make demo` shows.
+    wait = args.wait if args.wait is not None else cli.settings.backend == "local"
+    started = cli.service().start_run(
+        parameters,
+        trigger="cli",
+        wait=wait,
+        # Progress goes to stderr, so that stdout stays the run (or its JSON).
+        progress=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    run = started.run
+    _emit(args, started.to_dict(), _format_run)
+    if args.show and run.predictions_path:
+        print(preview(run.predictions_path, args.show))
+    if run.status in ("failed", "canceled"):
+        print(f"error: run {run.run_id} {run.status}: {run.error or 'no reason given'}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _status(cli: _Invocation) -> int:
+    _emit(cli.args, cli.service().get_run(cli.args.run_id).to_dict(), _format_run)
+    return 0
+
+
+def _list(cli: _Invocation) -> int:
+    runs = cli.service().list_runs(cli.args.limit)
+    _emit(cli.args, {"runs": [r.to_dict() for r in runs]}, _format_runs)
+    return 0
+
+
+def _cancel(cli: _Invocation) -> int:
+    run_id = cli.args.run_id
+    cli.service().cancel(run_id)
+    _emit(cli.args, {"run_id": run_id, "cancel": "requested"}, lambda r: f"cancel requested: {r['run_id']}")
+    return 0
+
+
+def _publish(cli: _Invocation) -> int:
+    published = cli.service().publish()
+    body = {
+        "published": published.published,
+        "version": published.target.version,
+        "current": published.target.current,
+    }
+    _emit(cli.args, body, lambda r: ("published " if r["published"] else "already current ") + str(r))
+    return 0
+
+
+def _fingerprint(cli: _Invocation) -> int:
+    from pipeline_def.fingerprint import compute_fingerprint
+
+    print(compute_fingerprint(cli.settings))
+    return 0
+
+
+def _train(cli: _Invocation) -> int:
+    from pipeline_def.local.model import train_and_register
+
+    record = train_and_register(cli.settings, seed=cli.args.seed)
+    _emit(cli.args, record, lambda r: "\n".join(f"{k}: {v}" for k, v in r.items()))
+    return 0
+
+
+COMMANDS: dict[str, Callable[[_Invocation], int]] = {
+    "run": _run,
+    "status": _status,
+    "list": _list,
+    "cancel": _cancel,
+    "publish": _publish,
+    "fingerprint": _fingerprint,
+    "train": _train,
+}
+
+
+def preview(path: str | os.PathLike[str], n: int) -> str:
+    """The first `n` predicted rows, a few telling columns wide (for `run --show`)."""
+    import pandas as pd
+
+    frame = pd.read_csv(path, nrows=max(n, 0))
+    columns = [c for c in PREVIEW_COLUMNS if c in frame.columns]
+    if "PredictedSalePrice" in frame.columns:
+        frame["PredictedSalePrice"] = frame["PredictedSalePrice"].round(0)
+        columns.append("PredictedSalePrice")
+    if not columns:
+        columns = list(frame.columns[:8])
+    return frame[columns].to_string(index=False)
+
+
+def _emit(args: argparse.Namespace, body: dict[str, Any], text: Callable[[dict[str, Any]], str]) -> None:
     print(json.dumps(body, indent=2, default=str) if args.json else text(body))
 
 

@@ -1,29 +1,38 @@
-"""What every backend offers the service (the Backend protocol) and what the service's calls report back
-(PublishOutcome, LookBack, TickOutcome). Backends and the service both import this; it imports neither."""
+"""What every backend offers the service (the Backend protocol) and what its calls report back (Target,
+Published, LookBack, TickOutcome). Backends and the service both import this; it imports neither.
+
+A backend keeps no state between calls: what a submit or a look back acts on is the Target the service got
+from `ensure_published()` or `published_target()` and passes on, so one backend can serve many threads."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from pipeline_def.runs import RunInfo
 
+# Hears one line of a run's progress (a status or a step that changed).
+Progress = Callable[[str], None]
+
 
 @dataclass(frozen=True)
-class PublishOutcome:
-    """What ensure_published (or published_target) found or did. `published` is True when this call
-    published a new pipeline; `version` is the default pipeline's Version and `current` whether it equals
-    the fingerprint; `previous_pipeline_id` is the pipeline the endpoint's default superseded, if any;
-    `endpoint_pipeline_ids` the pipelines of the endpoint's newest versions, newest first (whose runs are
-    the endpoint's runs)."""
+class Target:
+    """What a submit runs now: the published `version` (None when the backend cannot tell), whether it is the
+    `current` fingerprint, and `handle`, what the backend needs to act on it (opaque to the service)."""
 
+    version: str | None
+    current: bool
+    handle: object | None = None
+
+
+@dataclass(frozen=True)
+class Published:
+    """What ensure_published found or did: the `target` a submit runs, and whether this call `published`
+    it."""
+
+    target: Target
     published: bool
-    pipeline_id: str | None = None
-    version: str | None = None
-    endpoint_id: str | None = None
-    previous_pipeline_id: str | None = None
-    current: bool = True
-    endpoint_pipeline_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -42,28 +51,40 @@ class TickOutcome:
     the scheduled run before this tick's (`previous_scheduled`), if there was one."""
 
     action: str
-    publish: PublishOutcome
+    publish: Published
     run: RunInfo | None = None
     active_run: RunInfo | None = None
     previous_scheduled: RunInfo | None = None
 
 
 class Backend(Protocol):
-    def ensure_published(self) -> PublishOutcome:
+    def ensure_published(self) -> Published:
         """Publish unless current (the timer and the command line's `publish` only)."""
         ...
 
-    def published_target(self) -> PublishOutcome:
+    def published_target(self) -> Target:
         """What a submit would run now, stale or not, without publishing anything. Raises NotPublished when
         nothing is published."""
         ...
 
-    def look_back(self, need_active: bool) -> LookBack:
-        """The run still going (when `need_active`) and the newest scheduled run, read in a bounded amount
-        whatever the history."""
+    def look_back(self, target: Target, need_active: bool) -> LookBack:
+        """The run still going (when `need_active`) and the newest scheduled run of `target`'s pipeline,
+        read in a bounded amount whatever the history."""
         ...
 
-    def submit(self, parameters: dict[str, str], tags: dict[str, str]) -> RunInfo: ...
+    def submit(self, target: Target, parameters: dict[str, str], tags: dict[str, str]) -> RunInfo:
+        """Start a run of `target` and return it as soon as it is accepted."""
+        ...
+
+    def run(
+        self,
+        target: Target,
+        parameters: dict[str, str],
+        tags: dict[str, str],
+        progress: Progress | None = None,
+    ) -> RunInfo:
+        """Start a run of `target` and return it once it has ended, telling `progress` as it goes."""
+        ...
 
     def get_run(self, run_id: str) -> RunInfo:
         """Raises RunNotFound for an unknown id."""
@@ -78,4 +99,4 @@ class Backend(Protocol):
         ...
 
 
-__all__ = ["Backend", "LookBack", "PublishOutcome", "TickOutcome"]
+__all__ = ["Backend", "LookBack", "Progress", "Published", "Target", "TickOutcome"]

@@ -1,7 +1,7 @@
-"""How long an HTTP request may spend on Azure ML: the HTTP layer opens an `http_request()` scope around each
-answer, and the Azure ML client gives every call made inside it one shared deadline (AML_HTTP_BUDGET_SECONDS
-from its first call, token included) and at most HTTP_MAX_ATTEMPTS attempts. Outside a scope (the timer, the
-command line) the client keeps its longer AML_RETRY_BUDGET_SECONDS per call."""
+"""How long an HTTP request may spend on Azure ML: the HTTP layer opens an `http_request_budget()` scope
+around each answer, and the Azure ML client gives every call made inside it one shared deadline
+(AML_HTTP_BUDGET_SECONDS from its first call, token included) and at most HTTP_MAX_ATTEMPTS attempts. Outside
+a scope (the timer, the command line) the client keeps its longer AML_RETRY_BUDGET_SECONDS per call."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ _current: contextvars.ContextVar[HttpRequestBudget | None] = contextvars.Context
 
 
 @contextmanager
-def http_request() -> Iterator[HttpRequestBudget]:
+def http_request_budget() -> Iterator[HttpRequestBudget]:
     """Answering an HTTP request: the Azure ML calls made inside share one bounded budget."""
     budget = HttpRequestBudget()
     token = _current.set(budget)
@@ -49,4 +49,4 @@ def current_http_budget() -> HttpRequestBudget | None:
     return _current.get()
 
 
-__all__ = ["HTTP_MAX_ATTEMPTS", "HttpRequestBudget", "current_http_budget", "http_request"]
+__all__ = ["HTTP_MAX_ATTEMPTS", "HttpRequestBudget", "current_http_budget", "http_request_budget"]

@@ -4,7 +4,7 @@ from every status spelling Azure ML uses (pipelines service, run history, graph 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 STATUSES = ("queued", "running", "canceling", "completed", "failed", "canceled")
@@ -71,9 +71,17 @@ class StepStatus:
         return body
 
 
+# The optional facts of a run, in the order its JSON gives them, each only when known.
+OPTIONAL_FIELDS = ("predictions_path", "trigger", "submission_id", "aml_history_status", "failed_step")
+
+
 @dataclass(frozen=True)
 class RunInfo:
-    """One run as the HTTP API and the CLI report it. Times are ISO 8601 UTC strings or None."""
+    """One run as the HTTP API and the CLI report it. Times are ISO 8601 UTC strings or None.
+
+    Optional facts: `trigger` (the run's trigger tag), `submission_id` (the tag that guards an Azure ML submit
+    against duplicates), `aml_history_status` (run history's status word, when it was read), `failed_step`
+    (the step that failed), `predictions_path` (where a completed local run wrote its predictions)."""
 
     run_id: str
     status: str
@@ -83,7 +91,11 @@ class RunInfo:
     steps: list[StepStatus] | None = None
     portal_url: str | None = None
     error: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    trigger: str | None = None
+    submission_id: str | None = None
+    aml_history_status: str | None = None
+    failed_step: str | None = None
+    predictions_path: str | None = None
 
     @property
     def terminal(self) -> bool:
@@ -103,5 +115,8 @@ class RunInfo:
             body["steps"] = [step.to_dict() for step in self.steps]
         if self.error:
             body["error"] = self.error
-        body.update(self.extra)
+        for name in OPTIONAL_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                body[name] = value
         return body

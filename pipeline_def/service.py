@@ -1,4 +1,4 @@
-"""What the triggers and the command line call: tick, start_run, get_run, list_runs, cancel.
+"""What the triggers and the command line call: publish, tick, start_run, get_run, list_runs, cancel.
 
 The service holds the behaviour of docs/product.md (publish if needed, the overlap policy, validation of run
 parameters, tags) and delegates the work to a backend: Azure ML over REST, or local processes. Backends are
@@ -7,14 +7,15 @@ imported only when built, so importing this module stays cheap (no azureml, pand
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from pipeline_def.backend import Backend, PublishOutcome, TickOutcome
-from pipeline_def.errors import ConfigError, InvalidRequest, RunNotFound
+from pipeline_def.backend import Backend, Progress, Published, TickOutcome
+from pipeline_def.errors import ConfigError, InvalidRequest
 from pipeline_def.runs import RunInfo, is_valid_run_id
 from pipeline_def.settings import Settings, load_settings
 from pipeline_def.steps import validate_parameters
@@ -25,20 +26,39 @@ MAX_LIST_LIMIT = 100
 DEFAULT_LIST_LIMIT = 20
 
 
-def make_backend(settings: Settings) -> Backend:
+def make_backend(settings: Settings, *, sleep: Callable[[float], None] = time.sleep) -> Backend:
+    """The backend `settings` name; `sleep` passes the time while a run is waited for on Azure ML (a local
+    run is waited for in this process)."""
     if settings.backend == "local":
         from pipeline_def.local.backend import LocalBackend
 
         return LocalBackend(settings)
     from pipeline_def.azureml.backend import AzureMLBackend
 
-    return AzureMLBackend(settings)
+    return AzureMLBackend(settings, sleep=sleep)
+
+
+@dataclass(frozen=True)
+class StartedRun:
+    """A run started by start_run, with the published `version` it runs and whether that is the `current`
+    fingerprint."""
+
+    run: RunInfo
+    version: str | None
+    current: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.run.to_dict(), "pipeline_version": self.version, "current": self.current}
 
 
 class Service:
     def __init__(self, settings: Settings, backend: Backend):
         self.settings = settings
         self.backend = backend
+
+    def publish(self) -> Published:
+        """Publish unless the published pipeline is current (what `python -m pipeline_def publish` does)."""
+        return self.backend.ensure_published()
 
     def tick(
         self,
@@ -50,7 +70,7 @@ class Service:
         apply the overlap policy, submit. `on_previous` hears of the previous scheduled run as soon as it
         is known, so it is reported even when the submit then fails."""
         publish = self.backend.ensure_published()
-        look = self.backend.look_back(need_active=self.settings.overlap == "skip")
+        look = self.backend.look_back(publish.target, need_active=self.settings.overlap == "skip")
         if on_previous is not None:
             on_previous(look.previous_scheduled)
         if look.active is not None:
@@ -63,36 +83,58 @@ class Service:
         tags = {"trigger": "timer", "past_due": "true" if past_due else "false"}
         if scheduled_for:
             tags["scheduled_for"] = scheduled_for
-        run = self.backend.submit({}, tags)
+        run = self.backend.submit(publish.target, {}, tags)
         return TickOutcome(
             action="submitted", publish=publish, run=run, previous_scheduled=look.previous_scheduled
         )
 
-    def start_run(self, parameters: Any = None, trigger: str = "http") -> RunInfo:
+    def start_run(
+        self,
+        parameters: Any = None,
+        trigger: str = "http",
+        wait: bool = False,
+        progress: Progress | None = None,
+    ) -> StartedRun:
         """Start a run now of what the endpoint runs today, stale or not: never publishes (a publish can
-        outlast an HTTP call). The run says which version it runs (`pipeline_version`) and whether that is
-        the current fingerprint (`current`). `parameters` is validated before anything is sent; with
-        nothing published, NotPublished and nothing is submitted."""
-        checked = validate_parameters(parameters)
+        outlast an HTTP call). `parameters` is checked before anything is sent; with nothing published,
+        NotPublished and nothing is submitted. With `wait`, returns once the run has ended, telling
+        `progress` as it goes."""
+        checked = check_parameters(parameters)
         target = self.backend.published_target()
-        run = self.backend.submit(checked, {"trigger": trigger})
-        return dataclasses.replace(
-            run, extra={**run.extra, "pipeline_version": target.version, "current": target.current}
-        )
+        tags = {"trigger": trigger}
+        if wait:
+            run = self.backend.run(target, checked, tags, progress)
+        else:
+            run = self.backend.submit(target, checked, tags)
+        return StartedRun(run, target.version, target.current)
 
     def get_run(self, run_id: str) -> RunInfo:
         return self.backend.get_run(check_run_id(run_id))
 
     def list_runs(self, limit: int = DEFAULT_LIST_LIMIT) -> list[RunInfo]:
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIST_LIMIT:
-            raise InvalidRequest(f"'limit' must be a whole number from 1 to {MAX_LIST_LIMIT}")
-        return self.backend.list_runs(limit)
+        return self.backend.list_runs(check_limit(limit))
 
     def cancel(self, run_id: str) -> None:
         self.backend.cancel(check_run_id(run_id))
 
 
-def check_run_id(run_id: str) -> str:
+# The checks of what a caller sends, pure (no settings, no backend), so a trigger can refuse bad input before
+# it builds the service.
+
+
+def check_parameters(raw: object) -> dict[str, str]:
+    """Run parameters as a caller sent them (None for none), checked and as the backends want them."""
+    return validate_parameters(raw)
+
+
+def check_limit(limit: object) -> int:
+    """How many runs to list: a whole number from 1 to MAX_LIST_LIMIT (None is not one)."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIST_LIMIT:
+        raise InvalidRequest(f"'limit' must be a whole number from 1 to {MAX_LIST_LIMIT}")
+    return limit
+
+
+def check_run_id(run_id: object) -> str:
     if not isinstance(run_id, str) or not is_valid_run_id(run_id):
         raise InvalidRequest("a run id is 1 to 300 letters, digits, '-' or '_'")
     return run_id
@@ -127,11 +169,10 @@ def reset_service() -> None:
 
 
 __all__ = [
-    "Backend",
-    "PublishOutcome",
-    "RunNotFound",
     "Service",
-    "TickOutcome",
+    "StartedRun",
+    "check_limit",
+    "check_parameters",
     "check_run_id",
     "get_service",
     "make_backend",

@@ -3,7 +3,7 @@ each other, and the run parameters. The Azure ML definition and the local runner
 so the two cannot drift apart.
 
 An argument is a literal string or one of four placeholders each backend resolves its own way:
-`Param` (a run parameter: a PipelineParameter on Azure ML, its value locally), `Setting` (fixed when the
+`Param` (a run parameter: a PipelineParameter on Azure ML, its value locally), `BuildValue` (fixed when the
 pipeline is built: a name on Azure ML, a path locally), `DataIn`/`DataOut` (PipelineData on Azure ML,
 a folder locally).
 """
@@ -23,7 +23,7 @@ class Param:
 
 
 @dataclass(frozen=True)
-class Setting:
+class BuildValue:
     """`dataset`, `model`, `destination` or `fingerprint`; see the backends for what each becomes."""
 
     name: str
@@ -39,7 +39,7 @@ class DataOut:
     name: str
 
 
-Argument = str | Param | Setting | DataIn | DataOut
+Argument = str | Param | BuildValue | DataIn | DataOut
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ STEPS: tuple[Step, ...] = (
         name="fetch_data",
         script="fetch_data.py",
         arguments=(
-            "--dataset", Setting("dataset"),
+            "--dataset", BuildValue("dataset"),
             "--sample-size", Param("sample_size"),
             "--output", DataOut("new_data"),
         ),
@@ -75,7 +75,7 @@ STEPS: tuple[Step, ...] = (
         script="predict.py",
         arguments=(
             "--input", DataIn("new_data"),
-            "--model", Setting("model"),
+            "--model", BuildValue("model"),
             "--model-version", Param("model_version"),
             "--output", DataOut("predictions"),
         ),
@@ -85,8 +85,8 @@ STEPS: tuple[Step, ...] = (
         script="save_predictions.py",
         arguments=(
             "--input", DataIn("predictions"),
-            "--destination", Setting("destination"),
-            "--pipeline-fingerprint", Setting("fingerprint"),
+            "--destination", BuildValue("destination"),
+            "--pipeline-fingerprint", BuildValue("fingerprint"),
         ),
     ),
 )  # fmt: skip

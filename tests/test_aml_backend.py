@@ -1,6 +1,6 @@
 """The Azure ML backend under the service, against the fake service: call counts of the steady state, the
 overlap policy, run status and steps in docs/product.md's words (`canceling` from run history after a cancel),
-listing, cancel, and the command line."""
+listing, cancel, no hidden state between calls, and the command line (publish, run --wait)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,16 @@ import json
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 
-from pipeline_def.azureml.backend import AzureMLBackend
+from pipeline_def.__main__ import main
+from pipeline_def.azureml.backend import POLL_SECONDS, AzureMLBackend
 from pipeline_def.azureml.client import SUBMISSION_TAG
+from pipeline_def.backend import Target
 from pipeline_def.errors import RunNotFound, ServiceError, Throttled
+from pipeline_def.fingerprint import compute_fingerprint
 from pipeline_def.runs import STATUSES, normalize_status
 from pipeline_def.service import Service
 from pipeline_def.settings import PROJECT_ROOT, load_settings
@@ -39,7 +43,7 @@ def service(settings, backend):
 def current(fake_aml, settings, backend):
     """An endpoint that is already current (the steady state)."""
     pipeline = fake_aml.add_published_pipeline(
-        settings.endpoint_name, backend.fingerprint, parameter_defaults=settings.parameter_defaults
+        settings.endpoint_name, backend.current_fingerprint(), parameter_defaults=settings.parameter_defaults
     )
     endpoint = fake_aml.add_endpoint(settings.endpoint_name, pipeline["Id"])
     fake_aml.clear_requests()
@@ -71,7 +75,7 @@ def test_a_steady_state_tick_costs_four_calls(service, fake_aml, current):
 
 
 def test_a_steady_state_http_submission_costs_three_calls(service, fake_aml, current):
-    run = service.start_run({"sample_size": 25, "model_version": 2})
+    run = service.start_run({"sample_size": 25, "model_version": 2}).run
     assert len(fake_aml.requests) == 3
     body = fake_aml.requests[-1].json()
     assert body["ParameterAssignments"] == {"sample_size": "25", "model_version": "2"}
@@ -98,7 +102,7 @@ def republished(fake_aml, settings, backend):
     old = fake_aml.add_published_pipeline(settings.endpoint_name, "older-fingerprint", status="Disabled")
     endpoint = fake_aml.add_endpoint(settings.endpoint_name, old["Id"])
     new = fake_aml.add_published_pipeline(
-        settings.endpoint_name, backend.fingerprint, parameter_defaults=settings.parameter_defaults
+        settings.endpoint_name, backend.current_fingerprint(), parameter_defaults=settings.parameter_defaults
     )
     fake_aml.add_endpoint_version(endpoint["Id"], new["Id"], make_default=True)
     still_going = fake_aml.add_run(old["Id"], experiment=settings.experiment_name, status="Running")
@@ -141,7 +145,7 @@ def test_a_tick_with_overlap_allowed_does_not_look_for_active_runs(aml_env, monk
     monkeypatch.setenv("PIPELINE_OVERLAP", "allow")
     settings = load_settings()
     backend = AzureMLBackend(settings)
-    pipeline = fake_aml.add_published_pipeline(settings.endpoint_name, backend.fingerprint)
+    pipeline = fake_aml.add_published_pipeline(settings.endpoint_name, backend.current_fingerprint())
     fake_aml.add_endpoint(settings.endpoint_name, pipeline["Id"])
     fake_aml.add_run(pipeline["Id"], experiment=settings.experiment_name, status="Running")
     fake_aml.clear_requests()
@@ -285,7 +289,7 @@ def test_list_runs_gives_the_newest_first_across_versions(settings, service, fak
     endpoint = fake_aml.add_endpoint(settings.endpoint_name, old["Id"])
     experiment = settings.experiment_name
     first = fake_aml.add_run(old["Id"], experiment=experiment)
-    new = fake_aml.add_published_pipeline(settings.endpoint_name, backend.fingerprint)
+    new = fake_aml.add_published_pipeline(settings.endpoint_name, backend.current_fingerprint())
     fake_aml.add_endpoint_version(endpoint["Id"], new["Id"], make_default=True)
     second = fake_aml.add_run(new["Id"], experiment=experiment)
     third = fake_aml.add_run(new["Id"], experiment=experiment)
@@ -333,7 +337,7 @@ def test_a_run_reads_canceling_after_a_cancel_until_the_pipelines_service_says_c
 
     info = service.get_run(run.run_id)
     assert (info.status, info.aml_status) == ("canceling", before)  # aml_status: the pipelines service
-    assert info.extra["aml_history_status"] == "CancelRequested"
+    assert info.aml_history_status == "CancelRequested"
     assert info.terminal is False
     assert info.to_dict()["status"] == "canceling"
     assert {s.status for s in info.steps} == {"canceling"}
@@ -349,7 +353,7 @@ def test_a_running_run_without_a_cancel_is_running_with_both_statuses(service, f
     endpoint, pipeline = current
     run = fake_aml.add_run(pipeline["Id"], experiment="exp", status="Running")
     info = service.get_run(run.run_id)
-    assert (info.status, info.aml_status, info.extra["aml_history_status"]) == (
+    assert (info.status, info.aml_status, info.aml_history_status) == (
         "running",
         "Running",
         "Running",
@@ -384,7 +388,7 @@ def test_a_run_that_finished_before_the_cancel_took_effect_is_completed(service,
     fake_aml.clear_requests()
     info = service.get_run(run.run_id)
     assert (info.status, info.aml_status) == ("completed", "Finished")
-    assert "aml_history_status" not in info.extra
+    assert info.aml_history_status is None and "aml_history_status" not in info.to_dict()
     assert _parent_history_reads(fake_aml, run.run_id) == []
 
 
@@ -394,7 +398,7 @@ def test_get_run_still_answers_while_run_history_has_not_seen_the_run(service, f
     fake_aml.inject_fault("GET", rf"/history/.*/runs/{run.run_id}(/children)?$", status=404, times=2)
     info = service.get_run(run.run_id)
     assert (info.status, info.aml_status) == ("queued", "NotStarted")
-    assert "aml_history_status" not in info.extra
+    assert info.aml_history_status is None and "aml_history_status" not in info.to_dict()
     assert info.steps == []
     assert fake_aml.pending_faults == []  # both run-history reads were made and answered 404
 
@@ -427,9 +431,9 @@ def test_list_runs_is_the_endpoint_and_one_bounded_run_history_query(service, fa
 def test_a_submission_whose_answer_was_lost_is_one_run(service, fake_aml, current):
     endpoint, pipeline = current
     fake_aml.inject_fault("POST", "PipelineEndpointSubmit", drop=True, after_handling=True)
-    run = service.start_run({})
+    run = service.start_run({}).run
     assert list(fake_aml.runs) == [run.run_id]
-    assert fake_aml.runs[run.run_id].tags[SUBMISSION_TAG] == run.extra["submission_id"]
+    assert fake_aml.runs[run.run_id].tags[SUBMISSION_TAG] == run.submission_id
 
 
 def test_the_first_tick_publishes_through_the_sdk_then_submits(service, fake_aml, settings, backend):
@@ -437,8 +441,8 @@ def test_the_first_tick_publishes_through_the_sdk_then_submits(service, fake_aml
     assert outcome.publish.published is True
     assert outcome.action == "submitted"
     run = fake_aml.runs[outcome.run.run_id]
-    assert run.pipeline_id == outcome.publish.pipeline_id
-    assert fake_aml.pipelines[run.pipeline_id]["Version"] == backend.fingerprint
+    assert run.pipeline_id == outcome.publish.target.handle.pipeline_id
+    assert fake_aml.pipelines[run.pipeline_id]["Version"] == backend.current_fingerprint()
 
 
 # ----- the command line
@@ -477,3 +481,147 @@ def test_the_command_line_publishes_runs_shows_lists_and_cancels(aml_env, fake_a
 
     missing = _cli("status", "no-such-run")
     assert missing.returncode == 1 and "no-such-run" in missing.stderr
+
+
+# ----- no hidden state: a backend shared by threads acts on the target each call is given
+
+
+def test_one_shared_backend_submits_each_target_to_its_own_endpoint_from_two_threads(
+    settings, backend, fake_aml
+):
+    first_pipeline = fake_aml.add_published_pipeline(settings.endpoint_name, backend.current_fingerprint())
+    first = fake_aml.add_endpoint(settings.endpoint_name, first_pipeline["Id"])
+    first_target = backend.published_target()
+    fake_aml.endpoints[first["Id"]]["Name"] = "retired"  # the endpoint is re-created under its name
+    second_pipeline = fake_aml.add_published_pipeline(settings.endpoint_name, "another-version")
+    second = fake_aml.add_endpoint(settings.endpoint_name, second_pipeline["Id"])
+    second_target = backend.published_target()
+    assert (first_target.version, first_target.current) == (backend.current_fingerprint(), True)
+    assert (second_target.version, second_target.current) == ("another-version", False)
+
+    # the newest lookup does not leak into a submit of an older target
+    run = backend.submit(first_target, {}, {"trigger": "test"})
+    assert fake_aml.runs[run.run_id].endpoint_id == first["Id"]
+
+    both_started = threading.Barrier(2, timeout=30)
+    submitted: dict[str, list[str]] = {}
+    errors: list[BaseException] = []
+
+    def submit_often(name, target):
+        try:
+            both_started.wait()
+            runs = []
+            for _ in range(5):
+                backend.published_target()  # another request's lookup, in between
+                runs.append(backend.submit(target, {}, {"trigger": name}).run_id)
+            submitted[name] = runs
+        except Exception as error:  # reported below
+            errors.append(error)
+
+    threads = [
+        threading.Thread(target=submit_often, args=("first", first_target)),
+        threading.Thread(target=submit_often, args=("second", second_target)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+    assert errors == []
+    assert {fake_aml.runs[r].endpoint_id for r in submitted["first"]} == {first["Id"]}
+    assert {fake_aml.runs[r].endpoint_id for r in submitted["second"]} == {second["Id"]}
+    assert {fake_aml.runs[r].pipeline_id for r in submitted["second"]} == {second_pipeline["Id"]}
+
+
+def test_a_target_of_another_backend_is_refused_before_anything_is_sent(backend, fake_aml, current):
+    with pytest.raises(TypeError):
+        backend.submit(Target(version="x", current=True), {}, {})
+    assert fake_aml.calls("POST") == []
+
+
+# ----- the command line through the service: publish, and run --wait with the time injected
+
+
+def test_the_command_line_publishes_through_the_service_and_says_which_version(
+    aml_env, fake_aml, settings, capsys
+):
+    assert main(["--json", "publish"]) == 0
+    published = json.loads(capsys.readouterr().out)
+    assert published == {"published": True, "version": compute_fingerprint(settings), "current": True}
+    assert len(fake_aml.calls(method="POST", path_contains="/Pipelines/Create")) == 1
+
+    assert main(["publish"]) == 0
+    assert capsys.readouterr().out.startswith("already current {'published': False")
+    assert len(fake_aml.calls(method="POST", path_contains="/Pipelines/Create")) == 1
+
+
+def _moving_on(fake_aml, *statuses):
+    """A sleep during which Azure ML moves the (one) submitted run to the next of `statuses`; it records how
+    long it was asked to wait and never sleeps."""
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        (run_id,) = fake_aml.runs
+        status, extra = statuses[len(slept)]
+        slept.append(seconds)
+        fake_aml.set_run_status(run_id, status, **extra)
+
+    sleep.slept = slept
+    return sleep
+
+
+def test_run_wait_on_azure_ml_polls_until_the_run_ends_telling_each_change(fake_aml, current, capsys):
+    steps = {"fetch_data": "Completed", "predict": "Running", "save_predictions": "NotStarted"}
+    sleep = _moving_on(fake_aml, ("Running", {"steps": steps}), ("Finished", {}))
+
+    code = main(["--json", "run", "--wait", "--sample-size", "3"], sleep=sleep)
+
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    body = json.loads(out)
+    (run_id,) = fake_aml.runs
+    assert (body["run_id"], body["status"], body["aml_status"]) == (run_id, "completed", "Finished")
+    assert (body["trigger"], body["current"]) == ("cli", True)
+    assert fake_aml.runs[run_id].parameters["sample_size"] == "3"
+    assert sleep.slept == [POLL_SECONDS, POLL_SECONDS]
+    assert err.splitlines() == [
+        f"run {run_id}: queued",
+        f"run {run_id}: running",
+        "  fetch_data         completed",
+        "  predict            running",
+        "  save_predictions   queued",
+        f"run {run_id}: completed",
+        "  predict            completed",
+        "  save_predictions   completed",
+    ]
+
+
+def test_run_wait_on_azure_ml_exits_non_zero_naming_the_failed_step(fake_aml, current, capsys):
+    failed = {
+        "steps": {"fetch_data": "Completed", "predict": "Failed"},
+        "step_errors": {"predict": "no model"},
+    }
+    sleep = _moving_on(fake_aml, ("Failed", failed))
+
+    code = main(["run", "--wait"], sleep=sleep)
+
+    out, err = capsys.readouterr()
+    (run_id,) = fake_aml.runs
+    assert code == 1
+    assert f"run {run_id}: failed" in out.splitlines()
+    assert "  predict            failed: no model" in err.splitlines()
+    assert err.splitlines()[-1] == f"error: run {run_id} failed: step predict failed: no model"
+
+
+def test_run_on_azure_ml_does_not_wait_unless_asked(fake_aml, backend, current, capsys):
+    def sleep(seconds: float) -> None:
+        raise AssertionError("a run that is not waited for never sleeps")
+
+    assert main(["--json", "run"], sleep=sleep) == 0
+    body = json.loads(capsys.readouterr().out)
+    assert (body["status"], body["pipeline_version"], body["current"]) == (
+        "queued",
+        backend.current_fingerprint(),
+        True,
+    )
+    assert len(fake_aml.requests) == 3

@@ -14,7 +14,7 @@ from emulator.identity import token_resource
 from pipeline_def.azureml.client import SUBMISSION_TAG, AzureMLClient
 from pipeline_def.azureml.odata import runs_filter
 from pipeline_def.azureml.transport import parse_retry_after
-from pipeline_def.budget import HTTP_MAX_ATTEMPTS, http_request
+from pipeline_def.budget import HTTP_MAX_ATTEMPTS, http_request_budget
 from pipeline_def.errors import (
     AzureMLError,
     EntityChanged,
@@ -520,7 +520,7 @@ def test_token_endpoint_down_gives_token_error_and_no_azure_ml_call(client, fake
 
 def test_inside_an_http_request_a_lasting_500_gets_four_attempts_not_six(client, fake_aml, clock):
     fake_aml.inject_fault("GET", "/PipelineEndpoints/Name", status=500, times=None)
-    with http_request(), pytest.raises(ServiceError):
+    with http_request_budget(), pytest.raises(ServiceError):
         client.get_endpoint_by_name("ep")
     assert len(fake_aml.calls("GET", "/PipelineEndpoints/Name")) == HTTP_MAX_ATTEMPTS == 4
     assert clock.sleeps == [1.0, 2.0, 4.0]
@@ -535,7 +535,7 @@ def test_inside_an_http_request_a_lasting_500_on_submit_is_four_checked_attempts
 ):
     endpoint, pipeline = published
     fake_aml.inject_fault("POST", "PipelineEndpointSubmit", status=500, times=None)
-    with http_request(), pytest.raises(ServiceError):
+    with http_request_budget(), pytest.raises(ServiceError):
         _submit(client, endpoint, pipeline)
     assert len(_submits(fake_aml)) == 4
     assert len(fake_aml.calls("POST", "runs:query")) == 4
@@ -546,7 +546,7 @@ def test_inside_an_http_request_a_lasting_503_with_retry_after_is_throttled_afte
     client, fake_aml, clock
 ):
     fake_aml.inject_fault("GET", "/PipelineEndpoints/Name", status=503, retry_after=2, times=None)
-    with http_request(), pytest.raises(Throttled) as caught:
+    with http_request_budget(), pytest.raises(Throttled) as caught:
         client.get_endpoint_by_name("ep")
     assert len(fake_aml.calls("GET", "/PipelineEndpoints/Name")) == 4
     assert caught.value.retry_after == 2
@@ -556,7 +556,7 @@ def test_inside_an_http_request_every_call_shares_one_deadline(settings, fake_am
     client = _client_with(settings, clock, http_budget=10.0)
     fake_aml.inject_fault("GET", "/PipelineEndpoints/Name", status=429, retry_after=6)
     fake_aml.inject_fault("GET", r"/Pipelines/p-1$", status=429, retry_after=6)
-    with http_request():
+    with http_request_budget():
         assert client.get_endpoint_by_name("ep") is None  # waited 6 s of the 10
         with pytest.raises(Throttled):  # 6 s more would pass the request's deadline: not waited
             client.get_pipeline("p-1")
@@ -566,7 +566,7 @@ def test_inside_an_http_request_every_call_shares_one_deadline(settings, fake_am
 
 def test_inside_an_http_request_nothing_is_sent_past_the_deadline(settings, fake_aml, clock):
     client = _client_with(settings, clock, http_budget=5.0)
-    with http_request():
+    with http_request_budget():
         client.get_endpoint_by_name("ep")
         clock.now += 5.0  # the request spent its budget elsewhere
         with pytest.raises(Unreachable):

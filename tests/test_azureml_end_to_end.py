@@ -47,7 +47,7 @@ def _publish(app: LoadedApp) -> None:
     """Make sure the endpoint is current (as `python -m pipeline_def publish` does)."""
     from pipeline_def.service import get_service
 
-    get_service().backend.ensure_published()
+    get_service().publish()
 
 
 def test_a_timer_tick_publishes_and_its_run_writes_sample_size_predictions_to_the_datastore(emulated_azure):

@@ -65,10 +65,10 @@ def test_a_run_on_the_real_workspace_completes_its_three_steps():
     timeout = _seconds("AML_LIVE_TIMEOUT_SECONDS", DEFAULT_TIMEOUT_SECONDS)
     poll = _seconds("AML_LIVE_POLL_SECONDS", DEFAULT_POLL_SECONDS)
 
-    published = service.backend.ensure_published()
-    assert published.endpoint_id and published.pipeline_id
+    published = service.publish()
+    assert published.target.current and published.target.version
 
-    run = service.start_run({"sample_size": 5}, trigger="live-test")
+    run = service.start_run({"sample_size": 5}, trigger="live-test").run
     info = run
     try:
         info, seen = _wait_until_ended(service, run.run_id, timeout, poll)
@@ -85,7 +85,7 @@ def test_a_run_on_the_real_workspace_completes_its_three_steps():
     assert [(step.name, step.status) for step in info.steps] == [(step.name, "completed") for step in STEPS]
 
     assert run.run_id in [listed.run_id for listed in service.list_runs(20)]
-    assert service.backend.ensure_published().published is False  # the fingerprint round-trips
+    assert service.publish().published is False  # the fingerprint round-trips
 
 
 def test_the_live_test_runs_only_when_asked_and_fully_configured():

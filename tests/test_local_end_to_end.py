@@ -24,17 +24,17 @@ def test_every_row_is_scored_and_the_predictions_agree_with_the_true_prices(
 ) -> None:
     backend = LocalBackend(load_settings())
 
-    run = backend.run({"sample_size": "0"}, {"trigger": "test"})
+    run = backend.run(backend.published_target(), {"sample_size": "0"}, {"trigger": "test"})
 
     assert run.status == "completed", run.error
-    predicted = pd.read_csv(run.extra["predictions_path"])
+    predicted = pd.read_csv(run.predictions_path)
     truth = pd.read_csv(ames_csv, usecols=["Order", "PID", "SalePrice"])
     joined = predicted.merge(truth, on=["Order", "PID"], how="inner", validate="one_to_one")
     assert len(predicted) == len(joined) == 2930
     assert "SalePrice" not in predicted.columns  # fetch_data dropped the target before predicting
     assert predicted["PredictedSalePrice"].notna().all() and (predicted["PredictedSalePrice"] > 0).all()
     assert r_squared(joined["SalePrice"], joined["PredictedSalePrice"]) > 0.85
-    manifest = json.loads((Path(run.extra["predictions_path"]).parent / "manifest.json").read_text())
+    manifest = json.loads((Path(run.predictions_path).parent / "manifest.json").read_text())
     assert manifest["rows"] == 2930 and manifest["run_id"] == run.run_id
 
 
@@ -44,12 +44,12 @@ def test_a_sample_of_ten_yields_exactly_ten_distinct_houses(
 ) -> None:
     backend = LocalBackend(load_settings())
 
-    run = backend.run({"sample_size": "10"}, {})
+    run = backend.run(backend.published_target(), {"sample_size": "10"}, {})
 
     assert run.status == "completed", run.error
-    predicted = pd.read_csv(run.extra["predictions_path"])
+    predicted = pd.read_csv(run.predictions_path)
     assert len(predicted) == 10 and predicted["PID"].is_unique
     assert set(predicted["PID"]) <= set(pd.read_csv(ames_csv, usecols=["PID"])["PID"])
     datastore = Path(local_env["LOCAL_WORK_DIR"]) / "datastore"
     history = list(datastore.glob(f"history/*/{run.run_id}/predictions.csv"))
-    assert len(history) == 1 and history[0].read_bytes() == Path(run.extra["predictions_path"]).read_bytes()
+    assert len(history) == 1 and history[0].read_bytes() == Path(run.predictions_path).read_bytes()

@@ -149,7 +149,7 @@ def test_a_run_record_in_the_json_shape_of_earlier_versions_reads_and_keeps_its_
     run = backend.get_run(old["id"])
     write_record(run_dir, read_record(run_dir))
 
-    assert (run.status, run.error, run.extra) == ("canceled", "canceled on request", {"trigger": "timer"})
+    assert (run.status, run.error, run.trigger) == ("canceled", "canceled on request", "timer")
     assert [(s.name, s.status) for s in run.steps] == [("fetch_data", "completed"), ("predict", "canceled")]
     assert json.loads((run_dir / "run.json").read_text()) == old
 
@@ -159,7 +159,7 @@ def test_a_run_record_in_the_json_shape_of_earlier_versions_reads_and_keeps_its_
 
 @pytest.mark.slow
 def test_a_run_records_each_step_with_timings_and_its_log(backend: LocalBackend) -> None:
-    run = backend.run({"sample_size": "10"}, {"trigger": "test"})
+    run = backend.run(backend.published_target(), {"sample_size": "10"}, {"trigger": "test"})
 
     assert run.status == "completed", run.error
     assert [(s.name, s.status) for s in run.steps] == [(name, "completed") for name in STEP_NAMES]
@@ -171,8 +171,8 @@ def test_a_run_records_each_step_with_timings_and_its_log(backend: LocalBackend)
     for step in record["steps"]:
         assert step["started_at"] <= step["ended_at"] and step["exit_code"] == 0 and step["error"] is None
         assert (record_path.parent / step["log"]).stat().st_size > 0
-    assert record["output_path"] == run.extra["predictions_path"]
-    manifest = json.loads((Path(run.extra["predictions_path"]).parent / "manifest.json").read_text())
+    assert record["output_path"] == run.predictions_path
+    manifest = json.loads((Path(run.predictions_path).parent / "manifest.json").read_text())
     assert manifest["run_id"] == run.run_id  # PIPELINE_RUN_ID reached the steps
     assert manifest["model_name"] == "HousePrices" and manifest["model_version"] == 1
 
@@ -189,7 +189,7 @@ def test_a_failing_step_fails_the_run_with_its_name_and_error_and_later_steps_do
     monkeypatch.setenv("LOCAL_DATASET_PATH", str(tmp_path / "lacking.csv"))
     backend = LocalBackend(load_settings())
 
-    run = backend.run({"sample_size": "10"}, {})
+    run = backend.run(backend.published_target(), {"sample_size": "10"}, {})
 
     assert run.status == "failed"
     statuses = {s.name: s.status for s in run.steps}
@@ -198,20 +198,20 @@ def test_a_failing_step_fails_the_run_with_its_name_and_error_and_later_steps_do
     run_dir = backend.settings.local_work_dir / "runs" / run.run_id
     assert not (run_dir / "logs" / "save_predictions.log").exists()
     assert not (backend.settings.local_work_dir / "datastore").exists()
-    assert "predictions_path" not in run.extra
+    assert run.predictions_path is None and "predictions_path" not in run.to_dict()
 
 
 @pytest.mark.slow
 def test_a_corrupt_model_fails_predict_clearly_and_keeps_the_previous_latest_predictions(
     backend: LocalBackend,
 ) -> None:
-    first = backend.run({"sample_size": "5"}, {})
+    first = backend.run(backend.published_target(), {"sample_size": "5"}, {})
     assert first.status == "completed", first.error
     before = latest_files(backend)
     model_file = backend.settings.local_work_dir / "models/HousePrices/1/model.joblib"
     model_file.write_bytes(model_file.read_bytes()[:200])
 
-    run = backend.run({"sample_size": "5"}, {})
+    run = backend.run(backend.published_target(), {"sample_size": "5"}, {})
 
     assert run.status == "failed"
     assert run.error.startswith("step predict failed: cannot load the model file"), run.error
@@ -220,16 +220,16 @@ def test_a_corrupt_model_fails_predict_clearly_and_keeps_the_previous_latest_pre
 
 @pytest.mark.slow
 def test_a_submitted_run_goes_on_in_the_background_and_is_listed_newest_first(backend: LocalBackend) -> None:
-    first = backend.submit({"sample_size": "3"}, {"trigger": "test"})
+    first = backend.submit(backend.published_target(), {"sample_size": "3"}, {"trigger": "test"})
     assert first.status in ("queued", "running")
     assert first.status in STATUSES and RUN_ID_PATTERN.fullmatch(first.run_id)
     assert terminal(backend, first.run_id).status == "completed"
-    second = backend.submit({"sample_size": "4"}, {"trigger": "test"})
+    second = backend.submit(backend.published_target(), {"sample_size": "4"}, {"trigger": "test"})
 
     done = terminal(backend, second.run_id)
 
     assert done.status == "completed", done.error
-    assert len(pd.read_csv(done.extra["predictions_path"])) == 4
+    assert len(pd.read_csv(done.predictions_path)) == 4
     assert [r.run_id for r in backend.list_runs(10)] == [second.run_id, first.run_id]
     assert [r.run_id for r in backend.list_runs(1)] == [second.run_id]
     assert active_runs(backend) == []
@@ -238,7 +238,7 @@ def test_a_submitted_run_goes_on_in_the_background_and_is_listed_newest_first(ba
 @pytest.mark.slow
 def test_cancel_terminates_a_running_run_and_later_steps_do_not_run(backend: LocalBackend) -> None:
     service = Service(backend.settings, backend)
-    submitted = service.start_run({"sample_size": 0}, trigger="test")
+    submitted = service.start_run({"sample_size": 0}, trigger="test").run
     running = wait_for(lambda: (run := backend.get_run(submitted.run_id)).status == "running" and run)
     assert active_runs(backend) == [submitted.run_id]
 
@@ -255,7 +255,7 @@ def test_cancel_terminates_a_running_run_and_later_steps_do_not_run(backend: Loc
 
 @pytest.mark.slow
 def test_a_run_whose_runner_died_is_reported_failed(backend: LocalBackend) -> None:
-    submitted = backend.submit({"sample_size": "0"}, {})
+    submitted = backend.submit(backend.published_target(), {"sample_size": "0"}, {})
     run_dir = backend.settings.local_work_dir / "runs" / submitted.run_id
     wait_for(lambda: backend.get_run(submitted.run_id).status == "running")
     pid = json.loads((run_dir / "runner.pid").read_text())["pid"]

@@ -92,10 +92,10 @@ def test_a_current_endpoint_costs_two_reads_and_publishes_nothing(settings, clie
     fake_aml.clear_requests()
     publish = publish_into(fake_aml)
 
-    outcome = ensure_published(settings, client, fingerprint, publish_fn=publish)
+    state, published = ensure_published(settings, client, fingerprint, publish_fn=publish)
 
-    assert outcome.published is False
-    assert (outcome.pipeline_id, outcome.endpoint_id, outcome.version) == (
+    assert published is False
+    assert (state.pipeline_id, state.endpoint_id, state.version) == (
         pipeline["Id"],
         endpoint["Id"],
         fingerprint,
@@ -135,12 +135,12 @@ def test_a_current_endpoint_imports_no_azureml_module(aml_env, fake_aml, setting
 
 
 def test_publish_when_missing_through_the_sdk(settings, client, fake_aml, fingerprint):
-    outcome = ensure_published(settings, client, fingerprint)
+    state, published = ensure_published(settings, client, fingerprint)
 
-    assert outcome.published is True
+    assert published is True
     endpoint = assert_one_consistent_endpoint(fake_aml, settings, fingerprint)
-    assert outcome.endpoint_id == endpoint["Id"]
-    pipeline = fake_aml.pipelines[outcome.pipeline_id]
+    assert state.endpoint_id == endpoint["Id"]
+    pipeline = fake_aml.pipelines[state.pipeline_id]
     assert pipeline["Name"] == settings.endpoint_name
     assert pipeline["Version"] == fingerprint
     # the SDK got its token from the same managed identity, for ARM
@@ -155,26 +155,27 @@ def test_publish_when_missing_through_the_sdk(settings, client, fake_aml, finger
     assert defaults == settings.parameter_defaults
     # a second check is the steady state: no further publish
     fake_aml.clear_requests()
-    again = ensure_published(settings, client, fingerprint)
-    assert again.published is False and again.pipeline_id == outcome.pipeline_id
+    again, published_again = ensure_published(settings, client, fingerprint)
+    assert published_again is False and again.pipeline_id == state.pipeline_id
     assert len(fake_aml.requests) == 2
 
 
 def test_a_changed_step_script_republishes_and_disables_the_old_pipeline(settings, fake_aml, scripts):
-    first = AzureMLBackend(settings, step_folder=scripts).ensure_published()
+    backend = AzureMLBackend(settings, step_folder=scripts)
+    first = backend.ensure_published()
     assert first.published is True
-    old_id = first.pipeline_id
+    old_id = first.target.handle.pipeline_id
+    old_fingerprint = backend.current_fingerprint()
 
     script = scripts / "stepio.py"
     script.write_text(script.read_text() + "\n# a change\n")
-    backend = AzureMLBackend(settings, step_folder=scripts)
-    second = backend.ensure_published()
+    second = backend.ensure_published()  # the same backend: an edited script needs no restart
 
     assert second.published is True
-    assert second.version == backend.fingerprint != first.version
-    assert second.pipeline_id != old_id
-    endpoint = assert_one_consistent_endpoint(fake_aml, settings, backend.fingerprint)
-    assert endpoint["Id"] == first.endpoint_id
+    assert second.target.version == backend.current_fingerprint() != first.target.version == old_fingerprint
+    assert second.target.handle.pipeline_id != old_id
+    endpoint = assert_one_consistent_endpoint(fake_aml, settings, backend.current_fingerprint())
+    assert endpoint["Id"] == first.target.handle.endpoint_id
     assert len(endpoint["PipelineVersionList"]) == 2
     assert not active(status_of(fake_aml, old_id))
 
@@ -205,11 +206,11 @@ def test_a_stale_default_version_is_replaced_and_disabled(settings, client, fake
     endpoint = fake_aml.add_endpoint(settings.endpoint_name, old["Id"])
     publish = publish_into(fake_aml)
 
-    outcome = ensure_published(settings, client, fingerprint, publish_fn=publish)
+    state, published = ensure_published(settings, client, fingerprint, publish_fn=publish)
 
-    assert outcome.published is True
-    assert outcome.pipeline_id == publish.published[0]
-    assert outcome.endpoint_id == endpoint["Id"]
+    assert published is True
+    assert state.pipeline_id == publish.published[0]
+    assert state.endpoint_id == endpoint["Id"]
     fresh = assert_one_consistent_endpoint(fake_aml, settings, fingerprint)
     assert fresh["DefaultVersion"] == "1"
     assert not active(status_of(fake_aml, old["Id"]))
@@ -220,9 +221,9 @@ def test_a_disabled_default_pipeline_is_republished(settings, client, fake_aml, 
     fake_aml.add_endpoint(settings.endpoint_name, disabled["Id"])
     publish = publish_into(fake_aml)
 
-    outcome = ensure_published(settings, client, fingerprint, publish_fn=publish)
+    state, _ = ensure_published(settings, client, fingerprint, publish_fn=publish)
 
-    assert outcome.pipeline_id == publish.published[0] != disabled["Id"]
+    assert state.pipeline_id == publish.published[0] != disabled["Id"]
     assert_one_consistent_endpoint(fake_aml, settings, fingerprint)
 
 
@@ -233,10 +234,10 @@ def test_a_disabled_endpoint_on_the_current_pipeline_is_only_re_enabled(
     endpoint = fake_aml.add_endpoint(settings.endpoint_name, pipeline["Id"], status="Disabled")
     publish = publish_into(fake_aml)
 
-    outcome = ensure_published(settings, client, fingerprint, publish_fn=publish)
+    state, published = ensure_published(settings, client, fingerprint, publish_fn=publish)
 
     assert publish.published == []
-    assert outcome.pipeline_id == pipeline["Id"] and outcome.published is False
+    assert state.pipeline_id == pipeline["Id"] and published is False
     assert active(str(fake_aml.endpoints[endpoint["Id"]]["EntityStatus"]))
 
 
@@ -284,7 +285,8 @@ def test_racing_publishers_leave_one_consistent_endpoint(settings, fake_aml, fin
     def publisher():
         try:
             client = AzureMLClient(settings, sleep=lambda seconds: None)
-            outcomes.append(ensure_published(settings, client, fingerprint, publish_fn=racing_publish))
+            state, _ = ensure_published(settings, client, fingerprint, publish_fn=racing_publish)
+            outcomes.append(state)
         except Exception as error:  # reported below
             errors.append(error)
 
@@ -333,13 +335,13 @@ def test_an_endpoint_write_that_lost_to_another_is_redone(settings, client, fake
     fake_aml.inject_fault("PUT", r"/PipelineEndpoints/", status=412)
     publish = publish_into(fake_aml)
 
-    outcome = ensure_published(settings, client, fingerprint, publish_fn=publish)
+    state, _ = ensure_published(settings, client, fingerprint, publish_fn=publish)
 
     puts = fake_aml.calls(method="PUT", path_contains="/PipelineEndpoints/")
     assert len(puts) == 2
     assert all(p.header("If-Match") for p in puts)
     fresh = assert_one_consistent_endpoint(fake_aml, settings, fingerprint)
-    assert fresh["Id"] == endpoint["Id"] and outcome.pipeline_id == publish.published[0]
+    assert fresh["Id"] == endpoint["Id"] and state.pipeline_id == publish.published[0]
 
 
 def test_an_endpoint_write_sends_the_etag_it_read(settings, client, fake_aml, fingerprint):

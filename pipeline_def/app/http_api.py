@@ -1,7 +1,7 @@
-"""The HTTP API of docs/product.md as plain functions: request parts in, an ApiResponse out. Input is checked here
-before the service is called, every answer runs inside one bounded Azure ML budget (budget.http_request:
-AML_HTTP_BUDGET_SECONDS, at most 4 attempts of any call), and every error becomes its status and JSON body in
-one place (`respond`)."""
+"""The HTTP API of docs/product.md as plain functions: request parts in, an ApiResponse out. Input is parsed here
+and judged by the service's own checks before the service is built, every answer runs inside one bounded Azure
+ML budget (budget.http_request_budget: AML_HTTP_BUDGET_SECONDS, at most 4 attempts of any call), and every
+error becomes its status and JSON body in one place (`respond`)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from pipeline_def.budget import http_request
+from pipeline_def.budget import http_request_budget
 from pipeline_def.errors import (
     AzureMLError,
     Forbidden,
@@ -23,8 +23,13 @@ from pipeline_def.errors import (
     Throttled,
     Unauthorized,
 )
-from pipeline_def.service import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, check_run_id, get_service
-from pipeline_def.steps import validate_parameters
+from pipeline_def.service import (
+    DEFAULT_LIST_LIMIT,
+    check_limit,
+    check_parameters,
+    check_run_id,
+    get_service,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +69,7 @@ def respond(handler: Callable[..., ApiResponse], *args: Any) -> ApiResponse:
     """Run one route handler inside one HTTP request budget and turn whatever it raises into the answer
     docs/product.md gives for it (NotPublished is 409 `not_published`, as its class says)."""
     try:
-        with http_request():
+        with http_request_budget():
             return handler(*args)
     except PipelineError as error:
         return error_response(error)
@@ -102,8 +107,9 @@ def start_run(url: str, body: bytes | None) -> ApiResponse:
     """POST /api/runs: 202 with the run id, its status, where to follow it, and which published version runs
     (`pipeline_version`) and whether it is the current fingerprint (`current`). Never publishes."""
     parameters = parse_start_body(body)
-    validate_parameters(parameters)  # before the service is built: bad input never costs a backend
-    run = get_service().start_run(parameters, trigger="http")
+    check_parameters(parameters)  # before the service is built: bad input never costs a backend
+    started = get_service().start_run(parameters, trigger="http")
+    run = started.run
     status_url = status_url_for(url, run.run_id, collection=True)
     return ApiResponse(
         202,
@@ -112,8 +118,8 @@ def start_run(url: str, body: bytes | None) -> ApiResponse:
             "status": run.status,
             "status_url": status_url,
             "portal_url": run.portal_url,
-            "pipeline_version": run.extra.get("pipeline_version"),
-            "current": run.extra.get("current"),
+            "pipeline_version": started.version,
+            "current": started.current,
         },
         {"Location": status_url},
     )
@@ -173,12 +179,12 @@ def parse_start_body(body: bytes | None) -> dict[str, Any] | None:
 
 
 def parse_limit(raw: str | None) -> int:
+    """The `limit` query parameter as a number, checked by the service's own rule (so before the service is
+    built: bad input never costs a backend)."""
     if raw is None:
         return DEFAULT_LIST_LIMIT
     text = raw.strip()
-    if not (text.isascii() and text.isdigit() and len(text) <= 4 and 1 <= int(text) <= MAX_LIST_LIMIT):
-        raise InvalidRequest(f"'limit' must be a whole number from 1 to {MAX_LIST_LIMIT}")
-    return int(text)
+    return check_limit(int(text) if text.isascii() and text.isdigit() and len(text) <= 4 else None)
 
 
 def status_url_for(request_url: str, run_id: str, *, collection: bool) -> str:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from pipeline_def.cron import is_valid_schedule, parse_schedule
 from pipeline_def.errors import AzureMLError, PipelineError
+from pipeline_def.service import get_service
 from pipeline_def.settings import DEFAULT_SCHEDULE
 
 if TYPE_CHECKING:
@@ -52,8 +53,6 @@ def run_tick(past_due: bool = False, clock: Clock | None = None) -> TickOutcome:
     """One timer invocation: build the service, run Service.tick for the occurrence this tick is for, and log
     what happened. A failure is logged with what failed and why (and the Azure ML correlation id when there
     is one) and raised again, so the invocation ends as failed."""
-    from pipeline_def.service import get_service
-
     try:
         service = get_service()
         occurrence = scheduled_for(service.settings.schedule, clock)
@@ -68,11 +67,9 @@ def run_tick(past_due: bool = False, clock: Clock | None = None) -> TickOutcome:
         raise
     publish = outcome.publish
     if publish.published:
-        log.info(
-            "published pipeline %s (version %s) as the endpoint default", publish.pipeline_id, publish.version
-        )
+        log.info("published pipeline version %s as the endpoint default", publish.target.version)
     else:
-        log.info("pipeline is current (version %s): nothing published", publish.version)
+        log.info("pipeline is current (version %s): nothing published", publish.target.version)
     if outcome.action == "skipped" and outcome.active_run is not None:
         log.warning(
             "tick for %s skipped: run %s is still active (%s) and PIPELINE_OVERLAP is skip",

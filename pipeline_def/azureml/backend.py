@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pipeline_def.azureml import publisher
 from pipeline_def.azureml.client import SUBMISSION_TAG, AzureMLClient
 from pipeline_def.azureml.odata import ACTIVE_HISTORY_STATUSES, runs_filter
-from pipeline_def.backend import LookBack, PublishOutcome
+from pipeline_def.backend import LookBack, Progress, Published, Target
 from pipeline_def.errors import NotFound, NotPublished, RunNotFound, ServiceError
 from pipeline_def.fingerprint import compute_fingerprint
 from pipeline_def.runs import TERMINAL, RunInfo, StepStatus, normalize_status
@@ -22,13 +24,14 @@ from pipeline_def.steps import STEPS
 log = logging.getLogger(__name__)
 
 _STEP_ORDER = {step.name: index for index, step in enumerate(STEPS)}
+# How often `run` reads a run it waits for.
+POLL_SECONDS = 15.0
 
 
 class AzureMLBackend:
-    """The `Backend` of service.py on Azure ML. A steady-state tick costs four calls: endpoint and default
-    pipeline (ensure_published), one run-history query (look_back: the run still going and the previous
-    scheduled run), the submit; a fifth, the previous run's steps, only when that run failed. An HTTP
-    submission costs three: endpoint, default pipeline (published_target), submit."""
+    """The `Backend` of service.py on Azure ML. It keeps nothing between calls: the endpoint a submit or a
+    look back acts on travels in the Target's handle (an EndpointState), so one backend serves every thread
+    of the process."""
 
     def __init__(
         self,
@@ -37,93 +40,52 @@ class AzureMLBackend:
         client: AzureMLClient | None = None,
         step_folder: Path = STEP_SCRIPTS_DIR,
         publish_fn: publisher.PublishFn | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        poll_seconds: float = POLL_SECONDS,
     ):
         self.settings = settings
         self.client = client or AzureMLClient(settings)
         self.step_folder = Path(step_folder)
         self._publish_fn = publish_fn
-        # What the last ensure_published found: the endpoint and its default pipeline, reused by the submit
-        # that follows it in the same tick or request.
-        self._current: PublishOutcome | None = None
+        self._sleep = sleep
+        self._poll_seconds = poll_seconds
 
-    @property
-    def fingerprint(self) -> str:
-        # Recomputed on each use (a millisecond of hashing), so an edited step script republishes without a
-        # restart of a long-lived host such as `func start`.
+    def current_fingerprint(self) -> str:
+        """The fingerprint of the steps in the step folder, hashed anew on each call (a millisecond), so an
+        edited step script republishes without a restart of a long-lived host such as `func start`."""
         return compute_fingerprint(self.settings, self.step_folder)
 
-    def ensure_published(self) -> PublishOutcome:
-        publish_fn = self._publish_fn
-        if publish_fn is None and self.step_folder != STEP_SCRIPTS_DIR:
-            client, folder = self.client, self.step_folder
-
-            def publish_fn(settings: Settings, fingerprint: str) -> str:
-                from pipeline_def.azureml.definition import publish_pipeline
-
-                return publish_pipeline(settings, client.credential, fingerprint, folder)
-
-        outcome = publisher.ensure_published(
-            self.settings, self.client, self.fingerprint, publish_fn=publish_fn
+    def ensure_published(self) -> Published:
+        state, published = publisher.ensure_published(
+            self.settings,
+            self.client,
+            self.current_fingerprint(),
+            folder=self.step_folder,
+            publish_fn=self._publish_fn,
         )
-        self._current = outcome
-        return outcome
+        return Published(_target(state), published)
 
-    def published_target(self) -> PublishOutcome:
-        """The endpoint and the default pipeline a submit runs now, stale or not; never publishes. Two
-        calls: the endpoint by name, its default pipeline."""
-        name = self.settings.endpoint_name
-        endpoint = self.client.get_endpoint_by_name(name)
-        if endpoint is None:
-            raise NotPublished(f"pipeline endpoint {name!r} does not exist")
-        if not publisher.is_active(endpoint):
-            raise NotPublished(f"pipeline endpoint {name!r} is disabled")
-        pipeline_id = publisher.default_pipeline_id(endpoint)
-        if not pipeline_id:
-            raise NotPublished(f"pipeline endpoint {name!r} has no default pipeline")
-        try:
-            pipeline = self.client.get_pipeline(pipeline_id)
-        except NotFound:
-            raise NotPublished(
-                f"the default pipeline {pipeline_id} of endpoint {name!r} does not exist"
-            ) from None
-        if not publisher.is_active(pipeline):
-            raise NotPublished(f"the default pipeline {pipeline_id} of endpoint {name!r} is disabled")
-        version = pipeline.get("Version")
-        version = None if version is None else str(version)
-        self._current = PublishOutcome(
-            False,
-            pipeline_id,
-            version,
-            endpoint["Id"],
-            publisher.previous_pipeline_id(endpoint),
-            current=version == self.fingerprint,
-            endpoint_pipeline_ids=publisher.endpoint_pipeline_ids(endpoint),
-        )
-        return self._current
+    def published_target(self) -> Target:
+        """The endpoint and the default pipeline a submit runs now, stale or not; never publishes."""
+        found = publisher.read_endpoint(self.client, self.settings.endpoint_name, self.current_fingerprint())
+        if isinstance(found, publisher.Unpublished):
+            raise NotPublished(found.reason)
+        return _target(found)
 
-    def _endpoint_target(self) -> PublishOutcome:
-        """The endpoint and its default pipeline: from the last ensure_published or published_target in
-        this tick or request, else looked up (without publishing)."""
-        if self._current is not None and self._current.endpoint_id:
-            return self._current
-        return self.published_target()
-
-    def look_back(self, need_active: bool) -> LookBack:
-        """The run still going and the previous scheduled run, from run history's query, one run at most
-        per query whatever the history. With `need_active` (the `skip` policy) one query asks for the
-        newest of the endpoint's runs that is tagged trigger=timer or has not ended: under `skip` a tick
-        submits only when nothing is going, so a run still going is newer than the newest scheduled run and
-        the newest match answers both questions; only when it is a run still going that was not scheduled
-        is the newest scheduled run asked for apart. The previous scheduled run's steps are read only when
-        it failed (its failing step and error)."""
-        target = self._endpoint_target()
-        pipeline_ids = target.endpoint_pipeline_ids or tuple(
-            p for p in (target.pipeline_id, target.previous_pipeline_id) if p
+    def look_back(self, target: Target, need_active: bool) -> LookBack:
+        """The run still going (when `need_active`) and the newest scheduled run of the endpoint's
+        pipelines, one run at most per run-history query whatever the history; a failed previous run comes
+        with its steps and the failing step's error."""
+        state = _endpoint_state(target)
+        pipeline_ids = state.endpoint_pipeline_ids or tuple(
+            p for p in (state.pipeline_id, state.previous_pipeline_id) if p
         )
         if not pipeline_ids:
             return LookBack()
         active = previous = None
         if need_active:
+            # Under `skip` a tick submits only when nothing is going, so a run still going is newer than the
+            # newest scheduled run: the newest run that is either answers both questions.
             newest = self._newest_run(
                 runs_filter(
                     pipeline_ids=pipeline_ids,
@@ -133,7 +95,7 @@ class AzureMLBackend:
             )
             if newest is not None and not newest.terminal:
                 active = newest
-            if newest is not None and newest.extra.get("trigger") == "timer":
+            if newest is not None and newest.trigger == "timer":
                 previous = newest
         if previous is None and (not need_active or active is not None):
             previous = self._newest_run(runs_filter(pipeline_ids=pipeline_ids, tags={"trigger": "timer"}))
@@ -145,12 +107,33 @@ class AzureMLBackend:
         found = self.client.query_runs(self.settings.experiment_name, filter_expression, top=1)
         return self._history_run_info(found[0]) if found else None
 
-    def submit(self, parameters: dict[str, str], tags: dict[str, str]) -> RunInfo:
-        target = self._endpoint_target()
+    def submit(self, target: Target, parameters: dict[str, str], tags: dict[str, str]) -> RunInfo:
         entity = self.client.submit_to_endpoint(
-            target.endpoint_id, self.settings.experiment_name, parameters, tags
+            _endpoint_state(target).endpoint_id, self.settings.experiment_name, parameters, tags
         )
         return self._run_info(entity)
+
+    def run(
+        self,
+        target: Target,
+        parameters: dict[str, str],
+        tags: dict[str, str],
+        progress: Progress | None = None,
+    ) -> RunInfo:
+        """Submit, then read the run every `poll_seconds` until it ends, telling `progress` of each status
+        and step that changed."""
+        say = progress or (lambda _line: None)
+        run = self.submit(target, parameters, tags)
+        said: dict[str, str] = {}
+        while True:
+            for key, line in _progress_lines(run):
+                if said.get(key) != line:
+                    said[key] = line
+                    say(line)
+            if run.terminal:
+                return run
+            self._sleep(self._poll_seconds)
+            run = self.get_run(run.run_id)
 
     def get_run(self, run_id: str) -> RunInfo:
         """The run with its steps. While the pipelines service has not ended the run, run history is asked
@@ -172,9 +155,9 @@ class AzureMLBackend:
         return _with_step_error(info)
 
     def list_runs(self, limit: int) -> list[RunInfo]:
-        """The newest `limit` runs of the endpoint's pipelines (its newest versions), newest first: the
-        endpoint, then one run-history query of at most `limit` runs, whatever the history. Statuses are
-        run history's (`aml_status` is its word, e.g. `Completed`, `CancelRequested`)."""
+        """The newest `limit` runs of the endpoint's pipelines (its newest versions), newest first, read in
+        a bounded amount whatever the history. Statuses are run history's (`aml_status` is its word, e.g.
+        `Completed`, `CancelRequested`)."""
         try:
             endpoint = self.client.get_endpoint_by_name(self.settings.endpoint_name)
         except NotFound:
@@ -220,7 +203,6 @@ class AzureMLBackend:
             raise ServiceError("Azure ML answered a run query with a run without a runId")
         status = dto.get("status")
         normalized = normalize_status(status)
-        extra = _tag_extras(dto.get("tags"))
         return RunInfo(
             run_id=dto["runId"],
             status=normalized,
@@ -229,7 +211,8 @@ class AzureMLBackend:
             ended_at=dto.get("endTimeUtc") or None,
             portal_url=self.settings.portal_url(dto["runId"]),
             error=_error_message(dto.get("error")) if normalized == "failed" else None,
-            extra=extra,
+            trigger=_tag(dto.get("tags"), "trigger"),
+            submission_id=_tag(dto.get("tags"), SUBMISSION_TAG),
         )
 
     def _run_info(
@@ -242,15 +225,17 @@ class AzureMLBackend:
         code = _status_code(entity)
         aml_status = None if code is None else str(code)
         normalized = normalize_status(code)
-        extra = _tag_extras(entity.get("tags") or entity.get("Tags"))
-        if history_status is not None:
-            extra["aml_history_status"] = history_status
-            # Only a run the pipelines service has not ended can be canceling: if it finished or failed
-            # before the cancel took effect, that outcome stands. Run history may also reach Canceled
-            # first; the run is still winding down until the pipelines service agrees.
-            if normalize_status(history_status) in ("canceling", "canceled") and normalized not in TERMINAL:
-                normalized = "canceling"
+        # Only a run the pipelines service has not ended can be canceling: if it finished or failed before the
+        # cancel took effect, that outcome stands. Run history may also reach Canceled first; the run is still
+        # winding down until the pipelines service agrees.
+        canceling = history_status is not None and normalize_status(history_status) in (
+            "canceling",
+            "canceled",
+        )
+        if canceling and normalized not in TERMINAL:
+            normalized = "canceling"
         detail = status.get("StatusDetail") if isinstance(status, dict) else None
+        tags = entity.get("tags") or entity.get("Tags")
         return RunInfo(
             run_id=entity["Id"],
             status=normalized,
@@ -260,7 +245,9 @@ class AzureMLBackend:
             steps=steps,
             portal_url=self.settings.portal_url(entity["Id"]),
             error=str(detail)[:500] if normalized == "failed" and detail else None,
-            extra=extra,
+            aml_history_status=history_status,
+            trigger=_tag(tags, "trigger"),
+            submission_id=_tag(tags, SUBMISSION_TAG),
         )
 
     @staticmethod
@@ -285,7 +272,8 @@ def _error_message(error: Any) -> str | None:
     only, at most 300 characters."""
     if not isinstance(error, dict):
         return None
-    inner = error.get("error") if isinstance(error.get("error"), dict) else error
+    nested = error.get("error")
+    inner = nested if isinstance(nested, dict) else error
     message = inner.get("message") or inner.get("code")
     if not message:
         return None
@@ -302,17 +290,33 @@ def _with_step_error(run: RunInfo) -> RunInfo:
     if failed is None:
         return run
     said = f"step {failed.name} failed" + (f": {failed.error}" if failed.error else "")
-    return dataclasses.replace(run, error=said, extra={**run.extra, "failed_step": failed.name})
+    return dataclasses.replace(run, error=said, failed_step=failed.name)
 
 
-def _tag_extras(tags: Any) -> dict[str, Any]:
-    """What a run's tags tell its caller: the trigger, and the submission id that guards against duplicates."""
-    extra: dict[str, Any] = {}
-    if isinstance(tags, dict) and tags.get("trigger"):
-        extra["trigger"] = tags["trigger"]
-    if isinstance(tags, dict) and tags.get(SUBMISSION_TAG):
-        extra["submission_id"] = tags[SUBMISSION_TAG]
-    return extra
+def _tag(tags: Any, name: str) -> str | None:
+    """One tag of a run (the trigger, or the submission id that guards against duplicates), when it has it."""
+    value = tags.get(name) if isinstance(tags, dict) else None
+    return str(value) if value else None
+
+
+def _target(state: publisher.EndpointState) -> Target:
+    return Target(version=state.version, current=state.current, handle=state)
+
+
+def _endpoint_state(target: Target) -> publisher.EndpointState:
+    """The endpoint a Target of this backend stands for."""
+    if not isinstance(target.handle, publisher.EndpointState):
+        raise TypeError(f"not a target of the Azure ML backend: {target!r}")
+    return target.handle
+
+
+def _progress_lines(run: RunInfo) -> list[tuple[str, str]]:
+    """The lines that describe where `run` is, each keyed by what it is about (the run, or one step)."""
+    lines = [("", f"run {run.run_id}: {run.status}")]
+    for step in run.steps or []:
+        detail = f": {step.error}" if step.status == "failed" and step.error else ""
+        lines.append((step.name, f"  {step.name:<18} {step.status}{detail}"))
+    return lines
 
 
 def _status_code(entity: dict) -> str | int | None:

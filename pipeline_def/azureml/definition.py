@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from azureml.core import Workspace
     from azureml.pipeline.core import Pipeline
 
-# What Setting("destination") becomes on Azure ML: save_predictions writes to the default datastore.
+# What BuildValue("destination") becomes on Azure ML: save_predictions writes to the default datastore.
 DESTINATION = "default-datastore"
 
 # The SDK's state is process-wide (environment variables, tempfile's directory, a default argument): one
@@ -144,7 +144,7 @@ def build_pipeline(
                 arguments.append(argument)
             elif isinstance(argument, step_description.Param):
                 arguments.append(parameters[argument.name])
-            elif isinstance(argument, step_description.Setting):
+            elif isinstance(argument, step_description.BuildValue):
                 arguments.append(fixed[argument.name])
             elif isinstance(argument, step_description.DataOut):
                 data[argument.name] = PipelineData(argument.name, is_directory=True)

@@ -4,11 +4,13 @@ SDK import; only a stale endpoint builds and publishes with the SDK (definition.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 from pipeline_def.azureml.client import AzureMLClient
-from pipeline_def.backend import PublishOutcome
 from pipeline_def.errors import (
     AzureMLError,
     EntityChanged,
@@ -19,7 +21,7 @@ from pipeline_def.errors import (
     TokenError,
     Unauthorized,
 )
-from pipeline_def.settings import Settings
+from pipeline_def.settings import STEP_SCRIPTS_DIR, Settings
 
 log = logging.getLogger(__name__)
 
@@ -87,45 +89,88 @@ def endpoint_pipeline_ids(endpoint: dict, limit: int = ENDPOINT_VERSIONS_LOOKED_
     return tuple(found)
 
 
-def current_pipeline(client: AzureMLClient, endpoint: dict | None, fingerprint: str) -> dict | None:
-    """The endpoint's default pipeline when the endpoint is published and current, else None."""
-    if not is_active(endpoint):
-        return None
+@dataclass(frozen=True)
+class EndpointState:
+    """The endpoint and the default pipeline a submit runs: what the Azure ML backend needs to submit to the
+    endpoint and to look back at its runs. `endpoint_pipeline_ids` are the pipelines of the endpoint's newest
+    versions, newest first (whose runs are the endpoint's runs); `previous_pipeline_id` the pipeline the
+    default superseded, if any."""
+
+    endpoint_id: str
+    pipeline_id: str
+    version: str | None
+    current: bool
+    previous_pipeline_id: str | None = None
+    endpoint_pipeline_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Unpublished:
+    """Why nothing can be submitted to the endpoint (`reason`, as NotPublished says it), with what a publish
+    starts from: the endpoint as read (`entity`, None when there is none), and `when_enabled`, its state once
+    enabled when that is all it lacks (it is disabled, its default pipeline active and current)."""
+
+    reason: str
+    entity: dict | None = None
+    when_enabled: EndpointState | None = None
+
+    @property
+    def endpoint_id(self) -> str | None:
+        return None if self.entity is None else self.entity["Id"]
+
+
+def read_endpoint(client: AzureMLClient, name: str, fingerprint: str) -> EndpointState | Unpublished:
+    """The endpoint `name` and its default pipeline as a submit finds them, current or not (two reads: the
+    endpoint, its default pipeline), or why nothing can be submitted to it."""
+    endpoint = client.get_endpoint_by_name(name)
+    if endpoint is None:
+        return Unpublished(f"pipeline endpoint {name!r} does not exist")
     pipeline_id = default_pipeline_id(endpoint)
+    pipeline = None
+    if pipeline_id:
+        with contextlib.suppress(NotFound):
+            pipeline = client.get_pipeline(pipeline_id)
+    state = None
+    if pipeline_id and pipeline is not None and is_active(pipeline):
+        version = pipeline.get("Version")
+        state = _state(endpoint, pipeline_id, None if version is None else str(version), fingerprint)
+    if not is_active(endpoint):
+        when_enabled = state if state is not None and state.current else None
+        return Unpublished(f"pipeline endpoint {name!r} is disabled", endpoint, when_enabled)
     if not pipeline_id:
-        return None
-    try:
-        pipeline = client.get_pipeline(pipeline_id)
-    except NotFound:
-        return None
-    if is_active(pipeline) and str(pipeline.get("Version")) == fingerprint:
-        return pipeline
-    return None
+        return Unpublished(f"pipeline endpoint {name!r} has no default pipeline", endpoint)
+    if pipeline is None:
+        return Unpublished(
+            f"the default pipeline {pipeline_id} of endpoint {name!r} does not exist", endpoint
+        )
+    if state is None:
+        return Unpublished(f"the default pipeline {pipeline_id} of endpoint {name!r} is disabled", endpoint)
+    return state
 
 
 def ensure_published(
-    settings: Settings, client: AzureMLClient, fingerprint: str, *, publish_fn: PublishFn | None = None
-) -> PublishOutcome:
-    """Publish and point the endpoint at the new pipeline unless the endpoint is already current."""
-    endpoint = client.get_endpoint_by_name(settings.endpoint_name)
-    pipeline = current_pipeline(client, endpoint, fingerprint)
-    if pipeline is not None:
-        return _outcome(False, pipeline["Id"], fingerprint, endpoint)
+    settings: Settings,
+    client: AzureMLClient,
+    fingerprint: str,
+    *,
+    folder: Path = STEP_SCRIPTS_DIR,
+    publish_fn: PublishFn | None = None,
+) -> tuple[EndpointState, bool]:
+    """Publish the steps in `folder` and point the endpoint at the new pipeline unless the endpoint is
+    already current. Returns the endpoint's state and whether this call published."""
+    found = read_endpoint(client, settings.endpoint_name, fingerprint)
+    if isinstance(found, EndpointState) and found.current:
+        return found, False
 
-    # An endpoint that was disabled while still pointing at the current, active pipeline only needs enabling.
-    if endpoint is not None and not is_active(endpoint):
-        pipeline_id = default_pipeline_id(endpoint)
-        if pipeline_id and _is_current(client, pipeline_id, fingerprint):
-            endpoint["EntityStatus"] = "Active"
-            client.update_endpoint(endpoint)
-            log.info("re-enabled pipeline endpoint %s", settings.endpoint_name)
-            return _outcome(False, pipeline_id, fingerprint, endpoint)
+    if isinstance(found, Unpublished) and found.when_enabled is not None and found.entity is not None:
+        client.update_endpoint({**found.entity, "EntityStatus": "Active"})
+        log.info("re-enabled pipeline endpoint %s", settings.endpoint_name)
+        return found.when_enabled, False
 
-    if publish_fn is None:
-        publish_fn = _sdk_publisher(client)
+    publish_fn = publish_fn or _sdk_publisher(client, folder)
     log.info("publishing pipeline %s version %s", settings.endpoint_name, fingerprint)
     pipeline_id = _publish(publish_fn, settings, fingerprint)
-    endpoint = _point_endpoint_at(settings, client, endpoint, pipeline_id)
+    endpoint = _point_endpoint_at(settings, client, found.endpoint_id, pipeline_id)
 
     # Read back what won: with two publishers racing, the last writer's pipeline is the default. Disable
     # everything else the endpoint knows of, and our own pipeline if it lost.
@@ -141,17 +186,17 @@ def ensure_published(
             log.info("disabled superseded pipeline %s", old_id)
         except NotFound:
             pass
-    return _outcome(True, winner, fingerprint, endpoint)
+    log.info("pipeline %s is the default of endpoint %s", winner, settings.endpoint_name)
+    return _state(endpoint, winner or pipeline_id, fingerprint, fingerprint), True
 
 
-def _outcome(published: bool, pipeline_id: str | None, fingerprint: str, endpoint: dict) -> PublishOutcome:
-    return PublishOutcome(
-        published,
-        pipeline_id,
-        fingerprint,
-        endpoint["Id"],
-        previous_pipeline_id(endpoint),
-        current=True,
+def _state(endpoint: dict, pipeline_id: str, version: str | None, fingerprint: str) -> EndpointState:
+    return EndpointState(
+        endpoint_id=endpoint["Id"],
+        pipeline_id=pipeline_id,
+        version=version,
+        current=version == fingerprint,
+        previous_pipeline_id=previous_pipeline_id(endpoint),
         endpoint_pipeline_ids=endpoint_pipeline_ids(endpoint),
     )
 
@@ -185,19 +230,11 @@ def _sdk_status(error: BaseException) -> int | None:
     return None
 
 
-def _is_current(client: AzureMLClient, pipeline_id: str, fingerprint: str) -> bool:
-    try:
-        pipeline = client.get_pipeline(pipeline_id)
-    except NotFound:
-        return False
-    return is_active(pipeline) and str(pipeline.get("Version")) == fingerprint
-
-
 def _point_endpoint_at(
-    settings: Settings, client: AzureMLClient, endpoint: dict | None, pipeline_id: str
+    settings: Settings, client: AzureMLClient, endpoint_id: str | None, pipeline_id: str
 ) -> dict:
     """Create the endpoint with `pipeline_id`, or add it as a new version and make it the default."""
-    if endpoint is None:
+    if endpoint_id is None:
         try:
             return client.create_endpoint(
                 settings.endpoint_name,
@@ -215,11 +252,13 @@ def _point_endpoint_at(
             log.info("endpoint creation failed (%s); another publisher created it", error.message)
             if pipeline_id in {i.get("PipelineId") for i in endpoint.get("PipelineVersionList") or []}:
                 return endpoint
+            endpoint_id = endpoint["Id"]
 
     # Read-modify-write on a fresh copy, so a version another publisher added meanwhile is kept; a write that
     # lost to another one (412) is redone on what that one wrote.
-    for attempt in range(1, MAX_ENDPOINT_WRITES + 1):
-        entity = client.get_endpoint(endpoint["Id"])
+    attempt = 1
+    while True:
+        entity = client.get_endpoint(endpoint_id)
         versions = list(entity.get("PipelineVersionList") or [])
         numbers = [int(v["Version"]) for v in versions if str(v.get("Version", "")).isdigit()]
         new_version = str(max(numbers) + 1 if numbers else len(versions))
@@ -229,30 +268,33 @@ def _point_endpoint_at(
         entity["EntityStatus"] = "Active"
         try:
             client.update_endpoint(entity)
+            return entity
         except EntityChanged:
             if attempt == MAX_ENDPOINT_WRITES:
                 raise
             log.info("endpoint %s changed while being updated; reading it again", settings.endpoint_name)
-            continue
-        return entity
-    raise AssertionError("unreachable")
+            attempt += 1
 
 
-def _sdk_publisher(client: AzureMLClient) -> PublishFn:
+def _sdk_publisher(client: AzureMLClient, folder: Path) -> PublishFn:
+    """Publish the steps in `folder` with the SDK, on the client's credential."""
+
     def publish(settings: Settings, fingerprint: str) -> str:
         from pipeline_def.azureml.definition import publish_pipeline  # the SDK, only now
 
-        return publish_pipeline(settings, client.credential, fingerprint)
+        return publish_pipeline(settings, client.credential, fingerprint, folder)
 
     return publish
 
 
 __all__ = [
+    "EndpointState",
     "PublishFn",
-    "current_pipeline",
+    "Unpublished",
     "default_pipeline_id",
     "endpoint_pipeline_ids",
     "ensure_published",
     "is_active",
     "previous_pipeline_id",
+    "read_endpoint",
 ]

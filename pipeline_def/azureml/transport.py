@@ -153,8 +153,8 @@ def _within(seconds: float, function: Callable[..., Any], *args: Any) -> Any:
 @dataclass(frozen=True)
 class CallBudget:
     """How long one call may take, its retries included, and how often it may be sent. Inside an HTTP
-    request (budget.http_request) the deadline is the request's own, shared by every call made in it, and
-    `strict`: nothing is sent past it. Otherwise each call may retry for AML_RETRY_BUDGET_SECONDS."""
+    request (budget.http_request_budget) the deadline is the request's own, shared by every call made in it,
+    and `strict`: nothing is sent past it. Otherwise each call may retry for AML_RETRY_BUDGET_SECONDS."""
 
     deadline: float
     max_attempts: int

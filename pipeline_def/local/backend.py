@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline_def.backend import LookBack, PublishOutcome
+from pipeline_def.backend import LookBack, Published, Target
 from pipeline_def.errors import LocalRunError, RunNotFound
 from pipeline_def.local.commands import settings_to_record, step_command
 from pipeline_def.local.processes import PID_FILE, is_running, read_pid, write_pid
@@ -55,23 +55,23 @@ class LocalBackend:
         self.runs_dir = settings.local_work_dir / RUNS_DIR
         self._children: dict[int, subprocess.Popen] = {}
 
-    def ensure_published(self) -> PublishOutcome:
+    def ensure_published(self) -> Published:
         """Nothing to publish locally: the steps are read from step_scripts/ when they run."""
-        return self.published_target()
+        return Published(self.published_target(), published=False)
 
-    def published_target(self) -> PublishOutcome:
+    def published_target(self) -> Target:
         """Locally the steps run from step_scripts/ as they are: always the current fingerprint."""
         from pipeline_def.fingerprint import compute_fingerprint
 
-        return PublishOutcome(published=False, version=compute_fingerprint(self.settings), current=True)
+        return Target(version=compute_fingerprint(self.settings), current=True)
 
-    def look_back(self, need_active: bool) -> LookBack:
+    def look_back(self, target: Target, need_active: bool) -> LookBack:
         runs = self.list_runs(limit=10_000)  # local run records: a folder listing, no service to spare
         active = next((run for run in runs if not run.terminal), None) if need_active else None
-        previous = next((run for run in runs if run.extra.get("trigger") == "timer"), None)
+        previous = next((run for run in runs if run.trigger == "timer"), None)
         return LookBack(active=active, previous_scheduled=previous)
 
-    def submit(self, parameters: dict[str, str], tags: dict[str, str]) -> RunInfo:
+    def submit(self, target: Target, parameters: dict[str, str], tags: dict[str, str]) -> RunInfo:
         """Start a run in a detached runner process and return it queued (or already running)."""
         self._reap()
         run_dir, record = self._create_run(parameters, tags, mode="detached")
@@ -97,7 +97,11 @@ class LocalBackend:
         return self._info(run_dir, record)
 
     def run(
-        self, parameters: dict[str, str], tags: dict[str, str], progress: Progress | None = None
+        self,
+        target: Target,
+        parameters: dict[str, str],
+        tags: dict[str, str],
+        progress: Progress | None = None,
     ) -> RunInfo:
         """Run the pipeline in this process and return the ended run (the CLI's `run`)."""
         run_dir, _ = self._create_run(parameters, tags, mode="foreground")
@@ -256,15 +260,8 @@ class LocalBackend:
         status = record.status
         if not record.terminal and (run_dir / CANCEL_FILE).exists():
             status = "canceling"
-        extra: dict[str, Any] = {}
-        if status == "completed" and record.output_path:
-            extra["predictions_path"] = record.output_path
-        if record.tags.get("trigger"):
-            extra["trigger"] = record.tags["trigger"]
         steps = [StepStatus(step.name, step.status, _first_line(step.error)) for step in record.steps]
         failed = next((step for step in steps if step.status == "failed"), None)
-        if status == "failed" and failed is not None:
-            extra["failed_step"] = failed.name
         return RunInfo(
             run_id=record.id,
             status=status,
@@ -274,7 +271,9 @@ class LocalBackend:
             steps=steps,
             portal_url=None,
             error=record.error,
-            extra=extra,
+            trigger=record.tags.get("trigger") or None,
+            failed_step=failed.name if status == "failed" and failed is not None else None,
+            predictions_path=(record.output_path or None) if status == "completed" else None,
         )
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from pipeline_def.errors import LocalRunError
 from pipeline_def.local.model import model_folder
 from pipeline_def.settings import STEP_SCRIPTS_DIR, Settings
-from pipeline_def.steps import DataIn, DataOut, Param, Setting, Step
+from pipeline_def.steps import BuildValue, DataIn, DataOut, Param, Step
 
 PREDICTIONS_FILE = Path("latest_predictions") / "predictions.csv"
 
@@ -29,7 +29,7 @@ def resolve_argument(
         return argument
     if isinstance(argument, Param):
         return str(parameters.get(argument.name, settings.parameter_defaults[argument.name]))
-    if isinstance(argument, Setting):
+    if isinstance(argument, BuildValue):
         values = {
             "dataset": str(settings.local_dataset_path),
             "model": str(model_folder(settings)),

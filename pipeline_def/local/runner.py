@@ -31,7 +31,6 @@ from pipeline_def.settings import PROJECT_ROOT, STEP_SCRIPTS_DIR, Settings
 
 # How often a running step looks for a cancel request made by another process.
 CANCEL_POLL_SECONDS = 0.25
-PREVIEW_COLUMNS = ("Order", "PID", "Neighborhood", "GrLivArea", "OverallQual", "YearBuilt")
 
 Progress = Callable[[str], None]
 
@@ -185,20 +184,6 @@ def _step_error(log_path: Path, code: int) -> str:
     last = next((line.strip() for line in reversed(lines) if line.strip()), "")
     reason = f"exited with code {code}" if code >= 0 else f"killed by signal {-code}"
     return f"{reason}: {last}" if last else reason
-
-
-def preview(path: str | os.PathLike, n: int) -> str:
-    """(Stays here until the CLI takes it into __main__.py.) The first `n` predicted rows, a few telling columns wide (for the CLI's `--show`)."""
-    import pandas as pd
-
-    frame = pd.read_csv(path, nrows=max(n, 0))
-    columns = [c for c in PREVIEW_COLUMNS if c in frame.columns]
-    if "PredictedSalePrice" in frame.columns:
-        frame["PredictedSalePrice"] = frame["PredictedSalePrice"].round(0)
-        columns.append("PredictedSalePrice")
-    if not columns:
-        columns = list(frame.columns[:8])
-    return frame[columns].to_string(index=False)
 
 
 def _on_sigterm(_signum: int, _frame: Any) -> None:

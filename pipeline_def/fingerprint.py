@@ -14,6 +14,9 @@ from pipeline_def.settings import STEP_SCRIPTS_DIR, Settings
 from pipeline_def.steps import STEP_ENVIRONMENT, STEPS
 
 FINGERPRINT_LENGTH = 16
+# Each platform's steps' requirements: a fingerprint covers its own platform's file, not the other's.
+V1_REQUIREMENTS = STEP_ENVIRONMENT["requirements_file"]
+V2_REQUIREMENTS = "requirements-v2.txt"
 
 
 def step_script_files(folder: Path = STEP_SCRIPTS_DIR) -> list[Path]:
@@ -29,12 +32,21 @@ def step_script_files(folder: Path = STEP_SCRIPTS_DIR) -> list[Path]:
 
 
 def compute_fingerprint(
-    settings: Settings, folder: Path = STEP_SCRIPTS_DIR, environment: Mapping[str, Any] = STEP_ENVIRONMENT
+    settings: Settings,
+    folder: Path = STEP_SCRIPTS_DIR,
+    environment: Mapping[str, Any] = STEP_ENVIRONMENT,
+    *,
+    skip: frozenset[str] = frozenset({V2_REQUIREMENTS}),
+    platform: str | None = None,
 ) -> str:
     """A short, stable hex digest of everything that defines the published pipeline: `folder` holds the step
-    scripts and their requirements, `environment` the rest of their environment (base image, channels...)."""
+    scripts and their requirements, `environment` the rest of their environment (base image, channels...).
+    `skip` names files of `folder` (relative, POSIX) that do not define it (the other platform's
+    requirements); `platform`, when given, keeps one platform's fingerprint from equalling another's."""
     digest = hashlib.sha256()
     for path in step_script_files(folder):
+        if path.relative_to(folder).as_posix() in skip:
+            continue
         digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
         digest.update(hashlib.sha256(path.read_bytes()).digest())
     shape = {
@@ -45,5 +57,7 @@ def compute_fingerprint(
         "model": settings.model_name,
         "parameters": settings.parameter_defaults,
     }
+    if platform is not None:
+        shape["platform"] = platform
     digest.update(json.dumps(shape, sort_keys=True).encode())
     return digest.hexdigest()[:FINGERPRINT_LENGTH]

@@ -22,8 +22,11 @@ DEFAULT_WORK_DIR = PROJECT_ROOT / ".local"
 DEFAULT_SCHEDULE = "0 30 1,13 * * *"
 DEFAULT_ENDPOINT_NAME = "house-price-batch-predictions"
 DEFAULT_SAMPLE_SIZE = 10
-BACKENDS = ("azureml", "local")
-# What the azureml backend cannot run without (AML_API_BASE may stand in for AML_REGION); the infrastructure
+BACKENDS = ("azureml", "azureml-v2", "local")
+# The backends on an Azure ML workspace: SDK v1's services, and v2's ARM routes (plain REST).
+AZUREML_BACKENDS = ("azureml", "azureml-v2")
+DEFAULT_ARM_BASE = "https://management.azure.com"
+# What both Azure ML backends cannot run without (AML_API_BASE may stand in for AML_REGION); the infrastructure
 # in infra/ sets each of them as an app setting.
 REQUIRED_FOR_AZUREML = (
     "AML_SUBSCRIPTION_ID",
@@ -49,6 +52,7 @@ class Settings:
     workspace_name: str = ""
     region: str = ""
     api_base: str = ""
+    arm_base: str = DEFAULT_ARM_BASE
     compute_name: str = ""
     dataset_name: str = "AmesHousing"
     model_name: str = "HousePrices"
@@ -64,6 +68,11 @@ class Settings:
     request_timeout: float = 30.0
     retry_budget: float = 120.0
     http_budget: float = 25.0
+
+    @property
+    def arm_scope(self) -> str:
+        """The token scope of the ARM base (AML_ARM_BASE): a sovereign cloud's, or the emulator's."""
+        return f"{self.arm_base}/.default"
 
     @property
     def workspace_path(self) -> str:
@@ -147,10 +156,13 @@ def _resource_name(value: str) -> None:
         raise _Invalid("is not a valid Azure resource name")
 
 
-def _http_url(value: str) -> None:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
-        raise _Invalid("must be an http(s) URL such as https://westeurope.api.azureml.ms")
+def _http_url(example: str) -> Callable[[str], None]:
+    def check(value: str) -> None:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+            raise _Invalid(f"must be an http(s) URL such as {example}")
+
+    return check
 
 
 def _path(raw: str) -> Path:
@@ -181,7 +193,8 @@ class _Setting:
     backends: tuple[str, ...] = BACKENDS
 
 
-_AZUREML = ("azureml",)
+_AZUREML = AZUREML_BACKENDS
+_V2 = ("azureml-v2",)
 _LOCAL = ("local",)
 
 # In the order their problems are reported. Adding a setting is one line here and a field of Settings.
@@ -204,9 +217,22 @@ SETTINGS_TABLE: tuple[_Setting, ...] = (
     _Setting("AML_WORKSPACE_NAME", "workspace_name", check=_resource_name, required=True, backends=_AZUREML),
     _Setting("AML_COMPUTE_NAME", "compute_name", check=_resource_name, required=True, backends=_AZUREML),
     _Setting(
-        "AML_API_BASE", "api_base", parse=lambda raw: raw.rstrip("/"), check=_http_url, backends=_AZUREML
+        "AML_API_BASE",
+        "api_base",
+        parse=lambda raw: raw.rstrip("/"),
+        check=_http_url("https://westeurope.api.azureml.ms"),
+        backends=_AZUREML,
     ),
     _Setting("AML_REGION", "region", parse=str.lower),  # checked with AML_API_BASE, in load_settings
+    # v2's control plane (environments, components, jobs); its token scope is `{AML_ARM_BASE}/.default`.
+    _Setting(
+        "AML_ARM_BASE",
+        "arm_base",
+        DEFAULT_ARM_BASE,
+        lambda raw: raw.rstrip("/"),
+        _http_url(DEFAULT_ARM_BASE),
+        backends=_V2,
+    ),
     _Setting(
         "LOCAL_DATASET_PATH",
         "local_dataset_path",
@@ -244,7 +270,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         problems[problems.index(missing_subscription)] += (
             " (or set PIPELINE_BACKEND=local to run without Azure)"
         )
-    if values.get("backend") == "azureml" and not values["api_base"]:
+    if values.get("backend") in AZUREML_BACKENDS and not values["api_base"]:
         region = values["region"]
         if not region:
             problems.append("AML_REGION is required unless AML_API_BASE is set")

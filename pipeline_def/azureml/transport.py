@@ -1,5 +1,8 @@
-"""How one call reaches Azure ML: an ARM token cached until five minutes before it expires, the call's time
-budget, one retry loop, and the mapping from an error answer to a typed error. The verbs are in client.py."""
+"""How one call reaches Azure ML: a token cached until five minutes before it expires, the call's time budget, one
+retry loop, and the mapping from an error answer to a typed error. The verbs are in client.py (SDK v1's services)
+and azureml_v2/client.py (v2's ARM routes); both send through one Transport. The token's scope is ARM's by
+default; the v2 client asks for its ARM base's scope (AML_ARM_BASE) and, for a pipeline job's
+`x-azureml-token`, for Azure ML's (ML_SCOPE) through a second TokenCache on the same credential."""
 
 from __future__ import annotations
 
@@ -32,6 +35,8 @@ from pipeline_def.settings import Settings
 log = logging.getLogger(__name__)
 
 ARM_SCOPE = "https://management.azure.com/.default"
+# Azure ML's own audience: the `x-azureml-token` azure-ai-ml sends with every pipeline job PUT.
+ML_SCOPE = "https://ml.azure.com/.default"
 # A token is renewed this long before it expires, so no call goes out with one about to lapse.
 TOKEN_REFRESH_MARGIN = 300.0
 CREDENTIAL_RETRIES = 2
@@ -60,19 +65,36 @@ OnAmbiguous = Callable[[AzureMLError], requests.Response | None]
 
 
 class TokenCache:
-    """One ARM-audience token from an azure-identity credential, reused until five minutes before it expires.
-    Thread-safe."""
+    """One token of `scope` (ARM's by default) from an azure-identity credential, reused until five minutes
+    before it expires. Thread-safe. `sharing` another cache uses that cache's credential (one
+    DefaultAzureCredential, built on first use, for every audience)."""
 
-    def __init__(self, credential: Any, client_id: str | None, monotonic: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        credential: Any,
+        client_id: str | None,
+        monotonic: Callable[[], float],
+        scope: str = ARM_SCOPE,
+        sharing: TokenCache | None = None,
+    ) -> None:
         self._credential = credential
         self._client_id = client_id
         self._monotonic = monotonic
+        self.scope = scope
+        self._sharing = sharing
         self._token: tuple[str, float] | None = None
         self._lock = threading.Lock()
 
     @property
+    def resource(self) -> str:
+        """What the token is for, as the error messages name it (the scope without `/.default`)."""
+        return self.scope.removesuffix("/.default")
+
+    @property
     def credential(self) -> Any:
         """The azure-identity credential (DefaultAzureCredential unless one was given); the SDK shares it."""
+        if self._sharing is not None:
+            return self._sharing.credential
         with self._lock:
             if self._credential is None:
                 from azure.identity import DefaultAzureCredential
@@ -95,18 +117,18 @@ class TokenCache:
                 return self._token[0]
         try:
             if deadline is None:
-                access = credential.get_token(ARM_SCOPE)
+                access = credential.get_token(self.scope)
             else:
-                access = _within(deadline - self._monotonic(), credential.get_token, ARM_SCOPE)
+                access = _within(deadline - self._monotonic(), credential.get_token, self.scope)
         except _TimeIsUp:
             raise TokenError(
-                "no Azure token could be obtained for https://management.azure.com within the request's "
+                f"no Azure token could be obtained for {self.resource} within the request's "
                 "time budget (AML_HTTP_BUDGET_SECONDS): check the managed identity (AZURE_CLIENT_ID for a "
                 "user-assigned one)"
             ) from None
         except Exception as error:  # azure-identity raises several types; the caller needs only one
             raise TokenError(
-                "no Azure token could be obtained for https://management.azure.com "
+                f"no Azure token could be obtained for {self.resource} "
                 f"({type(error).__name__}): check the managed identity (AZURE_CLIENT_ID for a "
                 "user-assigned one) or sign in with `az login` locally"
             ) from None
@@ -188,7 +210,8 @@ class CallBudget:
 
 
 class Transport:
-    """Sends calls to Azure ML with a bearer token and retries them within their budget. Thread-safe."""
+    """Sends calls to Azure ML with a bearer token of `scope` and retries them within their budget.
+    Thread-safe."""
 
     def __init__(
         self,
@@ -198,9 +221,10 @@ class Transport:
         session: requests.Session | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        scope: str = ARM_SCOPE,
     ) -> None:
         self.settings = settings
-        self.tokens = TokenCache(credential, settings.azure_client_id, monotonic)
+        self.tokens = TokenCache(credential, settings.azure_client_id, monotonic, scope)
         self._session = session or requests.Session()
         self._monotonic = monotonic
         self._sleep = sleep
@@ -217,25 +241,30 @@ class Transport:
         what: str,
         params: dict[str, str] | None = None,
         json_body: Any = None,
+        data: bytes | None = None,
         headers: dict[str, str] | None = None,
         budget: CallBudget | None = None,
         retry_statuses: frozenset[int] = RETRY_STATUSES,
         retry_no_answer: bool = True,
         on_ambiguous: OnAmbiguous | None = None,
+        bearer: bool = True,
     ) -> requests.Response:
         """Send one call and return its successful answer, retrying within `budget` (a new one by default)
         the answers in `retry_statuses` and, when `retry_no_answer`, timeouts and dropped connections. The
         defaults suit idempotent calls (GET/PUT/DELETE). A POST that must not be repeated blindly either
         retries only what Azure ML did not take, or supplies `on_ambiguous`: called before any retry after a
         failure that may have reached the service, it returns the answer that stands for the lost one, or None
-        to retry. `what` names the call in error messages."""
+        to retry. `what` names the call in error messages. `data` is a raw body (a blob), sent instead of
+        `json_body`; `bearer=False` sends no token (a SAS URL carries its own authorization)."""
         budget = budget or self.budget()
         attempt = 0
         while True:
             attempt += 1
             retry_after = None
             try:
-                response = self._send_once(method, url, what, budget, attempt, params, json_body, headers)
+                response = self._send_once(
+                    method, url, what, budget, attempt, params, json_body, data, headers, bearer
+                )
             except requests.RequestException as error:
                 failure: AzureMLError = unreachable(what, error)
                 if not retry_no_answer:
@@ -246,7 +275,7 @@ class Transport:
                     return response
                 if response.status_code == 401:
                     self.tokens.forget()  # any cached token is invalid
-                failure = error_for(response, what, self.settings.workspace_name)
+                failure = error_for(response, what, self.settings.workspace_name, self.tokens.resource)
                 if response.status_code not in retry_statuses:
                     raise failure
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
@@ -266,18 +295,22 @@ class Transport:
         attempt: int,
         params: dict[str, str] | None,
         json_body: Any,
+        data: bytes | None,
         extra_headers: dict[str, str] | None,
+        bearer: bool,
     ) -> requests.Response:
-        token = self.tokens.token(budget.deadline if budget.strict else None)
+        headers = {"Accept": "application/json"}
+        if bearer:
+            token = self.tokens.token(budget.deadline if budget.strict else None)
+            headers["Authorization"] = f"Bearer {token}"
         timeout = budget.timeout_for(attempt, self._monotonic())
         if timeout is None:
             raise Unreachable(f"Azure ML gave no answer within the request's time budget on {what}")
-        headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
         headers.update(extra_headers or {})
         if json_body is not None:
             headers["Content-Type"] = "application/json"
         return self._session.request(
-            method, url, params=params, json=json_body, headers=headers, timeout=timeout
+            method, url, params=params, json=json_body, data=data, headers=headers, timeout=timeout
         )
 
     def _wait_or_raise(
@@ -340,8 +373,14 @@ def unreachable(what: str, error: requests.RequestException) -> Unreachable:
 # ----- error answers
 
 
-def error_for(response: requests.Response, what: str, workspace_name: str) -> AzureMLError:
-    """The typed error for an Azure ML error answer to the call `what` on workspace `workspace_name`."""
+def error_for(
+    response: requests.Response,
+    what: str,
+    workspace_name: str,
+    audience: str = ARM_SCOPE.removesuffix("/.default"),
+) -> AzureMLError:
+    """The typed error for an Azure ML error answer to the call `what` on workspace `workspace_name`, sent
+    with a token for `audience`."""
     status = response.status_code
     code, message, correlation_id = error_details(response)
     said = f"{code}: {message}" if code and message else (code or message or response.reason or "no detail")
@@ -350,7 +389,7 @@ def error_for(response: requests.Response, what: str, workspace_name: str) -> Az
     if status == 401:
         return Unauthorized(
             f"Azure ML refused the token for {what} (401): the token audience must be ARM "
-            f"https://management.azure.com, or the token expired{suffix}",
+            f"{audience}, or the token expired{suffix}",
             **details,
         )
     if status == 403:
@@ -421,6 +460,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 __all__ = [
     "ARM_SCOPE",
     "MAX_ATTEMPTS",
+    "ML_SCOPE",
     "NOT_TAKEN",
     "RETRY_STATUSES",
     "CallBudget",

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pipeline_def.errors import PipelineError
-from pipeline_def.settings import Settings, load_settings
+from pipeline_def.settings import BACKENDS, Settings, load_settings
 
 if TYPE_CHECKING:
     from pipeline_def.service import Service
@@ -39,12 +39,12 @@ def main(argv: list[str] | None = None, *, sleep: Callable[[float], None] = time
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline_def", description=__doc__.splitlines()[0])
-    parser.add_argument("--backend", choices=("azureml", "local"), help="overrides PIPELINE_BACKEND")
+    parser.add_argument("--backend", choices=BACKENDS, help="overrides PIPELINE_BACKEND")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     # The same two options are accepted after the command too (`run --backend local`, as `make demo` does);
     # SUPPRESS keeps a subcommand from resetting a value given before it.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--backend", choices=("azureml", "local"), default=argparse.SUPPRESS)
+    common.add_argument("--backend", choices=BACKENDS, default=argparse.SUPPRESS)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True)
     add_command = functools.partial(commands.add_parser, parents=[common])
@@ -70,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--limit", type=int, default=20)
     cancel = add_command("cancel", help="cancel a run")
     cancel.add_argument("run_id")
-    add_command("publish", help="publish the pipeline if the endpoint is not current (Azure ML)")
+    add_command("publish", help="publish the pipeline if it is not current (Azure ML v1 or v2)")
     add_command("fingerprint", help="print the fingerprint the published pipeline is compared to")
     train = add_command("train", help="train the baseline model into the local model registry")
     train.add_argument("--seed", type=int, default=42)
@@ -154,6 +154,13 @@ def _publish(cli: _Invocation) -> int:
 
 
 def _fingerprint(cli: _Invocation) -> int:
+    """The version the published pipeline is compared to: on v2, the version the components are registered
+    at (it covers requirements-v2.txt and the v2 environment, not v1's)."""
+    if cli.settings.backend == "azureml-v2":
+        from pipeline_def.azureml_v2.publisher import v2_fingerprint
+
+        print(v2_fingerprint(cli.settings))
+        return 0
     from pipeline_def.fingerprint import compute_fingerprint
 
     print(compute_fingerprint(cli.settings))

@@ -1,7 +1,7 @@
 """What the triggers and the command line call: publish, tick, start_run, get_run, list_runs, cancel.
 
 The service holds the behaviour of docs/product.md (publish if needed, the overlap policy, validation of run
-parameters, tags) and delegates the work to a backend: Azure ML over REST, or local processes. Backends are
+parameters, tags) and delegates the work to a backend: Azure ML (SDK v1's services, or v2's) over REST, or local processes. Backends are
 imported only when built, so importing this module stays cheap (no azureml, pandas or scikit-learn).
 """
 
@@ -33,6 +33,10 @@ def make_backend(settings: Settings, *, sleep: Callable[[float], None] = time.sl
         from pipeline_def.local.backend import LocalBackend
 
         return LocalBackend(settings)
+    if settings.backend == "azureml-v2":
+        from pipeline_def.azureml_v2.backend import AzureMLV2Backend
+
+        return AzureMLV2Backend(settings, sleep=sleep)
     from pipeline_def.azureml.backend import AzureMLBackend
 
     return AzureMLBackend(settings, sleep=sleep)

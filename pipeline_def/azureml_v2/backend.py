@@ -1,0 +1,389 @@
+"""The Azure ML v2 backend of the service, plain REST through AzureMLV2Client: register the components when stale
+(timer, CLI), submit a pipeline job of the registered pipeline component under a name the app chooses (the
+idempotency key), resolve `latest` data and model at submit time, read a job and its steps, list and look back
+through run history's bounded query on the `batchpred_pipeline` tag, cancel. No azureml, no azure.ai.ml."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pipeline_def.azureml.odata import ACTIVE_HISTORY_STATUSES, runs_filter
+from pipeline_def.azureml_v2 import components, publisher
+from pipeline_def.azureml_v2.client import AzureMLV2Client, is_already_exists
+from pipeline_def.backend import LookBack, Progress, Published, Target
+from pipeline_def.errors import (
+    AzureMLError,
+    InvalidRequest,
+    NotFound,
+    NotPublished,
+    RunNotFound,
+    ServiceError,
+)
+from pipeline_def.runs import TERMINAL, RunInfo, StepStatus, is_valid_run_id, normalize_status
+from pipeline_def.settings import STEP_SCRIPTS_DIR, Settings
+from pipeline_def.steps import STEPS, Step
+
+log = logging.getLogger(__name__)
+
+# The tags every job carries: what list and look back query, and what the job ran.
+PIPELINE_TAG = "batchpred_pipeline"
+FINGERPRINT_TAG = "batchpred_fingerprint"
+MODEL_TAG = "batchpred_model"
+DATA_TAG = "batchpred_data"
+# How often `run` reads a job it waits for.
+POLL_SECONDS = 15.0
+_MAX_STEM = 200
+
+
+class AzureMLV2Backend:
+    """The `Backend` of service.py on Azure ML v2. It keeps nothing between calls: the pipeline component
+    version a submit runs travels in the Target's handle (a publisher.PipelineVersion)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        client: AzureMLV2Client | None = None,
+        step_folder: Path = STEP_SCRIPTS_DIR,
+        steps: tuple[Step, ...] = STEPS,
+        sleep: Callable[[float], None] = time.sleep,
+        poll_seconds: float = POLL_SECONDS,
+        new_suffix: Callable[[], str] = lambda: uuid.uuid4().hex[:12],
+    ):
+        self.settings = settings
+        self.client = client or AzureMLV2Client(settings)
+        self.step_folder = Path(step_folder)
+        self.steps = steps
+        self._sleep = sleep
+        self._poll_seconds = poll_seconds
+        self._new_suffix = new_suffix
+        self._step_order = {step.name: index for index, step in enumerate(steps)}
+
+    def current_fingerprint(self) -> str:
+        """The v2 fingerprint of the step folder, hashed anew on each call (a millisecond)."""
+        return publisher.v2_fingerprint(self.settings, self.step_folder)
+
+    # ----- published
+
+    def ensure_published(self) -> Published:
+        version, published = publisher.ensure_published(
+            self.client, self.settings, self.current_fingerprint(), folder=self.step_folder, steps=self.steps
+        )
+        return Published(_target(version), published)
+
+    def published_target(self) -> Target:
+        """The pipeline component version a submit runs now, current or the newest registered; never
+        registers anything."""
+        found = publisher.read_published(self.client, self.settings, self.current_fingerprint(), self.steps)
+        if isinstance(found, publisher.Unpublished):
+            raise NotPublished(found.reason)
+        return _target(found)
+
+    # ----- submit
+
+    def job_name(self, tags: dict[str, str]) -> str:
+        """The job's name, the key that makes a submit idempotent: a scheduled tick's is its occurrence's
+        (`{endpoint}-timer-20261201t013000z`), so every tick of one occurrence, on any instance, names one
+        job; a past-due tick, a CLI or an HTTP run gets a random suffix (one per submit, kept on retries)."""
+        trigger = re.sub(r"[^a-z0-9]", "", (tags.get("trigger") or "run").lower())[:20] or "run"
+        stem = f"{self.settings.endpoint_name[:_MAX_STEM]}-{trigger}".lower()
+        occurrence = re.sub(r"[^0-9a-z]", "", (tags.get("scheduled_for") or "").lower())
+        if trigger == "timer" and occurrence and tags.get("past_due") != "true":
+            name = f"{stem}-{occurrence}"
+        else:
+            name = "-".join(p for p in (stem, occurrence, self._new_suffix()) if p)
+        assert is_valid_run_id(name), name
+        return name
+
+    def submit(self, target: Target, parameters: dict[str, str], tags: dict[str, str]) -> RunInfo:
+        """Resolve the data and model versions, then PUT the job. A retry of the PUT, or another instance's PUT
+        of the same name, finds the job there (Azure ML answers "already exists"): that job is the answer."""
+        version = _pipeline_version(target)
+        name = self.job_name(tags)
+        model_name, model_version, model_id = self._resolve_model(parameters.get("model_version"))
+        data_version, data_id = self._resolve_data()
+        literals = {"model_version": model_version, "run_id": name, "fingerprint": version.version}
+        if "sample_size" in parameters:
+            literals["sample_size"] = parameters["sample_size"]
+        all_tags = {
+            **tags,
+            PIPELINE_TAG: self.settings.endpoint_name,
+            FINGERPRINT_TAG: version.version,
+            MODEL_TAG: f"{model_name}:{model_version}",
+            DATA_TAG: f"{self.settings.dataset_name}:{data_version}",
+        }
+        body = components.job_body(
+            self.settings,
+            version.component_id,
+            name,
+            components.JobInputs(data_id, model_id, literals),
+            all_tags,
+            display_name=f"{self.settings.endpoint_name} ({tags.get('trigger') or 'run'})",
+        )
+        budget = self.client.budget()
+        try:
+            job = self.client.put_job(name, body, budget)
+        except AzureMLError as error:
+            if not is_already_exists(error):
+                raise
+            log.info("job %s exists already (a retry, or another tick of the same occurrence)", name)
+            job = self.client.get_job(name, budget)
+        return self._job_info(job)
+
+    def _resolve_model(self, wanted: str | None) -> tuple[str, str, str]:
+        """(name, version, ARM id) of the model a run uses: `latest` is the most recently created version;
+        an explicit version that is not registered is the caller's mistake and submits nothing."""
+        name = self.settings.model_name
+        wanted = wanted or self.settings.model_version
+        if wanted == "latest":
+            found = self.client.latest_model(name)
+            if found is None:
+                raise NotFound(f"model {name} has no registered version (AML_MODEL_NAME)")
+        else:
+            found = self.client.get_version("models", name, wanted)
+            if found is None:
+                raise InvalidRequest(
+                    f"model version {wanted} of {name} is not registered; nothing was submitted"
+                )
+        version = str(found.get("name") or wanted)
+        return name, version, f"{self.settings.workspace_path}/models/{name}/versions/{version}"
+
+    def _resolve_data(self) -> tuple[str, str]:
+        """(version, ARM id) of the newest version of the data asset (its container's latestVersion)."""
+        name = self.settings.dataset_name
+        container = self.client.get_container("data", name)
+        latest = ((container or {}).get("properties") or {}).get("latestVersion")
+        if not latest:
+            raise NotFound(
+                f"data asset {name} is not registered (AML_DATASET_NAME): register the CSV as a uri_file "
+                "data asset (docs/migrate-to-v2.md)"
+            )
+        return str(latest), f"{self.settings.workspace_path}/data/{name}/versions/{latest}"
+
+    def run(
+        self,
+        target: Target,
+        parameters: dict[str, str],
+        tags: dict[str, str],
+        progress: Progress | None = None,
+    ) -> RunInfo:
+        """Submit, then read the job every `poll_seconds` until it ends, telling `progress` of each change."""
+        say = progress or (lambda _line: None)
+        run = self.submit(target, parameters, tags)
+        said: dict[str, str] = {}
+        while True:
+            for key, line in _progress_lines(run):
+                if said.get(key) != line:
+                    said[key] = line
+                    say(line)
+            if run.terminal:
+                return run
+            self._sleep(self._poll_seconds)
+            run = self.get_run(run.run_id)
+
+    # ----- reading runs
+
+    def get_run(self, run_id: str) -> RunInfo:
+        """The job (ARM: status, tags), its times and error (run history) and its steps (run-history
+        children). A node of a pipeline (ARM answers it without properties) is not a run of this app."""
+        try:
+            job = self.client.get_job(run_id)
+        except NotFound:
+            raise RunNotFound(run_id) from None
+        properties = job.get("properties") if isinstance(job, dict) else None
+        if not isinstance(properties, dict):
+            raise RunNotFound(run_id)
+        experiment = str(properties.get("experimentName") or self.settings.experiment_name)
+        try:
+            history: dict[str, Any] | None = self.client.get_history_run(experiment, run_id)
+        except NotFound:
+            history = None  # run history has not seen the job yet
+        try:
+            children = self.client.get_step_runs(experiment, run_id)
+        except NotFound:
+            children = []
+        return _with_step_error(self._job_info(job, history, self._steps(children)))
+
+    def list_runs(self, limit: int) -> list[RunInfo]:
+        """The newest `limit` jobs of this endpoint (tagged batchpred_pipeline), newest first: one bounded
+        run-history query whatever the history."""
+        dtos = self.client.query_runs(
+            self.settings.experiment_name,
+            runs_filter(tags={PIPELINE_TAG: self.settings.endpoint_name}),
+            top=limit,
+        )
+        return [self._history_run_info(dto) for dto in dtos]
+
+    def look_back(self, target: Target, need_active: bool) -> LookBack:
+        """The job still going (when `need_active`) and the newest scheduled job of this endpoint, one run at
+        most per query whatever the history; a failed previous job comes with its steps."""
+        mine = {PIPELINE_TAG: self.settings.endpoint_name}
+        active = previous = None
+        if need_active:
+            # Under `skip` a tick submits only when nothing is going, so a job still going is newer than the
+            # newest scheduled one: the newest job that is either answers both questions.
+            newest = self._newest_run(
+                runs_filter(tags=mine, any_of_tags={"trigger": "timer"}, statuses=ACTIVE_HISTORY_STATUSES)
+            )
+            if newest is not None and not newest.terminal:
+                active = newest
+            if newest is not None and newest.trigger == "timer":
+                previous = newest
+        if previous is None and (not need_active or active is not None):
+            previous = self._newest_run(runs_filter(tags={**mine, "trigger": "timer"}))
+        if previous is not None and previous.status == "failed":
+            previous = self._with_steps(previous)
+        return LookBack(active=active, previous_scheduled=previous)
+
+    def cancel(self, run_id: str) -> None:
+        try:
+            self.client.cancel_job(run_id)
+        except NotFound:
+            raise RunNotFound(run_id) from None
+
+    def _newest_run(self, filter_expression: str) -> RunInfo | None:
+        found = self.client.query_runs(self.settings.experiment_name, filter_expression, top=1)
+        return self._history_run_info(found[0]) if found else None
+
+    def _with_steps(self, run: RunInfo) -> RunInfo:
+        try:
+            children = self.client.get_step_runs(self.settings.experiment_name, run.run_id)
+        except NotFound:
+            return run
+        return _with_step_error(dataclasses.replace(run, steps=self._steps(children)))
+
+    # ----- mapping Azure ML's answers to RunInfo
+
+    def _job_info(
+        self, job: Any, history: dict[str, Any] | None = None, steps: list[StepStatus] | None = None
+    ) -> RunInfo:
+        """A run as the ARM job says it (`aml_status` is the JobStatus word), with run history's times and
+        error when it was read (`aml_history_status`)."""
+        if not isinstance(job, dict) or not isinstance(job.get("name"), str) or not job["name"]:
+            raise ServiceError("Azure ML answered a job without a name")
+        properties = job.get("properties") or {}
+        status = properties.get("status")
+        normalized = normalize_status(status)
+        history = history if isinstance(history, dict) else {}
+        history_status = history.get("status")
+        if normalized not in TERMINAL and normalize_status(history_status) in ("canceling", "canceled"):
+            normalized = "canceling"  # run history knows of a cancel before the job has wound down
+        studio = ((properties.get("services") or {}).get("Studio") or {}).get("endpoint")
+        created = history.get("createdUtc") or (job.get("systemData") or {}).get("createdAt")
+        return RunInfo(
+            run_id=job["name"],
+            status=normalized,
+            aml_status=None if status is None else str(status),
+            created_at=created or None,
+            ended_at=history.get("endTimeUtc") or None,
+            steps=steps,
+            portal_url=studio or self.settings.portal_url(job["name"]),
+            error=_error_message(history.get("error")) if normalized == "failed" else None,
+            trigger=_tag(properties.get("tags"), "trigger"),
+            aml_history_status=None if not history_status else str(history_status),
+        )
+
+    def _history_run_info(self, dto: Any) -> RunInfo:
+        if not isinstance(dto, dict) or not isinstance(dto.get("runId"), str) or not dto["runId"]:
+            raise ServiceError("Azure ML answered a run query with a run without a runId")
+        status = dto.get("status")
+        normalized = normalize_status(status)
+        return RunInfo(
+            run_id=dto["runId"],
+            status=normalized,
+            aml_status=None if status is None else str(status),
+            created_at=dto.get("createdUtc") or None,
+            ended_at=dto.get("endTimeUtc") or None,
+            portal_url=dto.get("portalUrl") or self.settings.portal_url(dto["runId"]),
+            error=_error_message(dto.get("error")) if normalized == "failed" else None,
+            trigger=_tag(dto.get("tags"), "trigger"),
+        )
+
+    def _steps(self, children: list[dict[str, Any]]) -> list[StepStatus]:
+        found = []
+        for child in children:
+            tags = child.get("tags") or {}
+            name = (
+                child.get("displayName")
+                or child.get("name")
+                or tags.get("azureml.nodeid")
+                or child.get("runId")
+            )
+            status = normalize_status(child.get("status"))
+            error = step_error(child.get("error")) if status == "failed" else None
+            found.append(StepStatus(str(name), status, error))
+        order = self._step_order
+        return sorted(found, key=lambda s: (order.get(s.name, len(order)), s.name))
+
+
+def step_error(error: Any) -> str | None:
+    """A failed node's own `error:` line out of the runtime's message ("Execution failed. User process
+    'python' exited with status code 2. ... Error: <the end of its stderr>"); else the message's first
+    line."""
+    message = _inner_message(error)
+    if not message:
+        return None
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    marked = [line for line in lines if line.startswith("error:")]
+    if marked:
+        return marked[-1].removeprefix("error:").strip()[:300]
+    return lines[0][:300] if lines else None
+
+
+def _inner_message(error: Any) -> str | None:
+    if not isinstance(error, dict):
+        return None
+    nested = error.get("error")
+    inner = nested if isinstance(nested, dict) else error
+    message = inner.get("message") or inner.get("code")
+    return str(message) if message else None
+
+
+def _error_message(error: Any) -> str | None:
+    message = _inner_message(error)
+    lines = [line.strip() for line in (message or "").splitlines() if line.strip()]
+    return lines[0][:300] if lines else None
+
+
+def _with_step_error(run: RunInfo) -> RunInfo:
+    """A failed run's `error` names the failed step and its error line (`step predict failed: ...`)."""
+    if run.status != "failed" or not run.steps:
+        return run
+    failed = next((step for step in run.steps if step.status == "failed"), None)
+    if failed is None:
+        return run
+    said = f"step {failed.name} failed" + (f": {failed.error}" if failed.error else "")
+    return dataclasses.replace(run, error=said, failed_step=failed.name)
+
+
+def _tag(tags: Any, name: str) -> str | None:
+    value = tags.get(name) if isinstance(tags, dict) else None
+    return str(value) if value else None
+
+
+def _target(version: publisher.PipelineVersion) -> Target:
+    return Target(version=version.version, current=version.current, handle=version)
+
+
+def _pipeline_version(target: Target) -> publisher.PipelineVersion:
+    if not isinstance(target.handle, publisher.PipelineVersion):
+        raise TypeError(f"not a target of the Azure ML v2 backend: {target!r}")
+    return target.handle
+
+
+def _progress_lines(run: RunInfo) -> list[tuple[str, str]]:
+    lines = [("", f"run {run.run_id}: {run.status}")]
+    for step in run.steps or []:
+        detail = f": {step.error}" if step.status == "failed" and step.error else ""
+        lines.append((step.name, f"  {step.name:<18} {step.status}{detail}"))
+    return lines
+
+
+__all__ = ["DATA_TAG", "FINGERPRINT_TAG", "MODEL_TAG", "PIPELINE_TAG", "AzureMLV2Backend", "step_error"]

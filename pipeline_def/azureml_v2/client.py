@@ -1,0 +1,273 @@
+"""The REST verbs of Azure ML v2 for one workspace (docs/aml-v2-rest.md), sent through azureml/transport.py
+(token cache, time budget, one retry loop, typed errors): ARM's `{AML_ARM_BASE}{WS}/...?api-version=` routes
+for environments, code (with its SAS upload), components, data, models and jobs, and run history on the data
+plane (AML_API_BASE) for times, steps and the bounded run query, as v1 reads them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import requests
+
+from pipeline_def.azureml.transport import ML_SCOPE, CallBudget, TokenCache, Transport
+from pipeline_def.errors import AzureMLError, NotFound, ServiceError
+from pipeline_def.settings import Settings
+
+# The one GA api-version every ARM call is sent with (Azure/azure-rest-api-specs stable/2025-12-01).
+API_VERSION = "2025-12-01"
+MAX_QUERY_TOP = 100
+# What the service says when a job name is taken (Azure/azure-sdk-for-python#42156).
+ALREADY_EXISTS = "already exists"
+
+
+class AzureMLV2Client:
+    """The verbs of Azure ML v2 for one workspace. Thread-safe; one HTTP session, one ARM-scope token (of
+    AML_ARM_BASE; run history takes the same token) and one Azure ML token for `x-azureml-token`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        credential: Any = None,
+        *,
+        session: requests.Session | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.settings = settings
+        self._transport = Transport(
+            settings, credential, session=session, monotonic=monotonic, sleep=sleep, scope=settings.arm_scope
+        )
+        self._ml_tokens = TokenCache(
+            None, settings.azure_client_id, monotonic, ML_SCOPE, sharing=self._transport.tokens
+        )
+        self._send = self._transport.send
+        self.workspace_url = f"{settings.arm_base}{settings.workspace_path}"
+        self._history = f"{settings.api_base}/history/v1.0{settings.workspace_path}"
+
+    def budget(self) -> CallBudget:
+        """The budget of a call (or of several calls that must share one) starting now."""
+        return self._transport.budget()
+
+    # ----- ARM plumbing
+
+    def _arm(
+        self,
+        method: str,
+        path: str,
+        *,
+        what: str,
+        params: dict[str, str] | None = None,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        budget: CallBudget | None = None,
+    ) -> Any:
+        response = self._send(
+            method,
+            f"{self.workspace_url}{path}",
+            params={"api-version": API_VERSION, **(params or {})},
+            json_body=body,
+            headers=headers,
+            what=what,
+            budget=budget,
+        )
+        return _json(response, what)
+
+    def _get_or_none(self, path: str, *, what: str, params: dict[str, str] | None = None) -> Any:
+        try:
+            return self._arm("GET", path, what=what, params=params)
+        except NotFound:
+            return None
+
+    def get_workspace(self) -> dict[str, Any]:
+        return self._arm("GET", "", what=f"workspace {self.settings.workspace_name}")
+
+    # ----- versioned assets: environments, codes, components, data, models
+
+    def get_version(self, kind: str, name: str, version: str) -> dict[str, Any] | None:
+        """A version of an environment, code, component, data or model asset; None when there is none."""
+        return self._get_or_none(
+            f"/{kind}/{_seg(name)}/versions/{_seg(version)}", what=f"{kind} {name}:{version}"
+        )
+
+    def put_version(self, kind: str, name: str, version: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Create a version (an identical re-PUT is harmless; versions are immutable)."""
+        return self._arm(
+            "PUT",
+            f"/{kind}/{_seg(name)}/versions/{_seg(version)}",
+            body=body,
+            what=f"{kind} {name}:{version}",
+        )
+
+    def get_container(self, kind: str, name: str) -> dict[str, Any] | None:
+        """An asset's container (`properties.latestVersion`); None when there is none."""
+        return self._get_or_none(f"/{kind}/{_seg(name)}", what=f"{kind} {name}")
+
+    def find_code_by_hash(self, name: str, content_hash: str, hash_version: int) -> dict[str, Any] | None:
+        """A code version registered with this content hash, under any name (as azure-ai-ml looks one up)."""
+        found = self._arm(
+            "GET",
+            f"/codes/{_seg(name)}/versions",
+            params={"hash": content_hash, "hashVersion": str(hash_version)},
+            what="code versions by hash",
+        )
+        values = (found or {}).get("value") or []
+        return values[0] if values else None
+
+    def start_pending_upload(self, name: str, version: str) -> tuple[str, str]:
+        """A temporary container of the workspace storage to upload a code version into: (blob URI, SAS URI)."""
+        found = self._arm(
+            "POST",
+            f"/codes/{_seg(name)}/versions/{_seg(version)}/startPendingUpload",
+            body={"pendingUploadType": "TemporaryBlobReference"},
+            what=f"an upload of code {name}:{version}",
+        )
+        reference = (found or {}).get("blobReferenceForConsumption") or {}
+        blob_uri = reference.get("blobUri")
+        sas_uri = (reference.get("credential") or {}).get("sasUri")
+        if not blob_uri or not sas_uri:
+            raise ServiceError("Azure ML answered startPendingUpload without a blob URI and a SAS")
+        return str(blob_uri), str(sas_uri)
+
+    def put_blob(self, sas_uri: str, blob_name: str, data: bytes) -> None:
+        """Write one block blob into the container a SAS URI grants (no bearer token: the SAS authorizes)."""
+        self._send(
+            "PUT",
+            _blob_url(sas_uri, blob_name),
+            data=data,
+            headers={"x-ms-blob-type": "BlockBlob", "Content-Type": "application/octet-stream"},
+            what=f"the upload of {blob_name}",
+            bearer=False,
+        )
+
+    def set_blob_metadata(self, sas_uri: str, blob_name: str, metadata: dict[str, str]) -> None:
+        """Mark an upload complete as azure-ai-ml does: metadata on its first blob, written last."""
+        self._send(
+            "PUT",
+            _blob_url(sas_uri, blob_name, "comp=metadata"),
+            headers={f"x-ms-meta-{k}": v for k, v in metadata.items()},
+            what=f"the metadata of {blob_name}",
+            bearer=False,
+        )
+
+    def latest_model(self, name: str) -> dict[str, Any] | None:
+        """The most recently created version of a model (how azure-ai-ml resolves `@latest`); None if none."""
+        found = self._get_or_none(
+            f"/models/{_seg(name)}/versions",
+            params={"$orderBy": "createdtime desc", "$top": "1"},
+            what=f"versions of model {name}",
+        )
+        values = (found or {}).get("value") or []
+        return values[0] if values else None
+
+    # ----- jobs
+
+    def put_job(self, name: str, body: dict[str, Any], budget: CallBudget | None = None) -> dict[str, Any]:
+        """Create the pipeline job `name` with the caller's Azure ML token in `x-azureml-token`, as azure-ai-ml
+        does. The name is the idempotency key: an identical retry answers the job."""
+        budget = budget or self.budget()
+        token = self._ml_tokens.token(budget.deadline if budget.strict else None)
+        return self._arm(
+            "PUT",
+            f"/jobs/{_seg(name)}",
+            body=body,
+            headers={"x-azureml-token": token},
+            what=f"the submission of job {name}",
+            budget=budget,
+        )
+
+    def get_job(self, name: str, budget: CallBudget | None = None) -> dict[str, Any]:
+        return self._arm("GET", f"/jobs/{_seg(name)}", what=f"job {name}", budget=budget)
+
+    def cancel_job(self, name: str) -> None:
+        """Ask for a cancel (202 + Location); the job's status tells the rest."""
+        self._send(
+            "POST",
+            f"{self.workspace_url}/jobs/{_seg(name)}/cancel",
+            params={"api-version": API_VERSION},
+            what=f"job {name}",
+        )
+
+    # ----- run history (data plane), as v1 reads it
+
+    def query_runs(self, experiment: str, filter_expression: str, *, top: int) -> list[dict[str, Any]]:
+        """At most `top` run-history RunDtos of `experiment` matching an OData filter (azureml/odata.py),
+        newest first: one page of `runs:query`. An experiment run history does not know yet has no runs."""
+        if not 1 <= top <= MAX_QUERY_TOP:
+            raise ValueError(f"top must be 1 to {MAX_QUERY_TOP}")
+        try:
+            response = self._send(
+                "POST",
+                f"{self._history}/experiments/{_seg(experiment)}/runs:query",
+                json_body={"filter": filter_expression, "orderby": "CreatedUtc desc", "top": top},
+                what=f"runs of experiment {experiment}",
+            )
+        except NotFound:
+            return []
+        body = _json(response, "the run query")
+        runs = (
+            body if isinstance(body, list) else (body or {}).get("value") if isinstance(body, dict) else None
+        )
+        if runs is None:
+            raise ServiceError("Azure ML answered the run query with something that is not a page of runs")
+        return [run for run in runs if isinstance(run, dict)][:top]
+
+    def get_history_run(self, experiment: str, run_id: str) -> dict[str, Any]:
+        return _json(
+            self._send(
+                "GET",
+                f"{self._history}/experiments/{_seg(experiment)}/runs/{_seg(run_id)}",
+                what=f"run {run_id} in run history",
+            ),
+            "the run",
+        )
+
+    def get_step_runs(self, experiment: str, run_id: str) -> list[dict[str, Any]]:
+        """The run-history children of a pipeline job: one per node (the steps)."""
+        url = f"{self._history}/experiments/{_seg(experiment)}/runs/{_seg(run_id)}/children"
+        params: dict[str, str] = {"$orderby": "StartTimeUtc desc", "$top": "500"}
+        children: list[dict[str, Any]] = []
+        for _page in range(10):
+            body = (
+                _json(self._send("GET", url, params=params, what=f"steps of run {run_id}"), "the steps") or {}
+            )
+            if isinstance(body, list):
+                return children + body
+            children.extend(body.get("value") or [])
+            token = body.get("continuationToken")
+            if not token:
+                break
+            params = {**params, "$continuationToken": token}
+        return children
+
+
+def is_already_exists(error: AzureMLError) -> bool:
+    """Whether a refused job PUT says the name is taken (a retry of ours, or another instance's same job)."""
+    return error.status in (400, 409) and ALREADY_EXISTS in error.message
+
+
+def _blob_url(sas_uri: str, blob_name: str, extra_query: str = "") -> str:
+    parts = urlsplit(sas_uri)
+    path = parts.path.rstrip("/") + "/" + quote(blob_name, safe="/")
+    query = "&".join(q for q in (extra_query, parts.query) if q)
+    return urlunsplit((parts.scheme, parts.netloc, path, query, ""))
+
+
+def _json(response: requests.Response, what: str) -> Any:
+    if not response.content:
+        return None
+    try:
+        return response.json()
+    except ValueError:
+        raise ServiceError(
+            f"Azure ML answered with something that is not JSON for {what}", status=response.status_code
+        ) from None
+
+
+def _seg(value: str) -> str:
+    return quote(str(value), safe="")
+
+
+__all__ = ["API_VERSION", "AzureMLV2Client", "is_already_exists"]

@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo demo-azureml test test-fast step-env lint format bench clean
+.PHONY: demo demo-azureml test test-fast step-env step-env-v2 lint format bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,16 +24,22 @@ demo: $(STAMP)
 
 # The Azure path with no Azure: one timer tick through function_app against the emulated workspace (which
 # runs the published steps in their own venv), Azurite and a loopback managed identity; prints the predictions
-# it downloads from the emulated default datastore.
+# it downloads from the emulated default datastore. `PIPELINE_BACKEND=azureml-v2 make demo-azureml`: the same on
+# Azure ML v2 over plain REST, the steps in the venv of requirements-v2.txt (no azureml).
 demo-azureml: $(STAMP) node_modules/.bin/azurite-blob step-env
 	$(PY) -m emulator.demo
 
-# The steps' own venv from step_scripts/requirements.txt, as Azure ML builds it: fails when the file stops
-# resolving. Cached by the file's hash in $$STEP_ENV_CACHE (default .local/step-envs/), so a rerun is instant.
+# The steps' own venv from step_scripts/requirements.txt (requirements-v2.txt when PIPELINE_BACKEND=azureml-v2),
+# as Azure ML builds it: fails when the file stops resolving. Cached by the file's hash in $$STEP_ENV_CACHE
+# (default .local/step-envs/), so a rerun is instant.
+STEP_REQUIREMENTS = step_scripts/$(if $(filter azureml-v2,$(PIPELINE_BACKEND)),requirements-v2.txt,requirements.txt)
 step-env: $(STAMP)
-	$(PY) -m emulator.step_env
+	$(PY) -m emulator.step_env $(STEP_REQUIREMENTS)
 
-test: $(STAMP) node_modules/.bin/azurite-blob step-env
+step-env-v2: $(STAMP)
+	$(PY) -m emulator.step_env step_scripts/requirements-v2.txt
+
+test: $(STAMP) node_modules/.bin/azurite-blob step-env step-env-v2
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 

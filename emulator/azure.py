@@ -1,7 +1,8 @@
 """The Azure path with no Azure: the emulated workspace (emulator/aml, executing what is published), its
 default datastore in Azurite, the managed-identity endpoint, `AmesHousing` and `HousePrices` registered, and
 the app settings that aim the Functions app at all of it. The Azure-path demo and the end-to-end tests both
-stand it up with this module."""
+stand it up with this module. With `backend="azureml-v2"` the data is the Ames CSV as a v2 `uri_file` data
+asset (AmesHousingCsv, as docs/migrate-to-v2.md registers it) and the app's settings are the v2 backend's."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from emulator.azurite import DEVSTORE_ACCOUNT, DEVSTORE_KEY, AzuriteBlob
 from emulator.identity import OTHER_CREDENTIAL_VARIABLES, FakeManagedIdentity
 
 DATASET_NAME = "AmesHousing"
+# On v2: the CSV as a uri_file data asset, under a name of its own (a v1 tabular container keeps its name).
+DATASET_NAME_V2 = "AmesHousingCsv"
 MODEL_NAME = "HousePrices"
 COMPUTE_NAME = "cpu-cluster"  # the compute the fake has from the start
 LATEST_FILES = ("latest_predictions/predictions.csv", "latest_predictions/manifest.json")
@@ -25,8 +28,16 @@ class EmulatedAzure:
     Functions app needs to use them. Stop it to end every step process still running."""
 
     def __init__(
-        self, workdir: Path, azurite: AzuriteBlob, step_python: Path, workspace_name: str = "ws-emulated"
+        self,
+        workdir: Path,
+        azurite: AzuriteBlob,
+        step_python: Path,
+        workspace_name: str = "ws-emulated",
+        backend: str = "azureml",
     ) -> None:
+        if backend not in ("azureml", "azureml-v2"):
+            raise ValueError(f"not an Azure ML backend: {backend}")
+        self.backend = backend
         self.workdir = Path(workdir)
         self.azurite = azurite
         self.step_python = Path(step_python)
@@ -52,12 +63,21 @@ class EmulatedAzure:
         self.stop()
 
     # ------------------------------------------------------------------ seeding
-    def register_ames(self, csv_path: Path) -> None:
-        """Register the shipped data (gzip-compressed or not) as the tabular dataset AmesHousing."""
+    @property
+    def dataset_name(self) -> str:
+        return DATASET_NAME_V2 if self.backend == "azureml-v2" else DATASET_NAME
+
+    def register_ames(self, csv_path: Path) -> str:
+        """Register the shipped data (gzip-compressed or not): as the tabular dataset AmesHousing (v1), or as
+        the CSV file of the uri_file data asset AmesHousingCsv (v2). Returns the version."""
         data = Path(csv_path).read_bytes()
         if data[:2] == b"\x1f\x8b":
             data = gzip.decompress(data)
-        self.fake.register_dataset(DATASET_NAME, data)
+        if self.backend == "azureml-v2":
+            plain = self.workdir / "ames_housing.csv"
+            plain.write_bytes(data)
+            return str(self.fake.register_data_v2(DATASET_NAME_V2, plain)["name"])
+        return str(self.fake.register_dataset(DATASET_NAME, data).version)
 
     def register_model_version(self, version_folder: Path) -> int:
         """Register a local model version folder (model.joblib + metadata.json) as the next HousePrices."""
@@ -68,6 +88,20 @@ class EmulatedAzure:
     def environ(self, home: Path) -> dict[str, str]:
         """The app settings (AML_*, PIPELINE_BACKEND), the managed identity's variables, a HOME for the SDK,
         and what makes the SDK's snapshot upload reach the workspace (see fake_aml/blob_capture.py)."""
+        if self.backend == "azureml-v2":
+            return {
+                "PIPELINE_BACKEND": "azureml-v2",
+                "AML_SUBSCRIPTION_ID": self.fake.subscription_id,
+                "AML_RESOURCE_GROUP": self.fake.resource_group,
+                "AML_WORKSPACE_NAME": self.fake.workspace_name,
+                "AML_ARM_BASE": self.fake.base_url,
+                "AML_API_BASE": self.fake.base_url,
+                "AML_COMPUTE_NAME": COMPUTE_NAME,
+                "AML_DATASET_NAME": DATASET_NAME_V2,
+                "AML_MODEL_NAME": MODEL_NAME,
+                "HOME": str(home),
+                **self.identity.environ(),
+            }
         assert self.fake.snapshot_uploads is not None
         return {
             "PIPELINE_BACKEND": "azureml",

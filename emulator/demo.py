@@ -4,10 +4,15 @@ managed-identity endpoint, registers AmesHousing and HousePrices, runs one timer
 the latest predictions and their manifest from the emulated default datastore.
 
     python -m emulator.demo [--out .local/demo-azureml] [--timeout 1800] [--step-python PATH]
-                                 [--model-version N]
+                                 [--model-version N] [--backend azureml|azureml-v2]
 
-Exit 0 for a completed run; 1 for a failed or canceled run (naming the failed step and its error line);
-2 when the emulated Azure could not be set up.
+With `--backend azureml-v2` (or PIPELINE_BACKEND=azureml-v2, as `PIPELINE_BACKEND=azureml-v2 make
+demo-azureml` sets it) the same tick runs on Azure ML v2 over plain REST: the Ames CSV is registered as the v2
+`uri_file` data asset AmesHousingCsv, the tick registers the components and submits a pipeline job, and the steps
+run in a venv of step_scripts/requirements-v2.txt (no azureml).
+
+Exit 0 for a completed run; 1 for a failed or canceled run, or a tick that failed (naming the failed step and its
+error line, or the tick's error); 2 when the emulated Azure could not be set up.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from emulator.azure import DATASET_NAME, MODEL_NAME, EmulatedAzure
+from emulator.azure import MODEL_NAME, EmulatedAzure
 from emulator.azurite import AzuriteUnavailable, start_azurite, stop_azurite
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -94,15 +99,27 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--model-version",
-        help="AML_MODEL_VERSION to publish with (default latest; e.g. 99 shows a failed run)",
+        help="AML_MODEL_VERSION to publish with (default latest; e.g. 99 shows a failed run on v1, a refused "
+        "submit on v2)",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("azureml", "azureml-v2"),
+        default=os.environ.get("PIPELINE_BACKEND")
+        if os.environ.get("PIPELINE_BACKEND") == "azureml-v2"
+        else "azureml",
+        help="SDK v1's services (default) or Azure ML v2 over REST (default when PIPELINE_BACKEND=azureml-v2)",
     )
     args = parser.parse_args(argv)
+    v2 = args.backend == "azureml-v2"
 
     if args.step_python is None:
         from emulator.step_env import step_python
+        from pipeline_def.settings import STEP_SCRIPTS_DIR
 
-        _say("steps' environment: building or reusing the venv of step_scripts/requirements.txt ...")
-        args.step_python = step_python()
+        requirements = STEP_SCRIPTS_DIR / ("requirements-v2.txt" if v2 else "requirements.txt")
+        _say(f"steps' environment: building or reusing the venv of step_scripts/{requirements.name} ...")
+        args.step_python = step_python(requirements)
     _say(f"steps' environment: {args.step_python}")
 
     work = Path(tempfile.mkdtemp(prefix="demo-azureml-"))
@@ -111,12 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     except AzuriteUnavailable as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    azure = EmulatedAzure(work / "workspace", azurite, args.step_python)
+    azure = EmulatedAzure(work / "workspace", azurite, args.step_python, backend=args.backend)
     try:
         azure.start()
         _say(f"emulated workspace: {azure.fake.base_url} (default datastore in Azurite at {azurite.url})")
-        azure.register_ames(REPO_ROOT / "data" / "ames_housing.csv.gz")
-        _say(f"registered dataset {DATASET_NAME} (version 1)")
+        data_version = azure.register_ames(REPO_ROOT / "data" / "ames_housing.csv.gz")
+        kind = "v2 uri_file data asset" if v2 else "tabular dataset"
+        _say(f"registered {kind} {azure.dataset_name} (version {data_version})")
         version = azure.register_model_version(_baseline_model())
         _say(f"registered model {MODEL_NAME} (version {version}: the baseline model of .local/models/)")
         home = work / "home"
@@ -128,8 +146,17 @@ def main(argv: list[str] | None = None) -> int:
         from emulator.functions_host import LoadedApp
 
         app = LoadedApp()
-        _say("timer tick through function_app (publishes with the SDK, then submits over REST) ...")
-        app.tick(past_due=False)
+        if v2:
+            _say(
+                "timer tick through function_app (registers the v2 components, then submits a job; REST) ..."
+            )
+        else:
+            _say("timer tick through function_app (publishes with the SDK, then submits over REST) ...")
+        try:
+            app.tick(past_due=False)
+        except Exception as error:  # the tick's typed error (e.g. a model version that is not registered)
+            print(f"error: the timer tick failed: {getattr(error, 'message', error)}", file=sys.stderr)
+            return 1
         listed = app.list_runs({"limit": "1"})
         (run,) = listed.json["runs"]
         run_id = run["run_id"]
@@ -143,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             # failed step run's own error (run history) says it
             message = body.get("error")
             if not message and failed:
-                message = azure.fake.runs[run_id].step(failed[0]).error_message
+                message = getattr(azure.fake.runs[run_id].step(failed[0]), "error_message", None)
             print(f"error: run {run_id} {body['status']}: {where}: {message}", file=sys.stderr)
             for name in failed:
                 print(f"--- log of {name} ---\n{azure.fake.step_log(run_id, name)[-3000:]}", flush=True)

@@ -18,7 +18,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test that uses the steps' venv, even through another fixture, carries the `step_env` marker, so
     `make test-fast` (`-m "not step_env"`) never builds the venv."""
     for item in items:
-        if "step_env_python" in getattr(item, "fixturenames", ()):
+        if {"step_env_python", "step_env_v2_python"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.step_env)
 
 
@@ -31,6 +31,51 @@ def step_env_python() -> Path:
         return step_python()
     except StepEnvError as error:
         pytest.fail(f"the steps' environment does not build: {error}")
+
+
+@pytest.fixture(scope="session")
+def step_env_v2_python() -> Path:
+    """The interpreter of the v2 steps' venv (step_scripts/requirements-v2.txt: no azureml), built on first
+    use."""
+    from emulator.step_env import StepEnvError, step_python
+    from pipeline_def.settings import STEP_SCRIPTS_DIR
+
+    try:
+        return step_python(STEP_SCRIPTS_DIR / "requirements-v2.txt")
+    except StepEnvError as error:
+        pytest.fail(f"the v2 steps' environment does not build: {error}")
+
+
+@pytest.fixture(scope="module")
+def emulated_azure_v2(
+    azurite: AzuriteBlob,
+    step_env_v2_python: Path,
+    trained_registry: Path,
+    ames_csv: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[EmulatedAzure]:
+    """emulated_azure for the azureml-v2 backend: the Ames CSV as the uri_file data asset AmesHousingCsv
+    (version 1), HousePrices version 1, the steps in the requirements-v2.txt venv, the v2 settings set."""
+    from pipeline_def.service import reset_service
+
+    work = tmp_path_factory.mktemp("emulated-azure-v2")
+    azure = EmulatedAzure(
+        work / "workspace", azurite, step_env_v2_python, workspace_name="ws-e2e-v2", backend="azureml-v2"
+    )
+    with azure, pytest.MonkeyPatch.context() as monkeypatch:
+        azure.register_ames(ames_csv)
+        azure.register_model_version(trained_registry / MODEL_NAME / "1")
+        home = work / "home"
+        home.mkdir()
+        for name, value in azure.environ(home).items():
+            monkeypatch.setenv(name, value)
+        for name in azure.cleared_variables():
+            monkeypatch.delenv(name, raising=False)
+        reset_service()
+        try:
+            yield azure
+        finally:
+            reset_service()
 
 
 @pytest.fixture(scope="module")

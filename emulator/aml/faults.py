@@ -19,6 +19,9 @@ class Fault:
     times: int | None = 1  # None: every matching request until cleared
     body: Any = None
     after_handling: bool = False
+    # The requests that take the fault meet here before they are handled and again before they are answered:
+    # with `parties` concurrent requests, all are handled before any is answered.
+    rendezvous: threading.Barrier | None = None
     hits: int = 0
 
     def matches(self, method: str, path: str) -> bool:

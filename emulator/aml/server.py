@@ -216,9 +216,14 @@ class FakeAzureML(
         times: int | None = 1,
         body: Any = None,
         after_handling: bool = False,
+        rendezvous: threading.Barrier | None = None,
     ) -> Fault:
         """The next `times` requests (None: all) whose method matches and whose path (without the query)
-        matches `path_pattern` (re.search, case-insensitive) get the fault."""
+        matches `path_pattern` (re.search, case-insensitive) get the fault. With a `rendezvous` (a
+        threading.Barrier, given a timeout), the requests that take the fault wait for each other before they
+        are handled and again before they are answered, so concurrent requests (two submits of two instances)
+        are all handled before any is answered, whatever the threads' timing; a broken barrier drops the
+        connection."""
         if status is None and body is not None:
             status = 500
         return self._faults.add(
@@ -232,6 +237,7 @@ class FakeAzureML(
                 times=times,
                 body=body,
                 after_handling=after_handling,
+                rendezvous=rendezvous,
             )
         )
 
@@ -266,13 +272,30 @@ class FakeAzureML(
         if fault is not None and not fault.after_handling and (fault.drop or fault.status is not None):
             self._send_fault(handler, record, fault)
             return
+        if not self._meet(fault, handler, record):
+            return
         response = self._respond(record)
+        if not self._meet(fault, handler, record):
+            return
         if fault is not None and fault.after_handling:
             if fault.status is None:
                 fault.drop = True
             self._send_fault(handler, record, fault)
             return
         self._send(handler, record, response)
+
+    @staticmethod
+    def _meet(fault: Fault | None, handler: BaseHTTPRequestHandler, record: RecordedRequest) -> bool:
+        """Wait at the fault's rendezvous, if it has one; False (the connection dropped) when it broke."""
+        if fault is None or fault.rendezvous is None:
+            return True
+        try:
+            fault.rendezvous.wait()
+        except threading.BrokenBarrierError:
+            handler.close_connection = True
+            record.status = None
+            return False
+        return True
 
     def _send_fault(self, handler: BaseHTTPRequestHandler, record: RecordedRequest, fault: Fault) -> None:
         if fault.drop:

@@ -13,7 +13,12 @@ import threading
 import pytest
 
 from pipeline_def.__main__ import main
-from pipeline_def.azureml.backend import POLL_SECONDS, AzureMLBackend
+from pipeline_def.azureml.backend import (
+    OCCURRENCE_QUERY_TOP,
+    OCCURRENCE_TAG,
+    POLL_SECONDS,
+    AzureMLBackend,
+)
 from pipeline_def.azureml.client import SUBMISSION_TAG
 from pipeline_def.backend import Target
 from pipeline_def.errors import RunNotFound, ServiceError, Throttled
@@ -53,7 +58,7 @@ def current(fake_aml, settings, backend):
 # ----- the steady state
 
 
-def test_a_steady_state_tick_costs_four_calls(service, fake_aml, current):
+def test_a_steady_state_tick_costs_five_calls(service, fake_aml, current):
     endpoint, pipeline = current
     outcome = service.tick(scheduled_for="2026-01-01T01:30:00Z")
     assert outcome.action == "submitted"
@@ -61,15 +66,22 @@ def test_a_steady_state_tick_costs_four_calls(service, fake_aml, current):
     assert [(r.method, r.path.rsplit("/", 2)[-2]) for r in fake_aml.requests] == [
         ("GET", "PipelineEndpoints"),  # .../PipelineEndpoints/Name
         ("GET", "Pipelines"),  # the default version's pipeline
-        ("POST", "house-price-batch-predictions"),  # .../experiments/{name}/runs:query: run history
+        ("POST", "house-price-batch-predictions"),  # .../experiments/{name}/runs:query: the look back
         ("POST", "Id"),  # .../PipelineEndpointSubmit/Id/{endpointId}
+        ("POST", "house-price-batch-predictions"),  # runs:query: the occurrence's earliest runs
     ]
-    submit = fake_aml.requests[-1]
+    submit = fake_aml.requests[3]
     assert submit.path.endswith(f"/PipelineRuns/PipelineEndpointSubmit/Id/{endpoint['Id']}")
     body = submit.json()
     assert body["ExperimentName"] == "house-price-batch-predictions"
     assert body["tags"]["trigger"] == "timer"
     assert body["tags"]["scheduled_for"] == "2026-01-01T01:30:00Z"
+    assert body["tags"][OCCURRENCE_TAG] == "house-price-batch-predictions@2026-01-01T01:30:00Z"
+    check = fake_aml.requests[-1].json()
+    assert check["top"] == OCCURRENCE_QUERY_TOP and check["orderby"] == "CreatedUtc asc"
+    assert '(Tags/batchpred_occurrence eq "house-price-batch-predictions@2026-01-01T01:30:00Z")' in (
+        check["filter"]
+    )
     run = fake_aml.runs[outcome.run.run_id]
     assert run.pipeline_id == pipeline["Id"]
 
@@ -129,8 +141,13 @@ def test_a_tick_after_a_republish_skips_while_the_superseded_pipeline_still_runs
 
     fake_aml.set_run_status(submitted.run.run_id, "Finished")
     fake_aml.clear_requests()
-    assert service.tick().action == "submitted"
-    assert len(fake_aml.requests) == 4
+    third = service.tick()
+    assert third.action == "submitted"
+    assert len(fake_aml.requests) == 4  # a tick for no occurrence (no scheduled_for) has nothing to check
+    fake_aml.set_run_status(third.run.run_id, "Finished")
+    fake_aml.clear_requests()
+    assert service.tick(scheduled_for="2026-01-01T13:30:00Z").action == "submitted"
+    assert len(fake_aml.requests) == 5
 
 
 @pytest.mark.parametrize("ended", ["Finished", "Failed", "Canceled"])
@@ -149,11 +166,12 @@ def test_a_tick_with_overlap_allowed_does_not_look_for_active_runs(aml_env, monk
     fake_aml.add_endpoint(settings.endpoint_name, pipeline["Id"])
     fake_aml.add_run(pipeline["Id"], experiment=settings.experiment_name, status="Running")
     fake_aml.clear_requests()
-    assert Service(settings, backend).tick().action == "submitted"
+    assert Service(settings, backend).tick(scheduled_for="2026-01-01T01:30:00Z").action == "submitted"
     # the look back asks for the previous scheduled run only: no status in its filter, one run at most
-    (query,) = fake_aml.calls("POST", "runs:query")
-    assert "Status" not in query.json()["filter"] and query.json()["top"] == 1
-    assert len(fake_aml.requests) == 4
+    look_back, occurrence_check = fake_aml.calls("POST", "runs:query")
+    assert "Status" not in look_back.json()["filter"] and look_back.json()["top"] == 1
+    assert OCCURRENCE_TAG in occurrence_check.json()["filter"]
+    assert len(fake_aml.requests) == 5
 
 
 def test_a_throttled_submit_reaches_the_caller_as_throttled(aml_env, monkeypatch, fake_aml, current):

@@ -153,7 +153,7 @@ def _expected_occurrences(schedule: str = "0 30 1,13 * * *") -> set[str]:
     return {scheduled_for(schedule)}
 
 
-def test_steady_state_tick_submits_once_with_timer_tags_in_at_most_four_calls(loaded, aml, caplog):
+def test_steady_state_tick_submits_once_with_timer_tags_in_at_most_five_calls(loaded, aml, caplog):
     before = _expected_occurrences()
     with caplog.at_level(logging.INFO):
         loaded.tick()
@@ -164,7 +164,9 @@ def test_steady_state_tick_submits_once_with_timer_tags_in_at_most_four_calls(lo
     assert run.tags["past_due"] == "false"
     assert run.tags["scheduled_for"] in before | after
     assert run.parameters == {"sample_size": "10", "model_version": "latest"}
-    assert len(aml.fake.requests) <= 4, [f"{r.method} {r.path}" for r in aml.fake.requests]
+    assert run.tags["batchpred_occurrence"] == f"{aml.settings.endpoint_name}@{run.tags['scheduled_for']}"
+    # endpoint, default pipeline, the look back, the submit, the occurrence check
+    assert len(aml.fake.requests) <= 5, [f"{r.method} {r.path}" for r in aml.fake.requests]
     assert not aml.fake.calls("POST", "Pipelines/Create") and not aml.fake.calls("PUT")
     assert any(run.run_id in r.getMessage() and "submitted" in r.getMessage() for r in caplog.records)
 
@@ -264,7 +266,7 @@ def test_tick_publishes_when_the_fingerprint_changed_and_not_on_the_next_tick(lo
     aml.fake.clear_requests()
     loaded.tick()
     assert not aml.fake.calls("POST", "Pipelines/Create")
-    assert len(aml.fake.runs) == 2 and len(aml.fake.requests) <= 4
+    assert len(aml.fake.runs) == 2 and len(aml.fake.requests) <= 5
 
 
 # --- ticks with the local backend ----------------------------------------------------------------------

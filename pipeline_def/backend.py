@@ -89,7 +89,9 @@ class Backend(Protocol):
         """Start a run of `target` and return it as soon as it is accepted."""
         ...
 
-    def submit_for_occurrence(self, target: Target, tags: dict[str, str], scheduled_for: str) -> OccurrenceRun:
+    def submit_for_occurrence(
+        self, target: Target, tags: dict[str, str], scheduled_for: str
+    ) -> OccurrenceRun:
         """Start the run of `target` for the timer's occurrence `scheduled_for` (default parameters): ticks of
         one occurrence fired at once (two instances, two apps on one workspace) leave one run going, and
         each reports that run."""

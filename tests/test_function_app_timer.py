@@ -11,11 +11,12 @@ from types import SimpleNamespace
 import pytest
 
 from emulator.functions_host import LoadedApp, end_local_runs
-from pipeline_def.app.timer import scheduled_for, timer_schedule
+from pipeline_def.app.timer import run_tick, scheduled_for, timer_schedule
+from pipeline_def.azureml.backend import AzureMLBackend
 from pipeline_def.cron import parse_schedule
 from pipeline_def.errors import AzureMLError, ConfigError, Forbidden, ServiceError, Throttled, Unauthorized
 from pipeline_def.fingerprint import compute_fingerprint
-from pipeline_def.service import reset_service
+from pipeline_def.service import Service, reset_service
 from pipeline_def.settings import load_settings
 from tests.fixtures_fakes import publish_in_fake
 
@@ -199,6 +200,27 @@ def test_tick_with_overlap_allow_submits_while_a_run_is_active(loaded, aml, monk
     assert len(aml.fake.calls("POST", "Submit")) == 1
 
 
+def test_a_tick_whose_occurrence_another_instance_started_joins_it_and_says_so(aml, monkeypatch, caplog):
+    monkeypatch.setenv("PIPELINE_OVERLAP", "allow")
+    reset_service()
+    clock = _at("2026-03-10T13:30:00.250+00:00")
+    other_instance = Service(load_settings(), AzureMLBackend(load_settings()))
+    started = other_instance.tick(scheduled_for=scheduled_for(aml.settings.schedule, clock)).run
+
+    with caplog.at_level(logging.INFO):
+        outcome = run_tick(clock=clock)
+
+    assert (outcome.action, outcome.run.run_id) == ("joined", started.run_id)
+    duplicate = outcome.canceled_duplicate.run_id
+    assert aml.fake.runs[duplicate].cancel_requested and not aml.fake.runs[started.run_id].cancel_requested
+    (line,) = [r for r in caplog.records if "joined" in r.getMessage()]
+    assert line.levelno == logging.WARNING
+    assert line.getMessage() == (
+        f"tick for 2026-03-10T13:30:00Z joined run {started.run_id} started by another instance; "
+        f"canceled duplicate {duplicate}"
+    )
+
+
 def test_past_due_tick_runs_once_and_says_so(loaded, aml, caplog):
     with caplog.at_level(logging.INFO):
         loaded.tick(past_due=True)
@@ -264,7 +286,10 @@ def test_tick_publishes_when_the_fingerprint_changed_and_not_on_the_next_tick(lo
 
     aml.fake.set_run_status(run.run_id, "Finished")
     aml.fake.clear_requests()
-    loaded.tick()
+    # the next tick is for the next occurrence (twelve hours on): a tick of the same occurrence would join
+    # the run above (one run per occurrence)
+    outcome = run_tick(clock=_at((datetime.now(UTC) + timedelta(hours=12)).isoformat()))
+    assert outcome.action == "submitted"
     assert not aml.fake.calls("POST", "Pipelines/Create")
     assert len(aml.fake.runs) == 2 and len(aml.fake.requests) <= 5
 

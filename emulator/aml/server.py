@@ -217,13 +217,15 @@ class FakeAzureML(
         body: Any = None,
         after_handling: bool = False,
         rendezvous: threading.Barrier | None = None,
+        body_contains: str | None = None,
     ) -> Fault:
         """The next `times` requests (None: all) whose method matches and whose path (without the query)
         matches `path_pattern` (re.search, case-insensitive) get the fault. With a `rendezvous` (a
         threading.Barrier, given a timeout), the requests that take the fault wait for each other before they
         are handled and again before they are answered, so concurrent requests (two submits of two instances)
         are all handled before any is answered, whatever the threads' timing; a broken barrier drops the
-        connection."""
+        connection. With `body_contains`, only requests whose body holds that text take it (one run query
+        among several on the same path)."""
         if status is None and body is not None:
             status = 500
         return self._faults.add(
@@ -238,6 +240,7 @@ class FakeAzureML(
                 body=body,
                 after_handling=after_handling,
                 rendezvous=rendezvous,
+                body_contains=body_contains,
             )
         )
 
@@ -263,7 +266,7 @@ class FakeAzureML(
         )
         with self.lock:
             self.requests.append(record)
-        fault = self._faults.take(method, record.path)
+        fault = self._faults.take(method, record.path, body)
         record.fault = fault
         # a delay waits on an event, not time.sleep: stop() wakes it so no test hangs at shutdown
         if fault is not None and fault.delay and self._stopping.wait(fault.delay):

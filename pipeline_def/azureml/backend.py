@@ -154,7 +154,9 @@ class AzureMLBackend:
         )
         return self._run_info(entity)
 
-    def submit_for_occurrence(self, target: Target, tags: dict[str, str], scheduled_for: str) -> OccurrenceRun:
+    def submit_for_occurrence(
+        self, target: Target, tags: dict[str, str], scheduled_for: str
+    ) -> OccurrenceRun:
         """Submit with the occurrence's tag, then keep this run only if it is the earliest of the occurrence's
         runs not canceled; otherwise cancel it, retag it as a duplicate, and report the earlier run (the
         module docstring gives the design and its limits)."""

@@ -96,7 +96,9 @@ class LocalBackend:
         write_pid(run_dir, process.pid)
         return self._info(run_dir, record)
 
-    def submit_for_occurrence(self, target: Target, tags: dict[str, str], scheduled_for: str) -> OccurrenceRun:
+    def submit_for_occurrence(
+        self, target: Target, tags: dict[str, str], scheduled_for: str
+    ) -> OccurrenceRun:
         """A plain submit: local runs belong to one machine's process, with no second instance to race."""
         return OccurrenceRun(self.submit(target, {}, tags))
 

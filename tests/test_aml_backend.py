@@ -402,7 +402,12 @@ def test_the_run_that_stays_is_the_earliest_not_canceled_then_the_smallest_run_i
     assert _occurrence_run(own, [_history_run("c", earlier)]).run_id == "c"
     assert _occurrence_run(own, [_history_run("c", "2026-01-01T13:30:03+00:00")]) is own
     # an unreadable creation time sorts last
-    assert _occurrence_run(own, [_history_run("c", None), _history_run("d", "soon")]) is own
+    unreadable = [
+        _history_run("c", None),
+        _history_run("d", "soon"),
+        _history_run("e", "2026-13-01T00:00:00Z"),
+    ]
+    assert _occurrence_run(own, unreadable) is own
 
 
 # ----- status, steps, listing, cancel

@@ -408,13 +408,17 @@ def _occurrence_run(own: RunInfo, seen: list[RunInfo]) -> RunInfo:
 def _instant(text: str | None) -> datetime:
     """An Azure ML timestamp (ISO 8601, any number of fraction digits, `Z` or an offset; UTC when it has
     neither) as an aware datetime; an absent or unreadable one sorts last."""
+    last = datetime.max.replace(tzinfo=UTC)
     found = _INSTANT.fullmatch(text.strip()) if text else None
     if found is None:
-        return datetime.max.replace(tzinfo=UTC)
+        return last
     whole, fraction, zone = found.groups()
     micro = (fraction or "")[:6].ljust(6, "0")
     offset = "+00:00" if zone in (None, "Z") else zone
-    return datetime.fromisoformat(f"{whole}.{micro}{offset}").astimezone(UTC)
+    try:
+        return datetime.fromisoformat(f"{whole}.{micro}{offset}").astimezone(UTC)
+    except (ValueError, OverflowError):  # e.g. month 13
+        return last
 
 
 def _target(state: publisher.EndpointState) -> Target:

@@ -199,6 +199,8 @@ def test_two_ticks_of_one_occurrence_on_two_instances_start_one_job(v2) -> None:
     again = service(PIPELINE_OVERLAP="allow").tick(scheduled_for=OCCURRENCE)
 
     assert len(outcomes) == 2
+    assert sorted(o.action for o in [*outcomes, again]) == ["joined", "joined", "submitted"]
+    assert all(o.canceled_duplicate is None for o in [*outcomes, again])  # nothing to cancel on v2
     run_ids = {o.run.run_id for o in [*outcomes, again]}
     assert run_ids == {f"{ENDPOINT}-timer-20261201t013000z"}
     assert [r for r in v2.fake.runs] == [f"{ENDPOINT}-timer-20261201t013000z"]

@@ -17,7 +17,7 @@ from typing import Any
 from pipeline_def.azureml.odata import ACTIVE_HISTORY_STATUSES, runs_filter
 from pipeline_def.azureml_v2 import components, publisher
 from pipeline_def.azureml_v2.client import AzureMLV2Client, is_already_exists
-from pipeline_def.backend import LookBack, Progress, Published, Target
+from pipeline_def.backend import LookBack, OccurrenceRun, Progress, Published, Target
 from pipeline_def.errors import (
     AzureMLError,
     InvalidRequest,
@@ -103,8 +103,21 @@ class AzureMLV2Backend:
         return name
 
     def submit(self, target: Target, parameters: dict[str, str], tags: dict[str, str]) -> RunInfo:
-        """Resolve the data and model versions, then PUT the job. A retry of the PUT, or another instance's PUT
-        of the same name, finds the job there (Azure ML answers "already exists"): that job is the answer."""
+        """Resolve the data and model versions, then PUT the job under the name job_name gives."""
+        return self._put(target, parameters, tags)[0]
+
+    def submit_for_occurrence(
+        self, target: Target, tags: dict[str, str], scheduled_for: str
+    ) -> OccurrenceRun:
+        """The occurrence's one job: every tick of `scheduled_for` (not past due) PUTs the same job name, so
+        Azure ML starts one job and each tick gets it; `joined` when the job was there already."""
+        run, created = self._put(target, {}, {**tags, "scheduled_for": scheduled_for})
+        return OccurrenceRun(run, joined=not created)
+
+    def _put(self, target: Target, parameters: dict[str, str], tags: dict[str, str]) -> tuple[RunInfo, bool]:
+        """Submit, and say whether this call created the job. A retry of the PUT, or another instance's PUT
+        of the same name, finds the job there (identical: 200; otherwise "already exists"): that job is the
+        answer."""
         version = _pipeline_version(target)
         name = self.job_name(tags)
         model_name, model_version, model_id = self._resolve_model(parameters.get("model_version"))
@@ -129,13 +142,13 @@ class AzureMLV2Backend:
         )
         budget = self.client.budget()
         try:
-            job = self.client.put_job(name, body, budget)
+            job, created = self.client.put_job(name, body, budget)
         except AzureMLError as error:
             if not is_already_exists(error):
                 raise
             log.info("job %s exists already (a retry, or another tick of the same occurrence)", name)
-            job = self.client.get_job(name, budget)
-        return self._job_info(job)
+            job, created = self.client.get_job(name, budget), False
+        return self._job_info(job), created
 
     def _resolve_model(self, wanted: str | None) -> tuple[str, str, str]:
         """(name, version, ARM id) of the model a run uses: `latest` is the most recently created version;

@@ -164,19 +164,25 @@ class AzureMLV2Client:
 
     # ----- jobs
 
-    def put_job(self, name: str, body: dict[str, Any], budget: CallBudget | None = None) -> dict[str, Any]:
+    def put_job(
+        self, name: str, body: dict[str, Any], budget: CallBudget | None = None
+    ) -> tuple[dict[str, Any], bool]:
         """Create the pipeline job `name` with the caller's Azure ML token in `x-azureml-token`, as azure-ai-ml
-        does. The name is the idempotency key: an identical retry answers the job."""
+        does; returns the job and whether this PUT created it (201) rather than found it (200: an identical
+        PUT of the same name, ours retried or another instance's). The name is the idempotency key."""
         budget = budget or self.budget()
         token = self._ml_tokens.token(budget.deadline if budget.strict else None)
-        return self._arm(
+        what = f"the submission of job {name}"
+        response = self._send(
             "PUT",
-            f"/jobs/{_seg(name)}",
-            body=body,
+            f"{self.workspace_url}/jobs/{_seg(name)}",
+            params={"api-version": API_VERSION},
+            json_body=body,
             headers={"x-azureml-token": token},
-            what=f"the submission of job {name}",
+            what=what,
             budget=budget,
         )
+        return _json(response, what), response.status_code == 201
 
     def get_job(self, name: str, budget: CallBudget | None = None) -> dict[str, Any]:
         return self._arm("GET", f"/jobs/{_seg(name)}", what=f"job {name}", budget=budget)

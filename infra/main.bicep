@@ -37,6 +37,13 @@ param amlComputeName string
 @description('Data-plane base URL override, e.g. for a workspace behind a private endpoint (AML_API_BASE); empty: derived from the region.')
 param amlApiBase string = ''
 
+@allowed(['azureml', 'azureml-v2'])
+@description('How the app drives the workspace (PIPELINE_BACKEND): azureml (SDK v1 published pipeline and endpoint) or azureml-v2 (v2 components and pipeline jobs over REST; docs/migrate-to-v2.md).')
+param pipelineBackend string = 'azureml'
+
+@description('Azure Resource Manager base URL of the azureml-v2 backend (AML_ARM_BASE); empty: https://management.azure.com.')
+param amlArmBase string = ''
+
 @description('Registered tabular dataset that fetch_data samples (AML_DATASET_NAME).')
 param amlDatasetName string = 'AmesHousing'
 
@@ -109,10 +116,11 @@ var tags = {
   'azd-env-name': environmentName
 }
 
-// Every setting the app reads on the azureml backend, by the name pipeline_def/settings.py reads it.
+// Every setting the app reads on the azureml and azureml-v2 backends, by the name pipeline_def/settings.py reads it.
 // The timeouts and retry budget are left to the code's defaults.
 var pipelineSettings = {
-  PIPELINE_BACKEND: 'azureml'
+  PIPELINE_BACKEND: pipelineBackend
+  AML_ARM_BASE: amlArmBase
   AML_SUBSCRIPTION_ID: amlSubscriptionId
   AML_RESOURCE_GROUP: amlResourceGroup
   AML_WORKSPACE_NAME: amlWorkspaceName
@@ -186,7 +194,8 @@ output AZURE_LOCATION string = location
 output AZURE_RESOURCE_GROUP string = rg.name
 output AZURE_FUNCTION_APP_NAME string = app.outputs.appName
 output AZURE_FUNCTION_APP_URL string = app.outputs.url
-output PIPELINE_BACKEND string = 'azureml'
+output PIPELINE_BACKEND string = pipelineBackend
+output AML_ARM_BASE string = amlArmBase
 output AML_SUBSCRIPTION_ID string = amlSubscriptionId
 output AML_RESOURCE_GROUP string = amlResourceGroup
 output AML_WORKSPACE_NAME string = amlWorkspaceName

@@ -210,6 +210,26 @@ def test_every_pipeline_setting_infra_sets_is_one_the_code_reads():
     assert not unknown, f"infra/ sets settings pipeline_def/settings.py never reads: {unknown}"
 
 
+def test_the_backend_is_a_parameter_allowing_exactly_the_azure_ml_backends():
+    param = bicep("main.bicep")["parameters"]["pipelineBackend"]
+    assert param["default"] == "azureml"
+    allowed = next(d for d in param["decorators"] if d["type"] == "allowed")["argument"]
+    assert sorted(allowed) == sorted(settings_module.AZUREML_BACKENDS)
+    for backend in settings_module.AZUREML_BACKENDS:
+        from_infra = infra_pipeline_settings({"pipelineBackend": backend})
+        assert from_infra["PIPELINE_BACKEND"] == backend
+        required = {key: from_infra[key] for key in REQUIRED_FOR_AZUREML}
+        assert load_settings(from_infra) == load_settings({"PIPELINE_BACKEND": backend, **required})
+    v2 = load_settings(
+        infra_pipeline_settings({"pipelineBackend": "azureml-v2", "amlArmBase": "https://arm.example"})
+    )
+    assert (v2.backend, v2.arm_base, v2.arm_scope) == (
+        "azureml-v2",
+        "https://arm.example",
+        "https://arm.example/.default",
+    )
+
+
 def test_infra_defaults_are_the_code_defaults_and_load_cleanly():
     from_infra = infra_pipeline_settings()
     required_only = {"PIPELINE_BACKEND": "azureml", **{key: from_infra[key] for key in REQUIRED_FOR_AZUREML}}

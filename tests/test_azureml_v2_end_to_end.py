@@ -132,6 +132,7 @@ def test_a_changed_step_script_reregisters_and_the_next_job_runs_the_new_code(em
     # HTTP never registers: a run now runs the registered (stale) pipeline
     started = service.start_run({"sample_size": 1})
     assert (started.version, started.current) == (before, False)
+    azure.fake.wait_for_run(started.run.run_id, RUN_TIMEOUT)  # so the overlap policy lets the tick submit
     outcome = service.tick(scheduled_for=None)
 
     assert outcome.publish.published is True and outcome.publish.target.version != before
@@ -139,7 +140,6 @@ def test_a_changed_step_script_reregisters_and_the_next_job_runs_the_new_code(em
     body = _wait(azure, app, outcome.run.run_id)
     assert body["status"] == "completed", (body, _logs(azure, outcome.run.run_id))
     assert marker in azure.fake.step_log(outcome.run.run_id, "fetch_data")
-    azure.fake.wait_for_run(started.run.run_id, RUN_TIMEOUT)
     assert marker not in azure.fake.step_log(started.run.run_id, "fetch_data")
 
 

@@ -364,9 +364,12 @@ class V2ExecutionService:
         shims = node_dir / "bin"  # `python` is the steps' interpreter whatever its file is called
         shims.mkdir(parents=True, exist_ok=True)
         for alias in ("python", "python3"):
-            link = shims / alias
-            if not link.exists():
-                link.symlink_to(python)
+            # a script, not a symlink: a venv's interpreter finds its pyvenv.cfg (and so its packages) only
+            # when started by its own path
+            shim = shims / alias
+            if not shim.exists():
+                shim.write_text(f'#!/bin/sh\nexec {shlex.quote(str(python))} "$@"\n')
+                shim.chmod(0o755)
         environment = {
             "PATH": f"{shims}:{python.parent}:/usr/local/bin:/usr/bin:/bin",
             "HOME": str(home),

@@ -379,3 +379,43 @@ def test_the_app_builds_and_ticks_on_v2_without_loading_azureml_or_azure_ai_ml(v
     loaded = {m for m in found["modules"] if m.split(".")[0] == "azureml" or m.startswith("azure.ai.ml")}
     assert loaded == set()
     assert len(v2.fake.runs) == 1  # the tick registered the pipeline and submitted a job
+
+
+def test_the_v2_fingerprint_covers_requirements_v2_not_v1s_and_the_command_line_prints_it(tmp_path) -> None:
+    import shutil
+
+    from pipeline_def.azureml_v2.publisher import v2_fingerprint
+    from pipeline_def.fingerprint import compute_fingerprint
+    from pipeline_def.settings import STEP_SCRIPTS_DIR, load_settings
+
+    environ = {
+        "PIPELINE_BACKEND": "azureml-v2",
+        "AML_SUBSCRIPTION_ID": "00000000-0000-0000-0000-000000000001",
+        "AML_RESOURCE_GROUP": "rg",
+        "AML_WORKSPACE_NAME": "ws",
+        "AML_REGION": "westeurope",
+        "AML_COMPUTE_NAME": "cpu-cluster",
+    }
+    settings = load_settings(environ)
+    folder = tmp_path / "step_scripts"
+    shutil.copytree(STEP_SCRIPTS_DIR, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    v1, v2 = compute_fingerprint(settings, folder), v2_fingerprint(settings, folder)
+    assert v1 != v2
+    with open(folder / "requirements.txt", "a") as handle:
+        handle.write("# a v1 change\n")
+    v1_changed = compute_fingerprint(settings, folder)
+    assert v1_changed != v1 and v2_fingerprint(settings, folder) == v2
+    with open(folder / "requirements-v2.txt", "a") as handle:
+        handle.write("# a v2 change\n")
+    assert v2_fingerprint(settings, folder) != v2 and compute_fingerprint(settings, folder) == v1_changed
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AML_", "PIPELINE_"))}
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline_def", "fingerprint"],
+        cwd=ROOT,
+        env={**env, **environ},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.stdout.strip() == v2_fingerprint(settings), done.stderr

@@ -3,7 +3,8 @@
 1. Wall time of a fresh `python -c "import function_app"` next to a fresh `python -c "import azureml.core"`,
    interleaved, several times each: medians and their ratio (goal: the app costs at most a third).
 2. One steady-state timer tick (published and current, no run active) through the real timer function
-   against the fake Azure ML service started here: wall time and Azure ML HTTP calls (goal: at most 4).
+   against the fake Azure ML service started here: wall time and Azure ML HTTP calls (goal: at most 5, the
+   fifth being the check that keeps one run per scheduled occurrence).
 
 Run from the project root: `.venv/bin/python bench/cold_start.py [--repeat 7] [--json]`.
 """
@@ -24,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 IMPORT_GOAL_RATIO = 1 / 3
-TICK_GOAL_CALLS = 4
+TICK_GOAL_CALLS = 5
 SUBSCRIPTION = "00000000-0000-0000-0000-000000000001"
 
 
@@ -105,8 +106,11 @@ def measure_tick() -> dict:
         tick(TimerRequest(past_due=False))
         first_s = time.perf_counter() - started
         first_calls = len(aml.requests)
-        for run_id in list(aml.runs):
-            aml.set_run_status(run_id, "Finished")
+        # The first tick's run ended, and stands for the previous occurrence: a second tick of the same
+        # occurrence would join it (one run per occurrence), which is not the steady state.
+        for run in list(aml.runs.values()):
+            aml.set_run_status(run.run_id, "Finished")
+            run.tags["batchpred_occurrence"] = f"{settings.endpoint_name}@the previous occurrence"
 
         aml.clear_requests()
         identity_before = len(identity.requests)

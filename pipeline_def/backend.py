@@ -46,15 +46,28 @@ class LookBack:
 
 
 @dataclass(frozen=True)
+class OccurrenceRun:
+    """What a submit for a scheduled occurrence left going: `run`, the occurrence's one run. `joined` when
+    another tick of the same occurrence (another instance, another app on the workspace) had started it;
+    then `canceled` is the run this submit started and canceled as its duplicate, if it started one."""
+
+    run: RunInfo
+    joined: bool = False
+    canceled: RunInfo | None = None
+
+
+@dataclass(frozen=True)
 class TickOutcome:
-    """What one timer tick did: `submitted` (with the run) or `skipped` (with the run still active), and
-    the scheduled run before this tick's (`previous_scheduled`), if there was one."""
+    """What one timer tick did: `submitted` (with the run), `joined` (with `run`, the occurrence's run that
+    another tick started, and `canceled_duplicate`, this tick's own run, canceled) or `skipped` (with the run
+    still active), and the scheduled run before this tick's (`previous_scheduled`), if there was one."""
 
     action: str
     publish: Published
     run: RunInfo | None = None
     active_run: RunInfo | None = None
     previous_scheduled: RunInfo | None = None
+    canceled_duplicate: RunInfo | None = None
 
 
 class Backend(Protocol):
@@ -74,6 +87,14 @@ class Backend(Protocol):
 
     def submit(self, target: Target, parameters: dict[str, str], tags: dict[str, str]) -> RunInfo:
         """Start a run of `target` and return it as soon as it is accepted."""
+        ...
+
+    def submit_for_occurrence(
+        self, target: Target, tags: dict[str, str], scheduled_for: str
+    ) -> OccurrenceRun:
+        """Start the run of `target` for the timer's occurrence `scheduled_for` (default parameters): ticks of
+        one occurrence fired at once (two instances, two apps on one workspace) leave one run going, and
+        each reports that run."""
         ...
 
     def run(
@@ -99,4 +120,4 @@ class Backend(Protocol):
         ...
 
 
-__all__ = ["Backend", "LookBack", "Progress", "Published", "Target", "TickOutcome"]
+__all__ = ["Backend", "LookBack", "OccurrenceRun", "Progress", "Published", "Target", "TickOutcome"]

@@ -67,8 +67,10 @@ class Service:
         on_previous: Callable[[RunInfo | None], None] | None = None,
     ) -> TickOutcome:
         """One timer tick: publish if needed, look back (the run still going, the previous scheduled run),
-        apply the overlap policy, submit. `on_previous` hears of the previous scheduled run as soon as it
-        is known, so it is reported even when the submit then fails."""
+        apply the overlap policy, submit. A tick for an occurrence (`scheduled_for`) leaves one run going for
+        it even when another instance ticks for it at the same time: it may join that instance's run
+        (`joined`). `on_previous` hears of the previous scheduled run as soon as it is known, so it is
+        reported even when the submit then fails."""
         publish = self.backend.ensure_published()
         look = self.backend.look_back(publish.target, need_active=self.settings.overlap == "skip")
         if on_previous is not None:
@@ -81,11 +83,19 @@ class Service:
                 previous_scheduled=look.previous_scheduled,
             )
         tags = {"trigger": "timer", "past_due": "true" if past_due else "false"}
-        if scheduled_for:
-            tags["scheduled_for"] = scheduled_for
-        run = self.backend.submit(publish.target, {}, tags)
+        if not scheduled_for:
+            run = self.backend.submit(publish.target, {}, tags)
+            return TickOutcome(
+                action="submitted", publish=publish, run=run, previous_scheduled=look.previous_scheduled
+            )
+        tags["scheduled_for"] = scheduled_for
+        placed = self.backend.submit_for_occurrence(publish.target, tags, scheduled_for)
         return TickOutcome(
-            action="submitted", publish=publish, run=run, previous_scheduled=look.previous_scheduled
+            action="joined" if placed.joined else "submitted",
+            publish=publish,
+            run=placed.run,
+            previous_scheduled=look.previous_scheduled,
+            canceled_duplicate=placed.canceled,
         )
 
     def start_run(

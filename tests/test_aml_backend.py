@@ -5,6 +5,7 @@ listing, cancel, no hidden state between calls, and the command line (publish, r
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -13,12 +14,20 @@ import threading
 import pytest
 
 from pipeline_def.__main__ import main
-from pipeline_def.azureml.backend import POLL_SECONDS, AzureMLBackend
+from pipeline_def.azureml.backend import (
+    DUPLICATE_OF_TAG,
+    DUPLICATE_TRIGGER,
+    OCCURRENCE_QUERY_TOP,
+    OCCURRENCE_TAG,
+    POLL_SECONDS,
+    AzureMLBackend,
+    _occurrence_run,
+)
 from pipeline_def.azureml.client import SUBMISSION_TAG
 from pipeline_def.backend import Target
-from pipeline_def.errors import RunNotFound, ServiceError, Throttled
+from pipeline_def.errors import Forbidden, RunNotFound, ServiceError, Throttled
 from pipeline_def.fingerprint import compute_fingerprint
-from pipeline_def.runs import STATUSES, normalize_status
+from pipeline_def.runs import STATUSES, RunInfo, normalize_status
 from pipeline_def.service import Service
 from pipeline_def.settings import PROJECT_ROOT, load_settings
 from pipeline_def.steps import STEPS
@@ -53,7 +62,7 @@ def current(fake_aml, settings, backend):
 # ----- the steady state
 
 
-def test_a_steady_state_tick_costs_four_calls(service, fake_aml, current):
+def test_a_steady_state_tick_costs_five_calls(service, fake_aml, current):
     endpoint, pipeline = current
     outcome = service.tick(scheduled_for="2026-01-01T01:30:00Z")
     assert outcome.action == "submitted"
@@ -61,15 +70,23 @@ def test_a_steady_state_tick_costs_four_calls(service, fake_aml, current):
     assert [(r.method, r.path.rsplit("/", 2)[-2]) for r in fake_aml.requests] == [
         ("GET", "PipelineEndpoints"),  # .../PipelineEndpoints/Name
         ("GET", "Pipelines"),  # the default version's pipeline
-        ("POST", "house-price-batch-predictions"),  # .../experiments/{name}/runs:query: run history
+        ("POST", "house-price-batch-predictions"),  # .../experiments/{name}/runs:query: the look back
         ("POST", "Id"),  # .../PipelineEndpointSubmit/Id/{endpointId}
+        ("POST", "house-price-batch-predictions"),  # runs:query: the occurrence's earliest runs
     ]
-    submit = fake_aml.requests[-1]
+    submit = fake_aml.requests[3]
     assert submit.path.endswith(f"/PipelineRuns/PipelineEndpointSubmit/Id/{endpoint['Id']}")
     body = submit.json()
     assert body["ExperimentName"] == "house-price-batch-predictions"
     assert body["tags"]["trigger"] == "timer"
     assert body["tags"]["scheduled_for"] == "2026-01-01T01:30:00Z"
+    assert body["tags"][OCCURRENCE_TAG] == "house-price-batch-predictions@2026-01-01T01:30:00Z"
+    check = fake_aml.requests[-1].json()
+    assert check["top"] == OCCURRENCE_QUERY_TOP and check["orderby"] == "CreatedUtc asc"
+    assert (
+        '(Tags/batchpred_occurrence eq "house-price-batch-predictions@2026-01-01T01:30:00Z")'
+        in (check["filter"])
+    )
     run = fake_aml.runs[outcome.run.run_id]
     assert run.pipeline_id == pipeline["Id"]
 
@@ -129,8 +146,13 @@ def test_a_tick_after_a_republish_skips_while_the_superseded_pipeline_still_runs
 
     fake_aml.set_run_status(submitted.run.run_id, "Finished")
     fake_aml.clear_requests()
-    assert service.tick().action == "submitted"
-    assert len(fake_aml.requests) == 4
+    third = service.tick()
+    assert third.action == "submitted"
+    assert len(fake_aml.requests) == 4  # a tick for no occurrence (no scheduled_for) has nothing to check
+    fake_aml.set_run_status(third.run.run_id, "Finished")
+    fake_aml.clear_requests()
+    assert service.tick(scheduled_for="2026-01-01T13:30:00Z").action == "submitted"
+    assert len(fake_aml.requests) == 5
 
 
 @pytest.mark.parametrize("ended", ["Finished", "Failed", "Canceled"])
@@ -149,11 +171,12 @@ def test_a_tick_with_overlap_allowed_does_not_look_for_active_runs(aml_env, monk
     fake_aml.add_endpoint(settings.endpoint_name, pipeline["Id"])
     fake_aml.add_run(pipeline["Id"], experiment=settings.experiment_name, status="Running")
     fake_aml.clear_requests()
-    assert Service(settings, backend).tick().action == "submitted"
+    assert Service(settings, backend).tick(scheduled_for="2026-01-01T01:30:00Z").action == "submitted"
     # the look back asks for the previous scheduled run only: no status in its filter, one run at most
-    (query,) = fake_aml.calls("POST", "runs:query")
-    assert "Status" not in query.json()["filter"] and query.json()["top"] == 1
-    assert len(fake_aml.requests) == 4
+    look_back, occurrence_check = fake_aml.calls("POST", "runs:query")
+    assert "Status" not in look_back.json()["filter"] and look_back.json()["top"] == 1
+    assert OCCURRENCE_TAG in occurrence_check.json()["filter"]
+    assert len(fake_aml.requests) == 5
 
 
 def test_a_throttled_submit_reaches_the_caller_as_throttled(aml_env, monkeypatch, fake_aml, current):
@@ -165,6 +188,226 @@ def test_a_throttled_submit_reaches_the_caller_as_throttled(aml_env, monkeypatch
         service.start_run({})
     assert caught.value.retry_after == 60
     assert fake_aml.runs == {}
+
+
+# ----- one run per scheduled occurrence: ticks of one occurrence on two instances at once
+
+OCCURRENCE = "2026-01-01T13:30:00Z"
+
+
+def _instances(fake_aml, overlap: str, monkeypatch, count: int = 2) -> list[Service]:
+    """`count` app instances on one workspace: each its own Service, backend and client, as two Functions
+    hosts (or a staging and a production app) would have; the endpoint is published and current."""
+    monkeypatch.setenv("PIPELINE_OVERLAP", overlap)
+    settings = load_settings()
+    instances = [Service(settings, AzureMLBackend(settings)) for _ in range(count)]
+    pipeline = fake_aml.add_published_pipeline(
+        settings.endpoint_name,
+        instances[0].backend.current_fingerprint(),
+        parameter_defaults=settings.parameter_defaults,
+    )
+    fake_aml.add_endpoint(settings.endpoint_name, pipeline["Id"])
+    fake_aml.clear_requests()
+    return instances
+
+
+def _tick_at_once(instances: list[Service], scheduled_for: str) -> list:
+    """Each instance ticks for `scheduled_for` on its own thread; their outcomes, in instance order."""
+    outcomes: list = [None] * len(instances)
+    errors: list[BaseException] = []
+
+    def tick(index: int) -> None:
+        try:
+            outcomes[index] = instances[index].tick(scheduled_for=scheduled_for)
+        except BaseException as error:  # reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=tick, args=(index,)) for index in range(len(instances))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    return outcomes
+
+
+@pytest.mark.parametrize("overlap", ["skip", "allow"])
+def test_two_instances_ticking_for_one_occurrence_at_once_leave_one_run(
+    aml_env, monkeypatch, fake_aml, overlap
+):
+    instances = _instances(fake_aml, overlap, monkeypatch)
+    # Both submits reach Azure ML, and both runs exist, before either instance hears back: both looked back
+    # before either run existed, so the overlap policy let both through, and each check sees both runs.
+    fake_aml.inject_fault(
+        "POST", "PipelineEndpointSubmit", rendezvous=threading.Barrier(2, timeout=30), times=2
+    )
+
+    outcomes = _tick_at_once(instances, OCCURRENCE)
+
+    assert fake_aml.pending_faults == []
+    first, second = sorted(fake_aml.runs.values(), key=lambda run: run.created)
+    assert (first.cancel_requested, second.cancel_requested) == (False, True)
+    assert [outcome.run.run_id for outcome in outcomes] == [first.run_id, first.run_id]
+    assert sorted(outcome.action for outcome in outcomes) == ["joined", "submitted"]
+    (joined,) = [outcome for outcome in outcomes if outcome.action == "joined"]
+    assert joined.canceled_duplicate.run_id == second.run_id
+    assert joined.canceled_duplicate.status == "canceling"
+    (cancel,) = fake_aml.calls("DELETE")  # the pipelines service's cancel, as `cancel` sends it
+    assert cancel.path.endswith(f"/PipelineRuns/{second.run_id}/Execution")
+    # the duplicate is retagged: later ticks neither report it as the previous scheduled run nor alert on it
+    assert second.tags["trigger"] == DUPLICATE_TRIGGER and second.tags[DUPLICATE_OF_TAG] == first.run_id
+    assert first.tags["trigger"] == "timer"
+    occurrence = f"house-price-batch-predictions@{OCCURRENCE}"
+    assert first.tags[OCCURRENCE_TAG] == second.tags[OCCURRENCE_TAG] == occurrence
+    # the cost: five calls each, plus the cancel and the retag for the tick that lost
+    assert len(fake_aml.requests) == 5 + 5 + 2
+    assert len(fake_aml.calls("PATCH")) == 1
+
+
+@pytest.mark.parametrize("overlap", ["skip", "allow"])
+def test_a_tick_whose_occurrence_already_has_a_run_joins_it(aml_env, monkeypatch, fake_aml, overlap):
+    early, late = _instances(fake_aml, overlap, monkeypatch)
+    started = early.tick(scheduled_for=OCCURRENCE)
+    assert started.action == "submitted"
+    fake_aml.set_run_status(started.run.run_id, "Finished")  # so that `skip` lets the late tick through
+
+    joined = late.tick(scheduled_for=OCCURRENCE)
+
+    assert (joined.action, joined.run.run_id, joined.run.status) == (
+        "joined",
+        started.run.run_id,
+        "completed",
+    )
+    (duplicate,) = [run for run in fake_aml.runs.values() if run.run_id != started.run.run_id]
+    assert joined.canceled_duplicate.run_id == duplicate.run_id and duplicate.cancel_requested
+
+
+def test_a_tick_of_another_occurrence_is_not_a_duplicate(aml_env, monkeypatch, fake_aml):
+    instances = _instances(fake_aml, "allow", monkeypatch)
+    fake_aml.inject_fault(
+        "POST", "PipelineEndpointSubmit", rendezvous=threading.Barrier(2, timeout=30), times=2
+    )
+    outcomes = [None, None]
+    errors: list[BaseException] = []
+
+    def tick(index: int, scheduled_for: str) -> None:
+        try:
+            outcomes[index] = instances[index].tick(scheduled_for=scheduled_for)
+        except BaseException as error:  # reported below
+            errors.append(error)
+
+    threads = [
+        threading.Thread(target=tick, args=(0, OCCURRENCE)),
+        threading.Thread(target=tick, args=(1, "2026-01-02T01:30:00Z")),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+    assert errors == []
+    assert [outcome.action for outcome in outcomes] == ["submitted", "submitted"]
+    assert {outcome.run.run_id for outcome in outcomes} == set(fake_aml.runs)
+    assert not any(run.cancel_requested for run in fake_aml.runs.values())
+    assert fake_aml.calls("DELETE") == [] and fake_aml.calls("PATCH") == []
+
+
+def test_a_canceled_run_never_stays_for_its_occurrence(aml_env, monkeypatch, fake_aml):
+    first, second, third = _instances(fake_aml, "allow", monkeypatch, count=3)
+    kept = first.tick(scheduled_for=OCCURRENCE).run
+    duplicate = second.tick(scheduled_for=OCCURRENCE).canceled_duplicate
+    first.cancel(kept.run_id)  # someone cancels the run that stayed; the duplicate is still canceling
+    fake_aml.set_run_status(kept.run_id, "Canceled")
+    assert fake_aml.runs[duplicate.run_id].history_status == "CancelRequested"
+
+    later = third.tick(scheduled_for=OCCURRENCE)
+
+    # the earlier runs of the occurrence are canceled (or canceling): none of them is joined
+    assert later.action == "submitted" and later.canceled_duplicate is None
+    assert later.run.run_id not in (kept.run_id, duplicate.run_id)
+    assert not fake_aml.runs[later.run.run_id].cancel_requested
+
+
+def test_the_canceled_duplicate_is_not_the_previous_scheduled_run_of_the_next_tick(
+    aml_env, monkeypatch, fake_aml
+):
+    first, second = _instances(fake_aml, "skip", monkeypatch)
+    fake_aml.inject_fault(
+        "POST", "PipelineEndpointSubmit", rendezvous=threading.Barrier(2, timeout=30), times=2
+    )
+    kept, _ = (outcome.run for outcome in _tick_at_once([first, second], OCCURRENCE))
+    (duplicate,) = [run for run in fake_aml.runs.values() if run.run_id != kept.run_id]
+    fake_aml.set_run_status(kept.run_id, "Finished")
+    fake_aml.set_run_status(duplicate.run_id, "Canceled")  # newer than the run that stayed
+    heard: list = []
+
+    following = first.tick(scheduled_for="2026-01-02T01:30:00Z", on_previous=heard.append)
+
+    assert following.action == "submitted"
+    assert [run.run_id for run in heard] == [kept.run_id]
+    assert (following.previous_scheduled.run_id, following.previous_scheduled.status) == (
+        kept.run_id,
+        "completed",
+    )
+
+
+def test_a_failed_occurrence_check_keeps_the_run_and_says_so(aml_env, monkeypatch, fake_aml, caplog):
+    monkeypatch.setenv("AML_RETRY_BUDGET_SECONDS", "0")
+    (instance,) = _instances(fake_aml, "allow", monkeypatch, count=1)
+    fake_aml.inject_fault("POST", "runs:query", status=500, times=None, body_contains=OCCURRENCE_TAG)
+    with caplog.at_level(logging.WARNING):
+        outcome = instance.tick(scheduled_for=OCCURRENCE)
+    assert outcome.action == "submitted" and not fake_aml.runs[outcome.run.run_id].cancel_requested
+    (warning,) = [r for r in caplog.records if "could not check" in r.getMessage()]
+    assert outcome.run.run_id in warning.getMessage() and warning.levelno == logging.WARNING
+
+
+def test_a_duplicate_whose_cancel_is_refused_fails_the_tick_naming_both_runs(
+    aml_env, monkeypatch, fake_aml, caplog
+):
+    early, late = _instances(fake_aml, "allow", monkeypatch)
+    kept = early.tick(scheduled_for=OCCURRENCE).run
+    fake_aml.inject_fault("DELETE", r"/Execution$", status=403, times=None)
+    with caplog.at_level(logging.ERROR), pytest.raises(Forbidden):
+        late.tick(scheduled_for=OCCURRENCE)
+    (duplicate,) = [run_id for run_id in fake_aml.runs if run_id != kept.run_id]
+    (error,) = [r for r in caplog.records if "could not be canceled" in r.getMessage()]
+    assert kept.run_id in error.getMessage() and duplicate in error.getMessage()
+
+
+def test_http_runs_are_not_occurrences(service, fake_aml, current):
+    service.start_run({})
+    service.start_run({})
+    assert len(fake_aml.runs) == 2 and fake_aml.calls("POST", "runs:query") == []
+    assert not any(OCCURRENCE_TAG in run.tags for run in fake_aml.runs.values())
+
+
+def _history_run(run_id: str, created: str | None, status: str = "queued") -> RunInfo:
+    return RunInfo(run_id=run_id, status=status, aml_status=None, created_at=created)
+
+
+def test_the_run_that_stays_is_the_earliest_not_canceled_then_the_smallest_run_id():
+    own = _history_run("b", "2026-01-01T13:30:02.4473Z")
+    same_instant = _history_run("a", "2026-01-01T13:30:02.447300Z")
+    # creation time as an instant, not as text ("...02.4473Z" sorts after "...02.447304Z" as text)
+    assert _occurrence_run(own, [_history_run("z", "2026-01-01T13:30:02.447304Z"), own]) is own
+    # the same instant in another spelling: the smaller run id
+    assert _occurrence_run(own, [own, same_instant]) is same_instant
+    # a canceled or canceling earlier run is never the one that stays
+    earlier = "2026-01-01T13:30:01Z"
+    canceled = [_history_run("x", earlier, "canceled"), _history_run("y", earlier, "canceling")]
+    assert _occurrence_run(own, [*canceled, own]) is own
+    # run history has not listed this tick's run yet: it counts with its own creation time
+    assert _occurrence_run(own, []) is own
+    assert _occurrence_run(own, [_history_run("c", earlier)]).run_id == "c"
+    assert _occurrence_run(own, [_history_run("c", "2026-01-01T13:30:03+00:00")]) is own
+    # an unreadable creation time sorts last
+    unreadable = [
+        _history_run("c", None),
+        _history_run("d", "soon"),
+        _history_run("e", "2026-13-01T00:00:00Z"),
+    ]
+    assert _occurrence_run(own, unreadable) is own
 
 
 # ----- status, steps, listing, cancel

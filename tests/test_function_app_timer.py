@@ -11,11 +11,12 @@ from types import SimpleNamespace
 import pytest
 
 from emulator.functions_host import LoadedApp, end_local_runs
-from pipeline_def.app.timer import scheduled_for, timer_schedule
+from pipeline_def.app.timer import run_tick, scheduled_for, timer_schedule
+from pipeline_def.azureml.backend import AzureMLBackend
 from pipeline_def.cron import parse_schedule
 from pipeline_def.errors import AzureMLError, ConfigError, Forbidden, ServiceError, Throttled, Unauthorized
 from pipeline_def.fingerprint import compute_fingerprint
-from pipeline_def.service import reset_service
+from pipeline_def.service import Service, reset_service
 from pipeline_def.settings import load_settings
 from tests.fixtures_fakes import publish_in_fake
 
@@ -153,7 +154,7 @@ def _expected_occurrences(schedule: str = "0 30 1,13 * * *") -> set[str]:
     return {scheduled_for(schedule)}
 
 
-def test_steady_state_tick_submits_once_with_timer_tags_in_at_most_four_calls(loaded, aml, caplog):
+def test_steady_state_tick_submits_once_with_timer_tags_in_at_most_five_calls(loaded, aml, caplog):
     before = _expected_occurrences()
     with caplog.at_level(logging.INFO):
         loaded.tick()
@@ -164,7 +165,9 @@ def test_steady_state_tick_submits_once_with_timer_tags_in_at_most_four_calls(lo
     assert run.tags["past_due"] == "false"
     assert run.tags["scheduled_for"] in before | after
     assert run.parameters == {"sample_size": "10", "model_version": "latest"}
-    assert len(aml.fake.requests) <= 4, [f"{r.method} {r.path}" for r in aml.fake.requests]
+    assert run.tags["batchpred_occurrence"] == f"{aml.settings.endpoint_name}@{run.tags['scheduled_for']}"
+    # endpoint, default pipeline, the look back, the submit, the occurrence check
+    assert len(aml.fake.requests) <= 5, [f"{r.method} {r.path}" for r in aml.fake.requests]
     assert not aml.fake.calls("POST", "Pipelines/Create") and not aml.fake.calls("PUT")
     assert any(run.run_id in r.getMessage() and "submitted" in r.getMessage() for r in caplog.records)
 
@@ -195,6 +198,27 @@ def test_tick_with_overlap_allow_submits_while_a_run_is_active(loaded, aml, monk
     loaded.tick()
     assert len(aml.fake.runs) == 2
     assert len(aml.fake.calls("POST", "Submit")) == 1
+
+
+def test_a_tick_whose_occurrence_another_instance_started_joins_it_and_says_so(aml, monkeypatch, caplog):
+    monkeypatch.setenv("PIPELINE_OVERLAP", "allow")
+    reset_service()
+    clock = _at("2026-03-10T13:30:00.250+00:00")
+    other_instance = Service(load_settings(), AzureMLBackend(load_settings()))
+    started = other_instance.tick(scheduled_for=scheduled_for(aml.settings.schedule, clock)).run
+
+    with caplog.at_level(logging.INFO):
+        outcome = run_tick(clock=clock)
+
+    assert (outcome.action, outcome.run.run_id) == ("joined", started.run_id)
+    duplicate = outcome.canceled_duplicate.run_id
+    assert aml.fake.runs[duplicate].cancel_requested and not aml.fake.runs[started.run_id].cancel_requested
+    (line,) = [r for r in caplog.records if "joined" in r.getMessage()]
+    assert line.levelno == logging.WARNING
+    assert line.getMessage() == (
+        f"tick for 2026-03-10T13:30:00Z joined run {started.run_id} started by another instance; "
+        f"canceled duplicate {duplicate}"
+    )
 
 
 def test_past_due_tick_runs_once_and_says_so(loaded, aml, caplog):
@@ -262,9 +286,12 @@ def test_tick_publishes_when_the_fingerprint_changed_and_not_on_the_next_tick(lo
 
     aml.fake.set_run_status(run.run_id, "Finished")
     aml.fake.clear_requests()
-    loaded.tick()
+    # the next tick is for the next occurrence (twelve hours on): a tick of the same occurrence would join
+    # the run above (one run per occurrence)
+    outcome = run_tick(clock=_at((datetime.now(UTC) + timedelta(hours=12)).isoformat()))
+    assert outcome.action == "submitted"
     assert not aml.fake.calls("POST", "Pipelines/Create")
-    assert len(aml.fake.runs) == 2 and len(aml.fake.requests) <= 4
+    assert len(aml.fake.runs) == 2 and len(aml.fake.requests) <= 5
 
 
 # --- ticks with the local backend ----------------------------------------------------------------------

@@ -84,8 +84,9 @@ def test_a_failed_previous_scheduled_run_is_an_error_naming_run_step_and_error(l
         == f"previous scheduled run {failed.run_id} ended failed at step predict: {MODEL_ERROR}"
     )
     assert len(aml.fake.runs) == 2  # the tick still submitted its own run
-    # endpoint, default pipeline, one run-history query, the failed run's steps, the submit
-    assert len(aml.fake.requests) == 5
+    # endpoint, default pipeline, one run-history query, the failed run's steps, the submit, the occurrence
+    # check
+    assert len(aml.fake.requests) == 6
     assert alert_fires_on(report)  # infra's alert query catches this very record
 
 
@@ -107,7 +108,7 @@ def test_a_completed_previous_scheduled_run_is_info_and_costs_no_extra_call(load
     (report,) = _reports(caplog)
     assert report.levelno == logging.INFO
     assert report.getMessage().startswith(f"previous scheduled run {done.run_id} ended completed")
-    assert len(aml.fake.requests) == 4
+    assert len(aml.fake.requests) == 5  # as a steady tick: no call for the report
     assert not alert_fires_on(report)
 
 
@@ -144,9 +145,10 @@ def test_the_look_back_reads_a_bounded_page_whatever_the_history(loaded, aml):
         _run(aml, "Finished")
     aml.fake.clear_requests()
     loaded.tick()
-    (query,) = aml.fake.calls("POST", "runs:query")
+    query, occurrence_check = aml.fake.calls("POST", "runs:query")
     assert query.json()["top"] == 1
     assert query.json()["orderby"] == "CreatedUtc desc"
+    assert occurrence_check.json()["top"] == 5  # the occurrence's earliest runs, whatever the history
 
 
 def test_the_status_of_a_failed_run_says_which_step_failed_and_why(aml):

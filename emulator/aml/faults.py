@@ -19,10 +19,16 @@ class Fault:
     times: int | None = 1  # None: every matching request until cleared
     body: Any = None
     after_handling: bool = False
+    # The requests that take the fault meet here before they are handled and again before they are answered:
+    # with `parties` concurrent requests, all are handled before any is answered.
+    rendezvous: threading.Barrier | None = None
+    body_contains: str | None = None  # only requests whose body holds this text (e.g. one query's filter)
     hits: int = 0
 
-    def matches(self, method: str, path: str) -> bool:
+    def matches(self, method: str, path: str, body: bytes = b"") -> bool:
         if self.method not in (None, "*") and self.method.upper() != method.upper():
+            return False
+        if self.body_contains is not None and self.body_contains.encode() not in body:
             return False
         return self.path_pattern.search(path) is not None
 
@@ -39,10 +45,10 @@ class FaultBook:
             self._faults.append(fault)
         return fault
 
-    def take(self, method: str, path: str) -> Fault | None:
+    def take(self, method: str, path: str, body: bytes = b"") -> Fault | None:
         with self._lock:
             for fault in self._faults:
-                if fault.matches(method, path):
+                if fault.matches(method, path, body):
                     fault.hits += 1
                     if fault.times is not None and fault.hits >= fault.times:
                         self._faults.remove(fault)

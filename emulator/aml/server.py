@@ -216,9 +216,16 @@ class FakeAzureML(
         times: int | None = 1,
         body: Any = None,
         after_handling: bool = False,
+        rendezvous: threading.Barrier | None = None,
+        body_contains: str | None = None,
     ) -> Fault:
         """The next `times` requests (None: all) whose method matches and whose path (without the query)
-        matches `path_pattern` (re.search, case-insensitive) get the fault."""
+        matches `path_pattern` (re.search, case-insensitive) get the fault. With a `rendezvous` (a
+        threading.Barrier, given a timeout), the requests that take the fault wait for each other before they
+        are handled and again before they are answered, so concurrent requests (two submits of two instances)
+        are all handled before any is answered, whatever the threads' timing; a broken barrier drops the
+        connection. With `body_contains`, only requests whose body holds that text take it (one run query
+        among several on the same path)."""
         if status is None and body is not None:
             status = 500
         return self._faults.add(
@@ -232,6 +239,8 @@ class FakeAzureML(
                 times=times,
                 body=body,
                 after_handling=after_handling,
+                rendezvous=rendezvous,
+                body_contains=body_contains,
             )
         )
 
@@ -257,7 +266,7 @@ class FakeAzureML(
         )
         with self.lock:
             self.requests.append(record)
-        fault = self._faults.take(method, record.path)
+        fault = self._faults.take(method, record.path, body)
         record.fault = fault
         # a delay waits on an event, not time.sleep: stop() wakes it so no test hangs at shutdown
         if fault is not None and fault.delay and self._stopping.wait(fault.delay):
@@ -266,13 +275,30 @@ class FakeAzureML(
         if fault is not None and not fault.after_handling and (fault.drop or fault.status is not None):
             self._send_fault(handler, record, fault)
             return
+        if not self._meet(fault, handler, record):
+            return
         response = self._respond(record)
+        if not self._meet(fault, handler, record):
+            return
         if fault is not None and fault.after_handling:
             if fault.status is None:
                 fault.drop = True
             self._send_fault(handler, record, fault)
             return
         self._send(handler, record, response)
+
+    @staticmethod
+    def _meet(fault: Fault | None, handler: BaseHTTPRequestHandler, record: RecordedRequest) -> bool:
+        """Wait at the fault's rendezvous, if it has one; False (the connection dropped) when it broke."""
+        if fault is None or fault.rendezvous is None:
+            return True
+        try:
+            fault.rendezvous.wait()
+        except threading.BrokenBarrierError:
+            handler.close_connection = True
+            record.status = None
+            return False
+        return True
 
     def _send_fault(self, handler: BaseHTTPRequestHandler, record: RecordedRequest, fault: Fault) -> None:
         if fault.drop:

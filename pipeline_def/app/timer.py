@@ -77,6 +77,14 @@ def run_tick(past_due: bool = False, clock: Clock | None = None) -> TickOutcome:
             outcome.active_run.run_id,
             outcome.active_run.status,
         )
+    elif outcome.action == "joined" and outcome.run is not None:
+        duplicate = outcome.canceled_duplicate
+        log.warning(
+            "tick for %s joined run %s started by another instance%s",
+            occurrence,
+            outcome.run.run_id,
+            f"; canceled duplicate {duplicate.run_id}" if duplicate is not None else "",
+        )
     elif outcome.run is not None:
         log.info("tick for %s submitted run %s (%s)", occurrence, outcome.run.run_id, outcome.run.status)
     return outcome

@@ -1,27 +1,68 @@
 """The Azure ML backend of the service: publish when stale (timer, CLI), submit to the PipelineEndpoint's
 current default, read runs and their steps, list and look back through run history's bounded query, cancel.
-Plain REST through AzureMLClient; the SDK is imported only to publish."""
+Plain REST through AzureMLClient; the SDK is imported only to publish.
+
+One run per scheduled occurrence. Two ticks of one occurrence can fire at once (two Functions instances, or a
+staging and a production app on one workspace); both pass the overlap check before either submits, and v1's
+submit has no idempotency key the service would hold them to. So a timer tick settles it after the fact:
+
+1. it submits with the tag `batchpred_occurrence` = `<endpoint name>@<scheduled_for>`;
+2. it asks run history, in one bounded query (the filter `(Tags/batchpred_occurrence eq "...")`, `top` 5,
+   `CreatedUtc asc`), for the earliest runs of that occurrence;
+3. the occurrence's run is the earliest of them that was not canceled (`CancelRequested` or `Canceled`),
+   "earliest" meaning run history's `createdUtc`, then the run id as a tie-break; this tick's own run counts
+   with its pipelines-service creation time while run history has not listed it yet;
+4. if that is not this tick's run, the tick cancels its own (the pipelines service's cancel, as `cancel`
+   does), retags it (`trigger=timer-duplicate`, `batchpred_duplicate_of=<the run that stays>`) so that later
+   ticks neither report it as the previous scheduled run nor alert on its cancel, and reports the run that
+   stays.
+
+Every tick of the occurrence ranks the same runs in the same total order, and the earliest one never cancels
+itself, so once every tick has checked exactly one run is left going. A run canceled by anyone never stays: a
+later tick of the same occurrence ranks it out and keeps its own run. Why this design: it needs nothing but
+run history (no lease, no storage account of its own, no clock shared between apps), so it also holds across
+two apps on one workspace; it costs one bounded query per timer tick (two more calls, cancel and retag, only
+for the tick that lost). Its limits: both runs exist, and may start, for the moment between the losing
+submit and its check; it relies on run history listing a run as soon as its submit is answered (inferred,
+not seen, in docs/aml-v1-rest.md), and a run it has not listed yet can leave both ticks keeping their runs;
+two apps share an occurrence only with the same endpoint name and experiment; at most the 5 earliest runs of
+an occurrence are read; a check that fails (Azure ML down past the retry budget) keeps the tick's run and
+logs a warning. HTTP and command-line runs are not occurrences and are not checked.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from pipeline_def.azureml import publisher
 from pipeline_def.azureml.client import SUBMISSION_TAG, AzureMLClient
 from pipeline_def.azureml.odata import ACTIVE_HISTORY_STATUSES, runs_filter
-from pipeline_def.backend import LookBack, Progress, Published, Target
-from pipeline_def.errors import NotFound, NotPublished, RunNotFound, ServiceError
+from pipeline_def.backend import LookBack, OccurrenceRun, Progress, Published, Target
+from pipeline_def.errors import NotFound, NotPublished, PipelineError, RunNotFound, ServiceError
 from pipeline_def.fingerprint import compute_fingerprint
 from pipeline_def.runs import TERMINAL, RunInfo, StepStatus, normalize_status, readable_step_error
 from pipeline_def.settings import STEP_SCRIPTS_DIR, Settings
 from pipeline_def.steps import STEPS
 
 log = logging.getLogger(__name__)
+
+# The tag that names a timer run's occurrence (`<endpoint name>@<scheduled_for>`): ticks of one occurrence find
+# each other's runs by it.
+OCCURRENCE_TAG = "batchpred_occurrence"
+# How many of an occurrence's earliest runs the check after a timer submit reads (one query).
+OCCURRENCE_QUERY_TOP = 5
+# The trigger tag of a run canceled as the duplicate of its occurrence's run, and the tag naming that run.
+DUPLICATE_TRIGGER = "timer-duplicate"
+DUPLICATE_OF_TAG = "batchpred_duplicate_of"
+_CANCELED = ("canceling", "canceled")
+_INSTANT = re.compile(r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d+))?(Z|[+-]\d{2}:\d{2})?")
 
 _STEP_ORDER = {step.name: index for index, step in enumerate(STEPS)}
 # How often `run` reads a run it waits for.
@@ -112,6 +153,58 @@ class AzureMLBackend:
             _endpoint_state(target).endpoint_id, self.settings.experiment_name, parameters, tags
         )
         return self._run_info(entity)
+
+    def submit_for_occurrence(
+        self, target: Target, tags: dict[str, str], scheduled_for: str
+    ) -> OccurrenceRun:
+        """Submit with the occurrence's tag, then keep this run only if it is the earliest of the occurrence's
+        runs not canceled; otherwise cancel it, retag it as a duplicate, and report the earlier run (the
+        module docstring gives the design and its limits)."""
+        occurrence = self.occurrence(scheduled_for)
+        own = self.submit(target, {}, {**tags, OCCURRENCE_TAG: occurrence})
+        experiment = self.settings.experiment_name
+        try:
+            found = self.client.query_runs(
+                experiment,
+                runs_filter(tags={OCCURRENCE_TAG: occurrence}),
+                top=OCCURRENCE_QUERY_TOP,
+                orderby="CreatedUtc asc",
+            )
+            seen = [self._history_run_info(dto) for dto in found]
+        except PipelineError as error:
+            log.warning(
+                "could not check for another run of occurrence %s (%s); keeping run %s",
+                occurrence,
+                error.message,
+                own.run_id,
+            )
+            return OccurrenceRun(own)
+        stays = _occurrence_run(own, seen)
+        if stays.run_id == own.run_id:
+            return OccurrenceRun(own)
+        try:
+            self.cancel(own.run_id)
+        except PipelineError as error:
+            log.error(
+                "run %s duplicates run %s of occurrence %s but could not be canceled: %s",
+                own.run_id,
+                stays.run_id,
+                occurrence,
+                error.message,
+            )
+            raise
+        try:
+            self.client.tag_run(
+                experiment, own.run_id, {"trigger": DUPLICATE_TRIGGER, DUPLICATE_OF_TAG: stays.run_id}
+            )
+        except PipelineError as error:
+            log.warning("canceled duplicate run %s could not be tagged as one: %s", own.run_id, error.message)
+        canceled = dataclasses.replace(own, status="canceling", trigger=DUPLICATE_TRIGGER)
+        return OccurrenceRun(stays, joined=True, canceled=canceled)
+
+    def occurrence(self, scheduled_for: str) -> str:
+        """The value of OCCURRENCE_TAG for the timer's occurrence `scheduled_for` of this app's endpoint."""
+        return f"{self.settings.endpoint_name}@{scheduled_for}"
 
     def run(
         self,
@@ -299,6 +392,35 @@ def _tag(tags: Any, name: str) -> str | None:
     """One tag of a run (the trigger, or the submission id that guards against duplicates), when it has it."""
     value = tags.get(name) if isinstance(tags, dict) else None
     return str(value) if value else None
+
+
+def _occurrence_run(own: RunInfo, seen: list[RunInfo]) -> RunInfo:
+    """The run that stays for an occurrence: the earliest (creation time, then run id) of the runs `seen` in
+    run history that were not canceled, with `own` (just submitted) among them even before run history lists
+    it; `own` when no other run qualifies."""
+    listed = {run.run_id: run for run in seen}
+    candidates = [run for run in seen if run.status not in _CANCELED]
+    if own.run_id not in listed:
+        candidates.append(own)  # run history has not listed it yet: its pipelines-service creation time
+    if not candidates:
+        return own  # its own run was canceled already (by someone else): nothing earlier to join
+    return min(candidates, key=lambda run: (_instant(run.created_at), run.run_id))
+
+
+def _instant(text: str | None) -> datetime:
+    """An Azure ML timestamp (ISO 8601, any number of fraction digits, `Z` or an offset; UTC when it has
+    neither) as an aware datetime; an absent or unreadable one sorts last."""
+    last = datetime.max.replace(tzinfo=UTC)
+    found = _INSTANT.fullmatch(text.strip()) if text else None
+    if found is None:
+        return last
+    whole, fraction, zone = found.groups()
+    micro = (fraction or "")[:6].ljust(6, "0")
+    offset = "+00:00" if zone in (None, "Z") else zone
+    try:
+        return datetime.fromisoformat(f"{whole}.{micro}{offset}").astimezone(UTC)
+    except (ValueError, OverflowError):  # e.g. month 13
+        return last
 
 
 def _target(state: publisher.EndpointState) -> Target:

@@ -245,6 +245,16 @@ class AzureMLClient:
             params = {**params, "$continuationToken": token}
         return children
 
+    def tag_run(self, experiment: str, run_id: str, tags: dict[str, str]) -> None:
+        """Add or overwrite tags of a run in run history (`PATCH .../runs/{runId}` with `{"tags": ...}`, what
+        azureml-core's `Run.set_tags` sends); the run's other tags stay."""
+        self._send(
+            "PATCH",
+            f"{self._history}/experiments/{_seg(experiment)}/runs/{_seg(run_id)}",
+            json_body={"runId": run_id, "tags": {str(k): str(v) for k, v in tags.items()}},
+            what=f"tags of run {run_id}",
+        )
+
     def cancel_run(self, run_id: str) -> None:
         self._send("DELETE", f"{self._pipelines}/PipelineRuns/{_seg(run_id)}/Execution", what=f"run {run_id}")
 

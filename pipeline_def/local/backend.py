@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline_def.backend import LookBack, Published, Target
+from pipeline_def.backend import LookBack, OccurrenceRun, Published, Target
 from pipeline_def.errors import LocalRunError, RunNotFound
 from pipeline_def.local.commands import settings_to_record, step_command
 from pipeline_def.local.processes import PID_FILE, is_running, read_pid, write_pid
@@ -95,6 +95,12 @@ class LocalBackend:
         self._children[process.pid] = process
         write_pid(run_dir, process.pid)
         return self._info(run_dir, record)
+
+    def submit_for_occurrence(
+        self, target: Target, tags: dict[str, str], scheduled_for: str
+    ) -> OccurrenceRun:
+        """A plain submit: local runs belong to one machine's process, with no second instance to race."""
+        return OccurrenceRun(self.submit(target, {}, tags))
 
     def run(
         self,

@@ -92,7 +92,9 @@ def bare(source: Path, model_path: Path) -> None:
 
 def default_batch_rows() -> int:
     sys.path.insert(0, str(STEP_SCRIPTS))
-    from predict import DEFAULT_BATCH_ROWS  # standard library and stepio only: keeps the parent small
+    from predict import (
+        DEFAULT_BATCH_ROWS,  # standard library and batchpred_steps only: keeps the parent small
+    )
 
     return DEFAULT_BATCH_ROWS
 

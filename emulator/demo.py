@@ -168,10 +168,11 @@ def main(argv: list[str] | None = None) -> int:
             where = f"step {failed[0]}" if failed else "the run"
             # the route's error names the step and its error line; older apps leave it out, and then the
             # failed step run's own error (run history) says it
-            message = body.get("error")
+            message = body.get("error")  # already "step <name> failed: <its error>"
             if not message and failed:
-                message = getattr(azure.fake.runs[run_id].step(failed[0]), "error_message", None)
-            print(f"error: run {run_id} {body['status']}: {where}: {message}", file=sys.stderr)
+                step_error = getattr(azure.fake.runs[run_id].step(failed[0]), "error_message", None)
+                message = f"{where}: {step_error}"
+            print(f"error: run {run_id} {body['status']}: {message}", file=sys.stderr)
             for name in failed:
                 print(f"--- log of {name} ---\n{azure.fake.step_log(run_id, name)[-3000:]}", flush=True)
             return 1

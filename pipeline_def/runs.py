@@ -10,6 +10,19 @@ from typing import Any
 STATUSES = ("queued", "running", "canceling", "completed", "failed", "canceled")
 TERMINAL = frozenset({"completed", "failed", "canceled"})
 
+# How the platforms wrap the message of a step that failed (step_scripts: one `error: <message>` line on stderr,
+# then StepFailed(<message>)). Azure ML v1: azureml-core's RunStatusContext records the exception leaving the
+# script through RunHistoryFacade._error_details_to_dictionary,
+# "User program failed with {type(exception).__name__}: {str(exception)}".
+_V1_STEP_FAILED = re.compile(r"User program failed with StepFailed: (?P<message>.+)", re.DOTALL)
+# Azure ML v2's common runtime: "Execution failed. User process '<program>' exited with status code <n>. Please
+# check log file 'user_logs/std_log.txt' for error details. Error: <the end of the process's stderr>".
+_V2_USER_PROCESS_FAILED = re.compile(
+    r"Execution failed\. User process '[^']*' exited with status code -?\d+\..*?Error: (?P<stderr>.*)",
+    re.DOTALL,
+)
+_STEP_ERROR_LINE = "error: "
+
 # A run id is 1 to 300 letters, digits, '-' and '_': nothing that could change the URL it is put into.
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,300}")
 
@@ -46,6 +59,27 @@ _AML_STATUS = {
 
 def is_valid_run_id(run_id: str) -> bool:
     return RUN_ID_PATTERN.fullmatch(run_id) is not None
+
+
+def readable_step_error(message: str) -> str:
+    """A failed step's error in the step's own words, taken out of the platform's wrapping: on Azure ML v1
+    `User program failed with StepFailed: <message>`, on v2 the last `error: <message>` line of the stderr the
+    runtime quotes. Any other message (another exception type, a step that died without its error line, a
+    message of the service's own) is returned as it is."""
+    text = message.strip()
+    v1 = _V1_STEP_FAILED.match(text)
+    if v1:
+        return v1["message"].strip()
+    v2 = _V2_USER_PROCESS_FAILED.match(text)
+    if v2:
+        said = [
+            line.strip()[len(_STEP_ERROR_LINE) :].strip()
+            for line in v2["stderr"].splitlines()
+            if line.strip().startswith(_STEP_ERROR_LINE)
+        ]
+        if said and said[-1]:
+            return said[-1]
+    return message
 
 
 def normalize_status(aml_status: str | int | None) -> str:

@@ -5,7 +5,8 @@ so the two cannot drift apart.
 An argument is a literal string or one of four placeholders each backend resolves its own way:
 `Param` (a run parameter: a PipelineParameter on Azure ML, its value locally), `BuildValue` (fixed when the
 pipeline is built: a name on Azure ML, a path locally), `DataIn`/`DataOut` (PipelineData on Azure ML,
-a folder locally).
+a folder locally). Every step script takes only paths and plain values; on Azure ML v1 the published step
+runs `aml_v1.py <step> <arguments>`, which turns the names into paths first.
 """
 
 from __future__ import annotations
@@ -24,7 +25,10 @@ class Param:
 
 @dataclass(frozen=True)
 class BuildValue:
-    """`dataset`, `model`, `destination` or `fingerprint`; see the backends for what each becomes."""
+    """A value each platform binds its own way when it builds the pipeline: `dataset` (a file locally, the
+    registered dataset's name on v1), `model` (the local registry folder, the registered model's name),
+    `latest` and `history` (folders of the local datastore, datastore paths), `run_id` (the local run's id,
+    the pipeline run resolved from the step's run context) and `fingerprint`."""
 
     name: str
 
@@ -85,7 +89,9 @@ STEPS: tuple[Step, ...] = (
         script="save_predictions.py",
         arguments=(
             "--input", DataIn("predictions"),
-            "--destination", BuildValue("destination"),
+            "--latest-dir", BuildValue("latest"),
+            "--history-dir", BuildValue("history"),
+            "--run-id", BuildValue("run_id"),
             "--pipeline-fingerprint", BuildValue("fingerprint"),
         ),
     ),

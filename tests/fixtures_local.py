@@ -55,13 +55,14 @@ def local_env(
 
 def read_parts(folder: str | os.PathLike) -> pd.DataFrame:
     """Every row a step wrote into `folder`, as one frame: its Parquet parts, found as the next step finds them."""
-    parts = load_step_module("stepio").parquet_parts(folder)
+    parts = load_step_module("batchpred_steps.handoff").parquet_parts(folder)
     return pd.concat([pd.read_parquet(part) for part in parts], ignore_index=True)
 
 
 def load_step_module(name: str) -> ModuleType:
-    """A step script imported as a module, for its pure functions (the scripts import `stepio` as a sibling,
-    as they do on Azure ML, so their folder goes on sys.path)."""
+    """A step script or a module of the steps' core (`batchpred_steps.fetch`) imported, for its pure
+    functions (the scripts import `batchpred_steps` as a sibling, as they do on Azure ML, so their folder goes
+    on sys.path)."""
     folder = str(STEP_SCRIPTS_DIR)
     if folder not in sys.path:
         sys.path.insert(0, folder)

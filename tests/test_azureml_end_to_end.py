@@ -148,9 +148,14 @@ def test_a_model_version_that_does_not_exist_fails_the_run_at_predict_and_keeps_
         ("predict", "failed"),
     ]
     assert body["steps"][2]["status"] not in ("running", "completed", "failed")
-    # the failed step run says why in run history (what Azure ML's studio shows for the step)
-    step_error = azure.fake.runs[run_id].step("predict").error_message
-    assert step_error.startswith(f"cannot get registered model {MODEL_NAME}:99"), step_error
+    # the failed step run says why in run history (what Azure ML's studio shows for the step), as azureml-core's
+    # run context around the script recorded the StepFailed that left it
+    predict = azure.fake.runs[run_id].step("predict")
+    assert predict.error is not None and predict.error["code"] == "UserError", predict.error
+    step_error = predict.error["message"]
+    assert step_error.startswith(
+        f"User program failed with StepFailed: cannot get registered model {MODEL_NAME}:99"
+    ), step_error
     assert f"Model with id {MODEL_NAME}:99 not found" in step_error
     log = azure.fake.step_log(run_id, "predict")
     predict_run = azure.fake.runs[run_id].step("predict").run_id
@@ -159,8 +164,9 @@ def test_a_model_version_that_does_not_exist_fails_the_run_at_predict_and_keeps_
     assert azure.fake.step_log(run_id, "save_predictions") == ""
     for name, data in previous.items():
         assert azure.read_datastore(name) == data
-    # ... and GET /api/runs/{id} says which step failed and why
+    # ... and GET /api/runs/{id} says which step failed and why, in the step's own words
     assert body["error"].startswith(f"step predict failed: cannot get registered model {MODEL_NAME}:99")
+    assert body["steps"][1]["error"].startswith(f"cannot get registered model {MODEL_NAME}:99")
 
 
 def test_a_changed_step_script_republishes_and_the_next_run_executes_the_new_snapshot(

@@ -265,14 +265,17 @@ def test_an_unknown_model_version_or_name_is_model_not_found(
     assert [r.status for r in workspace.calls("GET", "/models/HousePrices:9")] == [404]
 
 
-def test_the_step_scripts_azure_ml_paths_run_in_a_job(
+def test_aml_v1_runs_the_three_steps_in_a_job_with_the_arguments_the_v1_definition_gives(
     workspace: FakeAzureML, step_run: str, tmp_path: Path, ames_csv: Path, trained_registry: Path
 ) -> None:
-    """fetch_data reads the registered dataset, predict downloads the registered model, save_predictions
-    writes to the default datastore: each step its own process in its own step run, with a copy of the step
-    scripts as working directory (as Azure ML runs a step from its snapshot; dataprep writes logs/ there)."""
+    """`aml_v1.py <step> <v1 arguments>` as the published steps run it: fetch_data reads the registered dataset,
+    predict downloads the registered model, save_predictions publishes to the default datastore with the
+    pipeline run's id from the run context; each step its own process in its own step run, with a copy of the
+    step scripts as working directory (as Azure ML runs a step from its snapshot; dataprep writes logs/ there)."""
     import gzip
     import shutil
+
+    from pipeline_def.azureml.definition import HISTORY_PATH, LATEST_PATH, RUN_CONTEXT_PARENT, V1_ENTRY_SCRIPT
 
     snapshot = tmp_path / "snapshot"
     shutil.copytree(STEP_SCRIPTS, snapshot, ignore=shutil.ignore_patterns("__pycache__", "logs"))
@@ -282,23 +285,21 @@ def test_the_step_scripts_azure_ml_paths_run_in_a_job(
     pipeline_run, _ = workspace.step_run(step_run)
     fetched, scored = tmp_path / "fetched", tmp_path / "scored"
     steps = [
+        ("fetch_data", ["--dataset", "AmesHousing", "--sample-size", "5", "--seed", "1", "--output", fetched]),
+        ("predict", ["--input", fetched, "--model", "HousePrices", "--model-version", "latest", "--output", scored]),
         (
-            "fetch_data",
-            ["--dataset", "AmesHousing", "--sample-size", "5", "--seed", "1", "--output", fetched],
+            "save_predictions",
+            ["--input", scored, "--latest-dir", LATEST_PATH, "--history-dir", HISTORY_PATH,
+             "--run-id", RUN_CONTEXT_PARENT, "--pipeline-fingerprint", "fp1"],
         ),
-        (
-            "predict",
-            ["--input", fetched, "--model", "HousePrices", "--model-version", "latest", "--output", scored],
-        ),
-        ("save_predictions", ["--input", scored, "--destination", "default-datastore"]),
-    ]
+    ]  # fmt: skip
     for name, args in steps:
         run_id = pipeline_run.step(name).run_id
         done = job_process(
             workspace,
             run_id,
             tmp_path / f"home-{name}",
-            [sys.executable, str(snapshot / f"{name}.py"), *map(str, args)],
+            [sys.executable, str(snapshot / V1_ENTRY_SCRIPT), name, *map(str, args)],
             cwd=snapshot,
         )
         assert done.returncode == 0, (
@@ -309,8 +310,43 @@ def test_the_step_scripts_azure_ml_paths_run_in_a_job(
     rows = container.download_blob("latest_predictions/predictions.csv").readall().decode().splitlines()
     assert len(rows) == 1 + 5
     assert manifest["run_id"] == pipeline_run.run_id
-    assert (manifest["rows"], manifest["dataset"]) == (5, "AmesHousing")
-    assert (manifest["model_name"], str(manifest["model_version"])) == ("HousePrices", "1")
+    assert (manifest["rows"], manifest["dataset"], manifest["pipeline_fingerprint"]) == (
+        5,
+        "AmesHousing",
+        "fp1",
+    )
+    assert (manifest["model_name"], manifest["model_version"]) == ("HousePrices", 1)
+    history = f"{manifest['history_folder']}/manifest.json"
+    assert json.loads(container.download_blob(history).readall()) == manifest
+
+    # a model version that does not exist fails at predict, in aml_v1, in one line
+    missing = job_process(
+        workspace,
+        pipeline_run.step("predict").run_id,
+        tmp_path / "home-missing",
+        [sys.executable, str(snapshot / V1_ENTRY_SCRIPT), "predict", "--input", str(fetched),
+         "--model", "HousePrices", "--model-version", "9", "--output", str(tmp_path / "never")],
+        cwd=snapshot,
+    )  # fmt: skip
+    assert missing.returncode == 2
+    assert missing.stderr.splitlines()[-1].startswith(
+        "error: cannot get registered model HousePrices:9: WebserviceException: Message: ModelNotFound"
+    ), missing.stderr[-3000:]
+    assert "Traceback" not in missing.stderr
+
+
+def test_the_v1_definition_and_aml_v1_spell_the_same_markers() -> None:
+    from pipeline_def.azureml import definition
+    from pipeline_def.steps import STEPS
+    from tests.fixtures_local import load_step_module
+
+    aml_v1 = load_step_module("aml_v1")
+
+    assert definition.LATEST_PATH.startswith(aml_v1.DATASTORE_PREFIX)
+    assert definition.HISTORY_PATH.startswith(aml_v1.DATASTORE_PREFIX)
+    assert definition.RUN_CONTEXT_PARENT == aml_v1.RUN_CONTEXT_PARENT
+    assert Path(aml_v1.__file__).name == definition.V1_ENTRY_SCRIPT
+    assert set(aml_v1.STEPS) == {Path(step.script).stem for step in STEPS}
 
 
 def test_the_fake_accepts_a_run_token_it_issued_until_it_expires(

@@ -29,12 +29,14 @@ print("made", a.count, "rows; cwd files:", sorted(os.listdir(".")))
 print("HOME", os.environ["HOME"], "RUN", os.environ.get("AZUREML_RUN_ID"), "COUNT", os.environ["AML_PARAMETER_count"])
 """
 DOUBLE = """
-import argparse, pathlib, sys, time
+import argparse, os, pathlib, sys, time
 p = argparse.ArgumentParser(); p.add_argument("--in", dest="src"); p.add_argument("--mode"); p.add_argument("--out")
 a = p.parse_args()
-if a.mode == "fail":
+if a.mode in ("fail", "die"):
     print("warming up", file=sys.stderr)
-    print("error: asked to fail", file=sys.stderr)
+    print("error: asked to fail", file=sys.stderr, flush=True)
+    if a.mode == "die":
+        os._exit(3)  # gone before any Python-level handler, the SDK's run context included
     sys.exit(2)
 if a.mode == "sleep":
     print("sleeping", flush=True)
@@ -141,7 +143,7 @@ def test_a_run_executes_the_published_graph_from_the_uploaded_snapshot(executing
     run_id = _submit(fake, published.id, {"count": "3"})
     run = fake.wait_for_run(run_id, RUN_TIMEOUT)
 
-    assert (run.status, run.history_status) == ("Finished", "Completed")
+    assert (run.status, run.history_status) == ("Finished", "Completed"), run.error_message
     assert [(s.name, s.status) for s in run.steps] == [
         ("make", "Completed"),
         ("double", "Completed"),
@@ -159,6 +161,8 @@ def test_a_run_executes_the_published_graph_from_the_uploaded_snapshot(executing
     assert f"RUN {step.run_id}" in make_log or "RUN None" in make_log
     home = make_log.split("HOME ", 1)[1].split()[0]
     assert home != os.environ["HOME"] and Path(home).is_relative_to(fake.execution.workdir)
+    # the SDK's run context around the script flushed the step's metrics when it ended well
+    assert any(step.run_id in r.path for r in fake.calls("GET", "/metricsingest/wait"))
     dto = _history(fake, step.run_id)
     assert dto["parentRunId"] == run_id and dto["tags"]["azureml.nodeid"] == step.node_id
     assert dto["status"] == "Completed"
@@ -170,7 +174,9 @@ def test_a_run_executes_the_published_graph_from_the_uploaded_snapshot(executing
     assert "report: 6 rows" in fake.step_log(run_id, "report")
 
 
-def test_a_failed_step_fails_the_run_with_its_error_line_and_later_steps_never_start(executing):
+def test_a_failed_step_fails_the_run_with_the_error_the_sdk_posts_and_later_steps_never_start(executing):
+    """The step's script runs under azureml-core's RunStatusContext (emulator/aml/v1_driver.py), which posts the
+    exception that left it, here `sys.exit(2)`, as run history's error: what a real v1 step run shows."""
     fake, workspace, folder = executing
     published = _publish(workspace, folder, "v1")
     run_id = _submit(fake, published.id, {"mode": "fail"})
@@ -183,10 +189,27 @@ def test_a_failed_step_fails_the_run_with_its_error_line_and_later_steps_never_s
         ("report", "NotStarted"),
     ]
     failed = _history(fake, run.step("double").run_id)
-    assert failed["error"]["error"]["message"] == "asked to fail"
+    assert failed["error"]["error"] == {
+        "code": "UserError",
+        "message": "User program failed with SystemExit: 2",
+        "detailsUri": "https://aka.ms/azureml-run-troubleshooting",
+    }
+    (event,) = run.step("double").events
+    assert event["name"] == "Microsoft.MachineLearning.Run.Error"
+    assert event["data"]["RunId"] == run.step("double").run_id
     assert "warming up" in fake.step_log(run_id, "double")
     assert fake.step_log(run_id, "report") == ""
     assert "double" in _history(fake, run_id)["error"]["error"]["message"]
+
+
+def test_a_step_that_dies_before_the_sdk_can_post_fails_with_its_last_error_line(executing):
+    fake, workspace, folder = executing
+    published = _publish(workspace, folder, "v1")
+    run = fake.wait_for_run(_submit(fake, published.id, {"mode": "die"}), RUN_TIMEOUT)
+
+    assert [(s.name, s.status) for s in run.steps][1] == ("double", "Failed")
+    assert run.step("double").events == []
+    assert _history(fake, run.step("double").run_id)["error"]["error"]["message"] == "asked to fail"
 
 
 def test_cancel_stops_the_running_step_and_the_run_ends_canceled(executing):

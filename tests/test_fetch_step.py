@@ -1,4 +1,5 @@
-"""fetch_data: sampling the new rows (pure functions) and the step as a process, on the shipped Ames data."""
+"""fetch_data: sampling the new rows (batchpred_steps.fetch, pure functions) and the step as a process with
+its command line (`--dataset PATH --sample-size N [--seed S] --output DIR`), on the shipped Ames data."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import pytest
 
 from tests.fixtures_local import load_step_module, read_parts
 
-fetch_data = load_step_module("fetch_data")
-stepio = load_step_module("stepio")
+fetch_data = load_step_module("batchpred_steps.fetch")
+errors = load_step_module("batchpred_steps.errors")
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def test_sample_rows_zero_or_more_than_the_data_takes_every_row_in_order(
 
 
 def test_sample_rows_refuses_a_negative_size(ames: pd.DataFrame) -> None:
-    with pytest.raises(stepio.StepError, match="sample size"):
+    with pytest.raises(errors.StepError, match="sample size"):
         fetch_data.sample_rows(ames, -1, seed=1)
 
 
@@ -54,23 +55,35 @@ def test_drop_target_removes_sale_price_only_when_present(ames: pd.DataFrame) ->
     assert list(fetch_data.drop_target(without).columns) == list(without.columns)
 
 
-def test_read_dataset_file_reads_csv_gzip_csv_and_parquet_alike(ames: pd.DataFrame, tmp_path: Path) -> None:
+def test_read_table_reads_csv_gzip_csv_and_parquet_alike(ames: pd.DataFrame, tmp_path: Path) -> None:
     head = ames.head(50)
     head.to_csv(tmp_path / "a.csv", index=False)
     head.to_csv(tmp_path / "a.csv.gz", index=False)
     head.to_parquet(tmp_path / "a.parquet", index=False)
 
     for name in ("a.csv", "a.csv.gz", "a.parquet"):
-        frame = fetch_data.read_dataset_file(tmp_path / name)
+        frame = fetch_data.read_table(tmp_path / name)
         assert frame["PID"].tolist() == head["PID"].tolist(), name
         assert list(frame.columns) == list(ames.columns), name
 
 
-def test_a_dataset_argument_is_a_file_unless_it_can_only_be_a_registered_name(tmp_path: Path) -> None:
-    assert fetch_data.looks_like_file(str(tmp_path))
-    assert fetch_data.looks_like_file("missing/ames.csv")
-    assert fetch_data.looks_like_file("ames.parquet")
-    assert not fetch_data.looks_like_file("AmesHousing")
+def test_a_dataset_folder_is_read_through_its_one_data_file(tmp_path: Path) -> None:
+    # what Azure ML v2 materialises for some inputs: the data file beside notes such as an MLTable file
+    (tmp_path / "one" / "nested").mkdir(parents=True)
+    (tmp_path / "one" / "MLTable").write_text("paths: []\n")
+    (tmp_path / "one" / ".hidden.csv").write_text("x\n1\n")
+    (tmp_path / "one" / "nested" / "ames.csv").write_text("Order,PID\n1,2\n")
+    (tmp_path / "none").mkdir()
+    (tmp_path / "two").mkdir()
+    for name in ("a.csv", "b.parquet"):
+        (tmp_path / "two" / name).write_bytes(b"")
+
+    assert fetch_data.data_file(tmp_path / "one") == tmp_path / "one" / "nested" / "ames.csv"
+    assert fetch_data.read_table(tmp_path / "one")["PID"].tolist() == [2]
+    with pytest.raises(errors.StepError, match="holds no data file"):
+        fetch_data.data_file(tmp_path / "none")
+    with pytest.raises(errors.StepError, match=r"holds 2 data files \(a.csv, b.parquet\); expected one"):
+        fetch_data.data_file(tmp_path / "two")
 
 
 def test_fetch_step_writes_the_sample_without_the_target_and_its_metadata(
@@ -138,6 +151,32 @@ def test_fetch_step_reads_a_parquet_dataset(run_step, ames: pd.DataFrame, tmp_pa
     assert read_parts(tmp_path / "o")["Order"].tolist() == ames["Order"].tolist()
 
 
+def test_fetch_step_takes_a_folder_holding_one_data_file(run_step, ames_csv: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "materialised"
+    folder.mkdir()
+    (folder / ames_csv.name).write_bytes(ames_csv.read_bytes())
+
+    done = run_step(
+        "fetch_data.py", "--dataset", folder, "--sample-size", 4, "--seed", 1, "--output", tmp_path / "o"
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert len(read_parts(tmp_path / "o")) == 4
+    assert json.loads((tmp_path / "o" / "_metadata.json").read_text())["dataset"] == str(folder)
+
+
+def test_pandas_reads_the_columns_dataprep_inference_gets_wrong(
+    run_step, ames_csv: Path, tmp_path: Path
+) -> None:
+    # docs/steps-and-model.md: dataprep reads PoolArea as a boolean and CentralAir (Y/N) as one; pandas does not
+    done = run_step("fetch_data.py", "--dataset", ames_csv, "--sample-size", 0, "--output", tmp_path / "o")
+
+    assert done.returncode == 0, done.stderr
+    rows = read_parts(tmp_path / "o")
+    assert rows["PoolArea"].dtype.kind == "i" and rows["PoolArea"].max() > 1
+    assert set(rows["CentralAir"]) == {"Y", "N"}
+
+
 def _write_garbage_gzip(path: Path) -> Path:
     path.write_bytes(gzip.compress(b"Order,PID\n1,2\n")[:12] + b"\x00garbage")
     return path
@@ -156,9 +195,9 @@ def _write(path: Path, content: bytes) -> Path:
         (lambda d: _write(d / "empty.csv", b""), "is empty"),
         (lambda d: _write(d / "header.csv", b"Order,PID,SalePrice\n"), "holds no rows"),
         (lambda d: _write(d / "x.parquet", b"PAR1 not really"), "cannot read dataset"),
-        (lambda d: "AmesHousing", "registered dataset name is read only on Azure ML"),
+        (lambda d: "AmesHousing", "dataset 'AmesHousing' does not exist"),
     ],
-    ids=["missing-path", "corrupt-gzip", "empty-file", "no-rows", "corrupt-parquet", "name-outside-azureml"],
+    ids=["missing-path", "corrupt-gzip", "empty-file", "no-rows", "corrupt-parquet", "a-name-is-no-path"],
 )
 def test_fetch_step_reports_a_bad_dataset_in_one_line_and_exits_2(
     run_step, tmp_path: Path, make_dataset, message: str

@@ -67,7 +67,7 @@ def test_fingerprint_is_the_same_in_another_process(settings):
 
 def test_changing_one_byte_of_a_step_script_changes_it(settings, scripts):
     before = compute_fingerprint(settings, scripts)
-    script = scripts / "stepio.py"
+    script = scripts / "batchpred_steps" / "handoff.py"
     data = bytearray(script.read_bytes())
     data[-1:] = b"\n" if data[-1:] != b"\n" else b" "
     script.write_bytes(bytes(data))
@@ -93,9 +93,9 @@ def test_adding_or_renaming_a_script_changes_it(settings, scripts):
 def test_caches_and_hidden_files_do_not_change_it(settings, scripts):
     before = compute_fingerprint(settings, scripts)
     (scripts / "__pycache__").mkdir(exist_ok=True)
-    (scripts / "__pycache__" / "stepio.cpython-311.pyc").write_bytes(b"\0\1\2")
+    (scripts / "__pycache__" / "predict.cpython-311.pyc").write_bytes(b"\0\1\2")
     (scripts / ".DS_Store").write_bytes(b"junk")
-    (scripts / "stepio.pyc").write_bytes(b"junk")
+    (scripts / "predict.pyc").write_bytes(b"junk")
     assert compute_fingerprint(settings, scripts) == before
     assert all("__pycache__" not in p.parts for p in step_script_files(scripts))
 

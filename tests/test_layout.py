@@ -110,3 +110,37 @@ def test_the_emulator_never_imports_the_tests() -> None:
     assert EMULATOR, "emulator/ has no modules"
     reaching = [str(p.relative_to(ROOT.parent)) for p in EMULATOR if "tests" in _top_level_imports(p)]
     assert reaching == []
+
+
+# step_scripts/ is the steps' snapshot (v1) and code asset (v2): it never imports pipeline_def (not there), and
+# only the v1 adapter touches Azure; the core and the three CLIs take paths and plain values.
+STEP_SCRIPTS = ROOT.parent / "step_scripts"
+
+
+def _all_imports(path: Path) -> set[str]:
+    """Every module `path` imports, at any level (function-level imports included), as its top name."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Import):
+            found.update(a.name.split(".")[0] for a in node.names)
+    return found
+
+
+def test_step_scripts_never_import_pipeline_def() -> None:
+    reaching = [
+        str(p.relative_to(ROOT.parent))
+        for p in STEP_SCRIPTS.rglob("*.py")
+        if "pipeline_def" in _all_imports(p)
+    ]
+    assert reaching == []
+
+
+def test_only_the_v1_adapter_imports_azureml_or_azure() -> None:
+    importing = sorted(
+        str(p.relative_to(STEP_SCRIPTS))
+        for p in STEP_SCRIPTS.rglob("*.py")
+        if _all_imports(p) & {"azureml", "azure"}
+    )
+    assert importing == ["aml_v1.py"]

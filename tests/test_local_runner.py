@@ -80,7 +80,10 @@ def test_every_step_of_steps_py_becomes_a_command_line_with_no_placeholder_left(
         == predict[predict.index("--input") + 1]
         == str(run_dir / "data/new_data")
     )
-    assert save[save.index("--destination") + 1] == str(settings.local_work_dir / "datastore")
+    datastore = settings.local_work_dir / "datastore"
+    assert save[save.index("--latest-dir") + 1] == str(datastore / "latest_predictions")
+    assert save[save.index("--history-dir") + 1] == str(datastore / "history")
+    assert save[save.index("--run-id") + 1] == run_dir.name
     assert save[save.index("--pipeline-fingerprint") + 1] == "fp"
 
 
@@ -173,7 +176,7 @@ def test_a_run_records_each_step_with_timings_and_its_log(backend: LocalBackend)
         assert (record_path.parent / step["log"]).stat().st_size > 0
     assert record["output_path"] == run.predictions_path
     manifest = json.loads((Path(run.predictions_path).parent / "manifest.json").read_text())
-    assert manifest["run_id"] == run.run_id  # PIPELINE_RUN_ID reached the steps
+    assert manifest["run_id"] == run.run_id  # the run id reached the steps as --run-id
     assert manifest["model_name"] == "HousePrices" and manifest["model_version"] == 1
 
 

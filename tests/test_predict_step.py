@@ -22,8 +22,9 @@ from tests.fixtures_local import read_parts
 # step scripts import each other as top-level modules, as they do in their Azure ML snapshot
 if str(STEP_SCRIPTS_DIR) not in sys.path:
     sys.path.insert(0, str(STEP_SCRIPTS_DIR))
-predict_step = importlib.import_module("predict")
-stepio = importlib.import_module("stepio")
+predict_step = importlib.import_module("batchpred_steps.score")
+errors = importlib.import_module("batchpred_steps.errors")
+handoff = importlib.import_module("batchpred_steps.handoff")
 
 PREDICTED = "PredictedSalePrice"
 
@@ -57,7 +58,7 @@ def features(model) -> list[str]:
 def write_input(folder: Path, frame: pd.DataFrame, parts: int = 1, metadata: dict | None = None) -> Path:
     """`frame` as fetch_data would write it: Parquet parts and a _metadata.json."""
     for index, chunk in enumerate(np.array_split(np.arange(len(frame)), parts)):
-        stepio.write_frame(folder, frame.iloc[chunk], index=index)
+        handoff.write_frame(folder, frame.iloc[chunk], index=index)
     (folder / "_metadata.json").write_text(json.dumps(metadata or {"dataset": "ames", "rows": len(frame)}))
     return folder
 
@@ -113,7 +114,7 @@ def test_missing_columns_are_named_in_the_models_order(
     rows = new_rows.drop(columns=["Neighborhood", "GrLivArea"]).head(5)
 
     assert predict_step.missing_columns(list(rows.columns), features) == ["GrLivArea", "Neighborhood"]
-    with pytest.raises(stepio.StepError, match="2 column.*GrLivArea, Neighborhood"):
+    with pytest.raises(errors.StepError, match="2 column.*GrLivArea, Neighborhood"):
         predict_step.predict_frame(model, rows, features)
 
 
@@ -134,7 +135,7 @@ def test_unseen_categories_and_oddly_typed_columns_are_scored_not_crashed(
 
 
 def test_an_input_that_already_has_predictions_is_refused(model, features: list[str], new_rows) -> None:
-    with pytest.raises(stepio.StepError, match=PREDICTED):
+    with pytest.raises(errors.StepError, match=PREDICTED):
         predict_step.predict_frame(model, new_rows.head(3).assign(**{PREDICTED: 1.0}), features)
 
 
@@ -145,39 +146,39 @@ def test_zero_rows_give_an_empty_prediction_column(model, features: list[str], n
     assert list(scored.columns) == [*new_rows.columns, PREDICTED]
 
 
-def test_model_version_choice_and_name_parsing() -> None:
+def test_model_version_choice() -> None:
     assert predict_step.choose_version([1, 3, 2], "latest") == 3
     assert predict_step.choose_version([1, 3, 2], "2") == 2
-    with pytest.raises(stepio.StepError, match=r"version 5 is not registered \(available: 1, 2, 3\)"):
+    with pytest.raises(errors.StepError, match=r"version 5 is not registered \(available: 1, 2, 3\)"):
         predict_step.choose_version([1, 3, 2], "5")
-    with pytest.raises(stepio.StepError, match="positive whole number"):
+    with pytest.raises(errors.StepError, match="positive whole number"):
         predict_step.choose_version([1], "-1")
-    assert predict_step.parse_model_reference("HousePrices", "latest") == ("HousePrices", "latest")
-    assert predict_step.parse_model_reference("HousePrices:3", "latest") == ("HousePrices", "3")
-    assert predict_step.parse_model_reference("HousePrices:3", "4") == ("HousePrices", "4")
-    with pytest.raises(stepio.StepError, match="neither an existing path"):
-        predict_step.parse_model_reference("../no/such/model.joblib", "latest")
 
 
-def test_local_model_paths_resolve_to_the_right_version(model_dir: Path, tmp_path: Path) -> None:
+def test_a_model_path_resolves_to_its_file_name_and_version(model_dir: Path, tmp_path: Path) -> None:
     registry = tmp_path / "HousePrices"
     shutil.copytree(model_dir, registry)
     shutil.copytree(registry / "1", registry / "2")
     metadata = json.loads((registry / "2" / "metadata.json").read_text())
     (registry / "2" / "metadata.json").write_text(json.dumps({**metadata, "version": 2}))
+    downloaded = tmp_path / "download" / "HousePrices"  # a model folder as Azure ML downloads it
+    shutil.copytree(registry / "1", downloaded)
 
-    latest = predict_step.local_model_source(registry, "latest")
-    first = predict_step.local_model_source(registry, "1")
-    file = predict_step.local_model_source(registry / "1" / "model.joblib", "latest")
-    folder = predict_step.local_model_source(registry / "2", "latest")
+    latest = predict_step.resolve_model(registry, "latest")
+    first = predict_step.resolve_model(registry, "1")
+    file = predict_step.resolve_model(registry / "1" / "model.joblib")
+    folder = predict_step.resolve_model(registry / "2")
+    pinned = predict_step.resolve_model(downloaded, "7", model_name="HousePricesV2")
 
     assert (latest.path, latest.name, latest.version) == (registry / "2" / "model.joblib", "HousePrices", 2)
     assert (first.path, first.version) == (registry / "1" / "model.joblib", 1)
     assert (file.path, file.version) == (registry / "1" / "model.joblib", 1)
     assert (folder.path, folder.version) == (registry / "2" / "model.joblib", 2)
+    # a model folder's version is the platform's (what it downloaded), its name the one given
+    assert (pinned.path, pinned.name, pinned.version) == (downloaded / "model.joblib", "HousePricesV2", 7)
     assert latest.metadata["features"] == metadata["features"]
-    with pytest.raises(stepio.StepError, match="model version 2 was asked for, but .* is version 1"):
-        predict_step.local_model_source(registry / "1" / "model.joblib", "2")
+    with pytest.raises(errors.StepError, match="model 'HousePrices:1' does not exist"):
+        predict_step.resolve_model("HousePrices:1")
 
 
 # --- the step as the pipeline runs it --------------------------------------------------------------------
@@ -223,8 +224,8 @@ def test_chunked_output_equals_unchunked_output(
     )
 
     assert whole.returncode == 0 and chunked.returncode == 0, whole.stderr + chunked.stderr
-    assert len(stepio.parquet_parts(tmp_path / "whole")) == 2  # one per input part
-    assert len(stepio.parquet_parts(tmp_path / "chunked")) == 12  # 500 rows per part: ceil(500 / 97) * 2
+    assert len(handoff.parquet_parts(tmp_path / "whole")) == 2  # one per input part
+    assert len(handoff.parquet_parts(tmp_path / "chunked")) == 12  # 500 rows per part: ceil(500 / 97) * 2
     pd.testing.assert_frame_equal(read_parts(tmp_path / "chunked"), read_parts(tmp_path / "whole"))
 
 
@@ -251,15 +252,31 @@ def test_a_corrupt_model_file_fails_clearly(model_dir: Path, new_rows: pd.DataFr
     assert f"cannot load the model file '{corrupt}'" in error_line(done)
 
 
-def test_a_model_that_is_no_path_outside_azure_ml_fails_clearly(
-    new_rows: pd.DataFrame, tmp_path: Path
-) -> None:
+def test_a_model_name_is_no_path_and_fails_clearly(new_rows: pd.DataFrame, tmp_path: Path) -> None:
     source = write_input(tmp_path / "in", new_rows.head(20))
 
-    done = run_predict("--input", source, "--model", "HousePrices:1", "--output", tmp_path / "out")
+    done = run_predict("--input", source, "--model", "HousePrices", "--output", tmp_path / "out")
 
     assert done.returncode == 2
-    assert "is not an existing path" in error_line(done)
+    assert error_line(done) == "error: model 'HousePrices' does not exist"
+
+
+def test_a_downloaded_model_folder_is_scored_and_recorded_as_the_platform_names_it(
+    model_dir: Path, new_rows: pd.DataFrame, tmp_path: Path
+) -> None:
+    # what Azure ML v2 hands a custom_model input: a folder holding the registered files
+    downloaded = tmp_path / "mnt" / "model"
+    shutil.copytree(model_dir / "1", downloaded)
+    source = write_input(tmp_path / "in", new_rows.head(20))
+
+    done = run_predict(
+        "--input", source, "--model", downloaded, "--model-version", "3", "--model-name", "HousePrices",
+        "--output", tmp_path / "out",
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    metadata = json.loads((tmp_path / "out" / "_metadata.json").read_text())
+    assert (metadata["model_name"], metadata["model_version"], metadata["rows"]) == ("HousePrices", 3, 20)
 
 
 def test_a_missing_input_folder_fails_clearly(model_dir: Path, tmp_path: Path) -> None:
@@ -273,7 +290,7 @@ def test_a_corrupt_input_part_fails_in_one_line(
     model_dir: Path, new_rows: pd.DataFrame, tmp_path: Path
 ) -> None:
     source = write_input(tmp_path / "in", new_rows.head(20), parts=2)
-    part = stepio.parquet_parts(source)[1]
+    part = handoff.parquet_parts(source)[1]
     part.write_bytes(part.read_bytes()[:300])
 
     done = run_predict("--input", source, "--model", model_dir, "--output", tmp_path / "out")
@@ -341,7 +358,7 @@ def test_rerunning_into_the_same_output_replaces_the_previous_parts(
     second = run_predict("--input", source, "--model", model_dir, "--output", tmp_path / "out")
 
     assert first.returncode == second.returncode == 0, first.stderr + second.stderr
-    assert len(stepio.parquet_parts(tmp_path / "out")) == 1
+    assert len(handoff.parquet_parts(tmp_path / "out")) == 1
     assert len(read_parts(tmp_path / "out")) == 300
 
 

@@ -167,7 +167,7 @@ def test_a_changed_step_script_republishes_and_disables_the_old_pipeline(setting
     old_id = first.target.handle.pipeline_id
     old_fingerprint = backend.current_fingerprint()
 
-    script = scripts / "stepio.py"
+    script = scripts / "batchpred_steps" / "handoff.py"
     script.write_text(script.read_text() + "\n# a change\n")
     second = backend.ensure_published()  # the same backend: an edited script needs no restart
 
@@ -181,6 +181,7 @@ def test_a_changed_step_script_republishes_and_disables_the_old_pipeline(setting
 
 
 def test_the_published_graph_follows_steps_py(settings, client, fake_aml, fingerprint):
+    from pipeline_def.azureml.definition import V1_ENTRY_SCRIPT
     from pipeline_def.steps import STEPS
 
     ensure_published(settings, client, fingerprint)
@@ -192,7 +193,10 @@ def test_the_published_graph_follows_steps_py(settings, client, fake_aml, finger
         for p in node["ModuleParameters"]
         if p["Name"] == "Script" and p.get("Value")
     }
-    assert scripts == {step.script for step in STEPS}
+    assert scripts == {V1_ENTRY_SCRIPT}  # every v1 step runs the adapter, its first argument naming the step
+    modules = [c.json() for c in fake_aml.calls(method="POST", path_contains="/Modules")]
+    first_arguments = {m["StructuredInterface"]["Arguments"][0]["Value"] for m in modules}
+    assert first_arguments == {step.script.removesuffix(".py") for step in STEPS}
     targets = {p.get("Value") for node in nodes for p in node["ModuleParameters"] if p["Name"] == "Target"}
     assert targets == {settings.compute_name}
     assert len(create.json()["Graph"]["Edges"]) >= 2  # fetch_data -> predict -> save_predictions

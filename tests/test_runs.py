@@ -82,3 +82,58 @@ def test_a_completed_local_run_gives_its_predictions_path_before_its_trigger():
     assert json.dumps(run.to_dict()) == _base(run) + (
         ', "steps": [], "predictions_path": "/p.csv", "trigger": "cli"}'
     )
+
+
+# --- a failed step's error in its own words --------------------------------------------------------------
+
+STEP_MESSAGE = "model version 99 is not registered (available: 1)"
+
+
+def _azureml_core_error(exception: BaseException) -> dict:
+    """The error azureml-core's RunStatusContext records for an exception leaving a step's script (its own
+    RunHistoryFacade._error_details_to_dictionary, called here for real)."""
+    from azureml._run_impl.run_history_facade import RunHistoryFacade
+
+    return RunHistoryFacade._error_details_to_dictionary(error_details=exception)
+
+
+def test_a_v1_step_failed_error_reads_as_the_steps_own_message() -> None:
+    from pipeline_def.runs import readable_step_error
+    from tests.fixtures_local import load_step_module
+
+    step_failed = load_step_module("batchpred_steps.errors").StepFailed
+    recorded = _azureml_core_error(step_failed(STEP_MESSAGE))
+
+    assert recorded["code"] == "UserError" and recorded["debug_type"] == "StepFailed"
+    assert recorded["message"] == f"User program failed with StepFailed: {STEP_MESSAGE}"
+    assert readable_step_error(recorded["message"]) == STEP_MESSAGE
+
+
+@pytest.mark.parametrize(
+    "exception",
+    [SystemExit(2), ValueError("bad literal"), KeyError("SalePrice")],
+    ids=lambda e: type(e).__name__,
+)
+def test_other_v1_errors_are_kept_as_azureml_core_words_them(exception: BaseException) -> None:
+    from pipeline_def.runs import readable_step_error
+
+    message = _azureml_core_error(exception)["message"]
+
+    assert message.startswith(f"User program failed with {type(exception).__name__}: ")
+    assert readable_step_error(message) == message
+
+
+def test_a_v2_user_process_error_reads_as_the_last_error_line_of_the_quoted_stderr() -> None:
+    from emulator.aml.v2_execution import node_error
+    from pipeline_def.runs import readable_step_error
+
+    stderr = ["2026-01-01 predict INFO loading", "error: an older line", f"error: {STEP_MESSAGE}"]
+    message = node_error("python predict.py --model /mnt/m", 2, stderr, None)["error"]["message"]
+    traceback_only = node_error(
+        "python x.py", 1, ["Traceback (most recent call last):", "KeyError: 'a'"], None
+    )
+
+    assert message.startswith("Execution failed. User process 'python' exited with status code 2.")
+    assert readable_step_error(message) == STEP_MESSAGE
+    assert readable_step_error(traceback_only["error"]["message"]) == traceback_only["error"]["message"]
+    assert readable_step_error("Step predict failed: something") == "Step predict failed: something"

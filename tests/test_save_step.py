@@ -1,10 +1,13 @@
-"""save_predictions: the layout and manifest it writes, and that a failing save never loses or truncates the
-latest predictions, in a local folder and in blob storage (Azurite)."""
+"""save_predictions: the layout and manifest it writes (`--input DIR --latest-dir DIR --history-dir DIR
+--run-id ID [--pipeline-fingerprint FP]`, or `--destination ROOT`), the write order that keeps the latest
+predictions whole, and that a failing save never loses or truncates them; in local folders, and through
+aml_v1's upload to blob storage (Azurite) in the same order."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
@@ -15,8 +18,10 @@ import pytest
 
 from tests.fixtures_local import load_step_module
 
-save_predictions = load_step_module("save_predictions")
-stepio = load_step_module("stepio")
+publish = load_step_module("batchpred_steps.publish")
+errors = load_step_module("batchpred_steps.errors")
+handoff = load_step_module("batchpred_steps.handoff")
+save_step = load_step_module("save_predictions")
 
 LATEST_FILES = ("latest_predictions/predictions.csv", "latest_predictions/manifest.json")
 
@@ -32,7 +37,7 @@ def make_predictions(folder: Path, ames: pd.DataFrame, rows: int, parts: int = 1
     frame = ames.head(rows).drop(columns=["SalePrice"]).assign(PredictedSalePrice=price)
     size = -(-rows // parts) if rows else 0
     for index in range(parts):
-        stepio.write_frame(folder, frame.iloc[index * size : (index + 1) * size], index=index)
+        handoff.write_frame(folder, frame.iloc[index * size : (index + 1) * size], index=index)
     metadata = {"dataset": "ames.csv.gz", "rows": rows, "seed": 5, "sample_size": rows}
     metadata |= {"model_name": "HousePrices", "model_version": 3}
     (folder / "_metadata.json").write_text(json.dumps(metadata))
@@ -46,30 +51,67 @@ def latest_bytes(root: Path) -> dict[str, bytes]:
 # --- pure functions --------------------------------------------------------------------------------------
 
 
-def test_history_folder_is_dated_in_utc_and_names_the_run() -> None:
+def test_run_folder_is_dated_in_utc_and_names_the_run() -> None:
     late_evening_in_new_york = datetime(2026, 3, 1, 22, 30, tzinfo=timezone(timedelta(hours=-5)))
 
-    assert save_predictions.history_folder("run_1", late_evening_in_new_york) == "history/2026-03-02/run_1"
-    assert save_predictions.history_folder("../../x", late_evening_in_new_york) == "history/2026-03-02/_.._x"
+    assert publish.run_folder("run_1", late_evening_in_new_york) == "2026-03-02/run_1"
+    assert publish.run_folder("../../x", late_evening_in_new_york) == "2026-03-02/_.._x"
+    assert publish.history_path("2026-03-02/run_1") == "history/2026-03-02/run_1"
 
 
 def test_publish_plan_writes_history_first_and_the_latest_manifest_last(tmp_path: Path) -> None:
     csv_file, manifest = tmp_path / "p.csv", tmp_path / "m.json"
+    folders = publish.Folders(tmp_path / "latest", tmp_path / "hist")
 
-    plan = save_predictions.publish_plan("history/2026-01-02/r1", csv_file, manifest)
+    plan = publish.publish_plan(folders, "2026-01-02/r1", csv_file, manifest)
 
     assert plan == [
-        ("history/2026-01-02/r1/predictions.csv", csv_file),
-        ("history/2026-01-02/r1/manifest.json", manifest),
-        ("latest_predictions/predictions.csv", csv_file),
-        ("latest_predictions/manifest.json", manifest),
+        (tmp_path / "hist/2026-01-02/r1/predictions.csv", csv_file),
+        (tmp_path / "hist/2026-01-02/r1/manifest.json", manifest),
+        (tmp_path / "latest/predictions.csv", csv_file),
+        (tmp_path / "latest/manifest.json", manifest),
     ]
+    assert publish.Folders.under(tmp_path) == publish.Folders(
+        tmp_path / "latest_predictions", tmp_path / "history"
+    )
+
+
+def test_publish_renames_each_staged_file_into_place_in_plan_order(tmp_path: Path) -> None:
+    """What a reader of the folders sees after each rename: the history copy whole before the latest CSV
+    changes, the new CSV before the new manifest; no partial file and no staged file left behind."""
+    folders = publish.Folders(tmp_path / "latest", tmp_path / "history")
+    folders.latest.mkdir()
+    (folders.latest / "predictions.csv").write_text("old csv")
+    (folders.latest / "manifest.json").write_text("old manifest")
+    (tmp_path / "p.csv").write_text("new csv")
+    (tmp_path / "m.json").write_text("new manifest")
+    seen: list[dict[str, str]] = []
+
+    def replace(temp: Path, target: Path) -> None:
+        assert temp.parent == target.parent  # a rename within one folder: atomic
+        os.replace(temp, target)
+        # what a reader finds by name (the staged files are hidden, .<name>.<random>.tmp)
+        published = [p for p in (*folders.latest.rglob("*"), *folders.history.rglob("*")) if p.is_file()]
+        seen.append({str(p.relative_to(tmp_path)): p.read_text() for p in published if p.name[0] != "."})
+
+    publish.publish(publish.publish_plan(folders, "d/r", tmp_path / "p.csv", tmp_path / "m.json"), replace)
+
+    old = {"latest/manifest.json": "old manifest", "latest/predictions.csv": "old csv"}
+    assert seen == [
+        {**old, "history/d/r/predictions.csv": "new csv"},
+        {**old, "history/d/r/manifest.json": "new manifest", "history/d/r/predictions.csv": "new csv"},
+        {**old, "latest/predictions.csv": "new csv", "history/d/r/manifest.json": "new manifest",
+         "history/d/r/predictions.csv": "new csv"},
+        {"latest/predictions.csv": "new csv", "latest/manifest.json": "new manifest",
+         "history/d/r/manifest.json": "new manifest", "history/d/r/predictions.csv": "new csv"},
+    ]  # fmt: skip
+    assert not [p for p in tmp_path.rglob(".*.tmp")]
 
 
 def test_build_manifest_names_rows_model_run_fingerprint_time_and_columns() -> None:
     now = datetime(2026, 5, 6, 7, 8, 9, tzinfo=UTC)
 
-    manifest = save_predictions.build_manifest(
+    manifest = publish.build_manifest(
         rows=3,
         columns=["Order", "PredictedSalePrice"],
         run_id="r1",
@@ -90,7 +132,7 @@ def test_build_manifest_names_rows_model_run_fingerprint_time_and_columns() -> N
 def test_write_predictions_csv_joins_every_part_under_one_header(ames: pd.DataFrame, tmp_path: Path) -> None:
     source = make_predictions(tmp_path / "in", ames, rows=25, parts=3)
 
-    rows, columns = save_predictions.write_predictions_csv(source, tmp_path / "p.csv", "PredictedSalePrice")
+    rows, columns = publish.write_predictions_csv(source, tmp_path / "p.csv", "PredictedSalePrice")
 
     written = pd.read_csv(tmp_path / "p.csv")
     assert rows == 25 and len(written) == 25
@@ -101,54 +143,47 @@ def test_write_predictions_csv_joins_every_part_under_one_header(ames: pd.DataFr
 def test_write_predictions_csv_refuses_an_input_without_the_prediction_column(
     ames: pd.DataFrame, tmp_path: Path
 ) -> None:
-    stepio.write_frame(tmp_path / "in", ames.head(5))
+    handoff.write_frame(tmp_path / "in", ames.head(5))
 
-    with pytest.raises(stepio.StepError, match="no 'PredictedSalePrice' column"):
-        save_predictions.write_predictions_csv(tmp_path / "in", tmp_path / "p.csv", "PredictedSalePrice")
+    with pytest.raises(errors.StepError, match="no 'PredictedSalePrice' column"):
+        publish.write_predictions_csv(tmp_path / "in", tmp_path / "p.csv", "PredictedSalePrice")
 
 
 def test_write_predictions_csv_refuses_an_input_without_rows(ames: pd.DataFrame, tmp_path: Path) -> None:
     source = make_predictions(tmp_path / "in", ames, rows=0)
 
-    with pytest.raises(stepio.StepError, match="holds no rows"):
-        save_predictions.write_predictions_csv(source, tmp_path / "p.csv", "PredictedSalePrice")
+    with pytest.raises(errors.StepError, match="holds no rows"):
+        publish.write_predictions_csv(source, tmp_path / "p.csv", "PredictedSalePrice")
 
 
-# --- the step, local folder ------------------------------------------------------------------------------
+# --- the step, local folders -----------------------------------------------------------------------------
 
 
 def test_save_step_writes_latest_and_a_dated_history_copy_with_manifests(
     run_step, ames: pd.DataFrame, tmp_path: Path
 ) -> None:
     source = make_predictions(tmp_path / "in", ames, rows=12, parts=2)
-    dest = tmp_path / "datastore"
+    latest, history_root = tmp_path / "mnt" / "latest", tmp_path / "mnt2" / "history"
 
     done = run_step(
         "save_predictions.py",
-        *("--input", source, "--destination", dest, "--pipeline-fingerprint", "fp1"),
-        env={"PIPELINE_RUN_ID": "local_20260101T000000_abcdef"},
+        *("--input", source, "--latest-dir", latest, "--history-dir", history_root),
+        *("--run-id", "local_20260101T000000_abcdef", "--pipeline-fingerprint", "fp1"),
     )
 
     assert done.returncode == 0, done.stderr
-    manifest = json.loads((dest / "latest_predictions/manifest.json").read_text())
-    history = dest / manifest["history_folder"]
-    assert history.parent.parent == dest / "history"
-    assert history.name == "local_20260101T000000_abcdef"
-    assert history.parent.name == manifest["created_at"][:10]
-    assert (history / "predictions.csv").read_bytes() == (
-        dest / "latest_predictions/predictions.csv"
-    ).read_bytes()
+    manifest = json.loads((latest / "manifest.json").read_text())
+    assert manifest["history_folder"] == f"history/{manifest['created_at'][:10]}/local_20260101T000000_abcdef"
+    history = history_root / manifest["created_at"][:10] / "local_20260101T000000_abcdef"
+    assert (history / "predictions.csv").read_bytes() == (latest / "predictions.csv").read_bytes()
     assert json.loads((history / "manifest.json").read_text()) == manifest
-    written = pd.read_csv(dest / "latest_predictions/predictions.csv")
+    written = pd.read_csv(latest / "predictions.csv")
     assert len(written) == manifest["rows"] == 12
     assert manifest["columns"] == list(written.columns)
     assert (manifest["model_name"], manifest["model_version"]) == ("HousePrices", 3)
     assert (manifest["run_id"], manifest["pipeline_fingerprint"]) == ("local_20260101T000000_abcdef", "fp1")
     assert datetime.fromisoformat(manifest["created_at"]).utcoffset() == timedelta(0)
-    assert sorted(p.name for p in (dest / "latest_predictions").iterdir()) == [
-        "manifest.json",
-        "predictions.csv",
-    ]
+    assert sorted(p.name for p in latest.iterdir()) == ["manifest.json", "predictions.csv"]
 
 
 def test_a_second_save_replaces_latest_and_keeps_both_history_copies(
@@ -157,9 +192,7 @@ def test_a_second_save_replaces_latest_and_keeps_both_history_copies(
     dest = tmp_path / "datastore"
     for run_id, rows in (("run_a", 4), ("run_b", 7)):
         source = make_predictions(tmp_path / run_id, ames, rows=rows)
-        done = run_step(
-            "save_predictions.py", "--input", source, "--destination", dest, env={"PIPELINE_RUN_ID": run_id}
-        )
+        done = run_step("save_predictions.py", "--input", source, "--destination", dest, "--run-id", run_id)
         assert done.returncode == 0, done.stderr
 
     manifest = json.loads((dest / "latest_predictions/manifest.json").read_text())
@@ -184,14 +217,15 @@ def test_a_failing_save_leaves_the_previous_latest_files_byte_identical(
 ) -> None:
     dest = tmp_path / "datastore"
     first = make_predictions(tmp_path / "first", ames, rows=8, price=100.0)
-    assert run_step("save_predictions.py", "--input", first, "--destination", dest).returncode == 0
+    assert (
+        run_step("save_predictions.py", "--input", first, "--destination", dest, "--run-id", "r1").returncode
+        == 0
+    )
     before = latest_bytes(dest)
     source = make_predictions(tmp_path / "second", ames, rows=9, price=200.0)
     break_it(source, dest, ames)
 
-    done = run_step(
-        "save_predictions.py", "--input", source, "--destination", dest, env={"PIPELINE_RUN_ID": "r2"}
-    )
+    done = run_step("save_predictions.py", "--input", source, "--destination", dest, "--run-id", "r2")
 
     assert done.returncode == 2
     assert message in done.stderr and "Traceback" not in done.stderr, done.stderr
@@ -203,7 +237,7 @@ def test_a_failing_save_leaves_the_previous_latest_files_byte_identical(
 
 
 def _replace_rows(source: Path, frame: pd.DataFrame) -> None:
-    stepio.write_frame(source, frame.drop(columns=["SalePrice"]))
+    handoff.write_frame(source, frame.drop(columns=["SalePrice"]))
 
 
 def _block_history(dest: Path) -> None:
@@ -212,25 +246,31 @@ def _block_history(dest: Path) -> None:
     (dest / "history").write_text("a file where the history folder should be")
 
 
-def test_save_step_to_default_datastore_outside_azure_ml_says_why(
-    run_step, ames: pd.DataFrame, tmp_path: Path
-) -> None:
-    source = make_predictions(tmp_path / "in", ames, rows=3)
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--latest-dir", "l"], "give --latest-dir and --history-dir"),
+        (["--destination", "d", "--latest-dir", "l"], "not both"),
+    ],
+)
+def test_save_step_needs_both_folders_or_a_destination(run_step, tmp_path: Path, arguments, message) -> None:
+    done = run_step("save_predictions.py", "--input", tmp_path, "--run-id", "r", *arguments)
 
-    done = run_step("save_predictions.py", "--input", source, "--destination", "default-datastore")
-
-    assert done.returncode == 2
-    assert "error: destination 'default-datastore' is only available inside an Azure ML run" in done.stderr
+    assert done.returncode == 2 and message in done.stderr
 
 
 def test_save_step_help_runs_alone(run_step) -> None:
     done = run_step("save_predictions.py", "--help")
 
     assert done.returncode == 0
-    assert "--destination" in done.stdout and "--pipeline-fingerprint" in done.stdout
+    for option in ("--latest-dir", "--history-dir", "--run-id", "--destination", "--pipeline-fingerprint"):
+        assert option in done.stdout
 
 
-# --- the step, blob storage (Azurite) --------------------------------------------------------------------
+# --- aml_v1's upload to blob storage (Azurite), in the same order ----------------------------------------
+
+
+aml_v1 = load_step_module("aml_v1")
 
 
 @pytest.fixture
@@ -240,6 +280,7 @@ def container(azurite):
 
     service = BlobServiceClient.from_connection_string(azurite.connection_string)
     client = service.get_container_client(f"predictions-{uuid.uuid4().hex[:12]}")
+    client.create_container()
     yield client
     with contextlib.suppress(ResourceNotFoundError):
         client.delete_container()
@@ -249,19 +290,44 @@ def blob_bytes(container, name: str) -> bytes:
     return container.download_blob(name).readall()
 
 
-def test_save_step_to_blob_writes_the_same_layout_under_the_prefix(
-    run_step, azurite, container, ames: pd.DataFrame, tmp_path: Path
-) -> None:
-    source = make_predictions(tmp_path / "in", ames, rows=6)
+def staged_save(source: Path, folder: Path, run_id: str, fingerprint: str | None = None):
+    """What aml_v1 does before uploading: the step's own save into local staging folders."""
+    staged = publish.Folders(folder / "latest", folder / "history")
+    save_step.save(source, staged, run_id, fingerprint)
+    return staged
 
-    done = run_step(
-        "save_predictions.py",
-        *("--input", source, "--destination", f"blob://{container.container_name}/batch/houses"),
-        *("--pipeline-fingerprint", "fp9"),
-        env={"AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string, "PIPELINE_RUN_ID": "run_blob"},
+
+def test_the_upload_plan_puts_history_first_and_the_latest_manifest_last(
+    ames: pd.DataFrame, tmp_path: Path
+) -> None:
+    staged = staged_save(make_predictions(tmp_path / "in", ames, rows=3), tmp_path / "s", "r1")
+    day = next((tmp_path / "s" / "history").iterdir()).name
+
+    plan = aml_v1.upload_plan(staged, "latest_predictions", "history")
+
+    assert [name for name, _ in plan] == [
+        f"history/{day}/r1/predictions.csv",
+        f"history/{day}/r1/manifest.json",
+        "latest_predictions/predictions.csv",
+        "latest_predictions/manifest.json",
+    ]
+    assert (
+        aml_v1.datastore_path("default-datastore:latest_predictions/", "--latest-dir") == "latest_predictions"
+    )
+    with pytest.raises(errors.StepError, match="--history-dir on Azure ML v1 is default-datastore:<path>"):
+        aml_v1.datastore_path("/mnt/history", "--history-dir")
+
+
+def test_the_upload_writes_the_same_layout_as_the_local_step_under_a_prefix(
+    container, ames: pd.DataFrame, tmp_path: Path
+) -> None:
+    staged = staged_save(make_predictions(tmp_path / "in", ames, rows=6), tmp_path / "s", "run_blob", "fp9")
+
+    aml_v1.upload_in_order(
+        aml_v1.BlobFolder(container, "batch/houses"),
+        aml_v1.upload_plan(staged, "latest_predictions", "history"),
     )
 
-    assert done.returncode == 0, done.stderr
     manifest = json.loads(blob_bytes(container, "batch/houses/latest_predictions/manifest.json"))
     history = f"batch/houses/{manifest['history_folder']}"
     assert sorted(b.name for b in container.list_blobs()) == sorted(
@@ -284,60 +350,44 @@ def test_save_step_to_blob_writes_the_same_layout_under_the_prefix(
     assert properties.content_settings.content_type == "text/csv"
 
 
-def test_a_failing_blob_save_leaves_the_previous_latest_blobs_intact(
-    run_step, azurite, container, ames: pd.DataFrame, tmp_path: Path
+def test_a_failing_upload_leaves_the_previous_latest_blobs_intact(
+    container, ames: pd.DataFrame, tmp_path: Path
 ) -> None:
-    env = {"AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string}
-    destination = f"blob://{container.container_name}"
-    first = make_predictions(tmp_path / "first", ames, rows=5, price=100.0)
-    done = run_step("save_predictions.py", "--input", first, "--destination", destination, env=env)
-    assert done.returncode == 0, done.stderr
+    from azure.core.exceptions import HttpResponseError
+
+    destination = aml_v1.BlobFolder(container)
+    first = staged_save(make_predictions(tmp_path / "first", ames, rows=5, price=100.0), tmp_path / "a", "r1")
+    aml_v1.upload_in_order(destination, aml_v1.upload_plan(first, "latest_predictions", "history"))
     before = {name: blob_bytes(container, name) for name in LATEST_FILES}
     # Another writer holds a lease on the latest CSV: the upload of the new latest CSV fails half-way
-    # through the save, after the history copy went up.
+    # through, after the history copy went up.
     lease = container.get_blob_client("latest_predictions/predictions.csv").acquire_lease()
-    second = make_predictions(tmp_path / "second", ames, rows=9, price=200.0)
+    second = staged_save(
+        make_predictions(tmp_path / "second", ames, rows=9, price=200.0), tmp_path / "b", "r2"
+    )
 
     try:
-        done = run_step(
-            "save_predictions.py",
-            *("--input", second, "--destination", destination),
-            env={**env, "PIPELINE_RUN_ID": "run_leased"},
-        )
+        with pytest.raises(HttpResponseError):
+            aml_v1.upload_in_order(destination, aml_v1.upload_plan(second, "latest_predictions", "history"))
     finally:
         lease.release()
 
-    assert done.returncode == 2
-    assert "error: cannot upload the predictions" in done.stderr and "Traceback" not in done.stderr
     assert {name: blob_bytes(container, name) for name in LATEST_FILES} == before
-    assert any(b.name.endswith("/run_leased/predictions.csv") for b in container.list_blobs())
+    assert any(b.name.endswith("/r2/manifest.json") for b in container.list_blobs())
 
 
-def test_a_blob_save_with_bad_input_uploads_nothing(
-    run_step, azurite, container, ames: pd.DataFrame, tmp_path: Path
-) -> None:
-    source = make_predictions(tmp_path / "in", ames, rows=0)
-
-    done = run_step(
-        "save_predictions.py",
-        *("--input", source, "--destination", f"blob://{container.container_name}"),
-        env={"AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string},
-    )
-
-    assert done.returncode == 2 and "holds no rows" in done.stderr
-    assert not container.exists() or list(container.list_blobs()) == []
-
-
-def test_a_blob_destination_without_a_connection_string_says_which_variable_is_missing(
+def test_aml_v1_outside_an_azure_ml_run_says_so_in_one_line(
     run_step, ames: pd.DataFrame, tmp_path: Path
 ) -> None:
-    source = make_predictions(tmp_path / "in", ames, rows=2)
+    source = make_predictions(tmp_path / "in", ames, rows=3)
 
     done = run_step(
-        "save_predictions.py",
-        *("--input", source, "--destination", "blob://predictions"),
-        env={"AZURE_STORAGE_CONNECTION_STRING": None},
-    )
+        "aml_v1.py", "save_predictions", "--input", source, "--latest-dir", "default-datastore:latest_predictions",
+        "--history-dir", "default-datastore:history", "--run-id", "run-context:parent",
+        env={"AZUREML_RUN_ID": None},
+    )  # fmt: skip
 
     assert done.returncode == 2
-    assert "needs the environment variable AZURE_STORAGE_CONNECTION_STRING" in done.stderr
+    assert done.stderr.splitlines()[-1] == (
+        "error: aml_v1.py runs only inside an Azure ML step run (no run context found)"
+    )

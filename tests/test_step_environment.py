@@ -30,7 +30,7 @@ from tests.fixtures_local import read_parts
 
 if str(STEP_SCRIPTS_DIR) not in sys.path:
     sys.path.insert(0, str(STEP_SCRIPTS_DIR))
-predict_step = importlib.import_module("predict")
+predict_step = importlib.import_module("batchpred_steps.score")
 
 # Every proxy variable (dataprep's Rust reader reads only the lower-case ones) aimed at a closed port: a step
 # that reaches for the network fails at once instead of waiting.
@@ -107,7 +107,7 @@ def test_the_steps_run_in_their_venv_offline_on_a_model_trained_in_the_dev_venv(
     run_in(step_env, STEP_SCRIPTS_DIR / "predict.py", "--input", new_data, "--model", model_file,
            "--output", predictions, env=env, cwd=tmp_path)  # fmt: skip
     run_in(step_env, STEP_SCRIPTS_DIR / "save_predictions.py", "--input", predictions,
-           "--destination", destination, env=env, cwd=tmp_path)  # fmt: skip
+           "--destination", destination, "--run-id", "offline", env=env, cwd=tmp_path)  # fmt: skip
 
     rows = read_parts(new_data)
     assert len(rows) == 20 and "SalePrice" not in rows.columns

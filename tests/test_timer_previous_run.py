@@ -18,7 +18,20 @@ from tests.fixtures_fakes import publish_in_fake
 from tests.kql import alert_fires_on
 
 TIMER_LOGGER = "pipeline_def.app.timer"
-MODEL_ERROR = "error: model version 99 of HousePrices is not registered"
+MODEL_ERROR = (
+    "cannot get registered model HousePrices:99: ModelNotFound: Model with id HousePrices:99 not found"
+)
+
+
+def _recorded_by_azureml_core(message: str) -> str:
+    """What run history holds for a step that left with StepFailed(message): azureml-core's own
+    RunHistoryFacade._error_details_to_dictionary, which RunStatusContext calls for the exception."""
+    from azureml._run_impl.run_history_facade import RunHistoryFacade
+
+    from tests.fixtures_local import load_step_module
+
+    step_failed = load_step_module("batchpred_steps.errors").StepFailed
+    return RunHistoryFacade._error_details_to_dictionary(error_details=step_failed(message))["message"]
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +62,7 @@ def _failed_at_predict(aml, trigger: str = "timer"):
         "Failed",
         trigger,
         steps={"predict": "Failed", "save_predictions": "Canceled"},
-        step_errors={"predict": f"{MODEL_ERROR}\nTraceback (most recent call last): ..."},
+        step_errors={"predict": _recorded_by_azureml_core(MODEL_ERROR)},
     )
 
 

@@ -17,6 +17,9 @@ from typing import Any
 
 from emulator.aml.state import HISTORY_TERMINAL, FakeRun, FakeStep
 
+# Each v1 step's script runs under azureml-core's own run context (RunStatusContext), as on Azure ML: the SDK
+# itself then records a failed step's error in run history (v1_driver.py).
+V1_DRIVER = Path(__file__).with_name("v1_driver.py")
 # How long a canceled step gets between SIGTERM and SIGKILL.
 CANCEL_GRACE_SECONDS = 5.0
 DRIVER_LOG = "azureml-logs/70_driver_log.txt"
@@ -270,7 +273,9 @@ class ExecutionService:
         return _StepPlan(step, script, arguments, snapshot_id, environment)
 
     def _run_step(self, plan: _StepPlan, step_dir: Path, state: _RunState) -> tuple[int, str | None]:
-        """Run one step's process to its end; return its exit code and, if it failed, its error line."""
+        """Run one step's process to its end; return its exit code and, if it failed, its error: what the
+        SDK in the process posted to run history (the step's Error event), else its last `error:` line,
+        else its exit code and last line of stderr (a process that died before the SDK could say anything)."""
         assert self.execution is not None
         working = self.write_snapshot(plan.snapshot_id, step_dir / "wd")
         home = step_dir / "home"
@@ -289,7 +294,7 @@ class ExecutionService:
         }
         log_path = step_dir / DRIVER_LOG
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        command = [str(python), plan.script, *plan.arguments]
+        command = [str(python), str(V1_DRIVER), plan.script, *plan.arguments]
         with self.lock:
             if state.cancel.is_set():
                 return -1, "canceled"
@@ -326,7 +331,10 @@ class ExecutionService:
             self.put_artifact("ExperimentRun", f"dcid.{plan.step.run_id}", DRIVER_LOG, log_path.read_bytes())
         if rc == 0:
             return 0, None
-        return rc, error_line or f"{plan.script} exited with code {rc}: {last_line or 'no output on stderr'}"
+        with self.lock:
+            posted = plan.step.error_message if plan.step.error is not None else None
+        fallback = f"{plan.script} exited with code {rc}: {last_line or 'no output on stderr'}"
+        return rc, posted or error_line or fallback
 
 
 def _terminate(process: subprocess.Popen | None) -> None:

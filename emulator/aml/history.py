@@ -10,6 +10,8 @@ from emulator.aml.odata import parse_filter, sort_key
 from emulator.aml.state import FakeRun, FakeStep, iso
 from emulator.aml.wire import SEG, RecordedRequest, Response, Route, ServiceError, json_body, route
 
+# The event azureml-core posts with a run's error (azureml._restclient.contracts.events.ERRORNAME).
+ERROR_EVENT = "Microsoft.MachineLearning.Run.Error"
 # The most runs one page of `runs:query` returns, whatever `top` asks for (the SDK's own page size).
 QUERY_PAGE_MAX = 500
 
@@ -40,6 +42,8 @@ class HistoryService:
             route("GET", rf"{run_ref}/children", self._get_history_children),
             route("GET", rf"{run_ref}/details", self._get_history_run),
             route("POST", rf"{run_ref}/cancel", self._cancel_history_run),
+            route("POST", rf"{run_ref}/events", self._post_history_event),
+            route("GET", rf"{run_ref}/metricsingest/wait", self._wait_metrics_ingest),
             route("PATCH", rf"{run_ref}", self._patch_history_run),
             route("GET", rf"{run_ref}", self._get_history_run),
         ]
@@ -93,6 +97,40 @@ class HistoryService:
         self._check_experiment(run, experiment, experiment_id)
         self._cancel(run)
         return Response(200, run.step_dto(step) if step else run.history_dto(self.workspace_path))
+
+    def _post_history_event(
+        self, record: RecordedRequest, experiment: str | None, experiment_id: str | None, run_id: str
+    ) -> Response:
+        """`POST .../runs/{id}/events`, as azureml-core's RunClient.post_event sends a BaseEvent
+        ({timestamp, name, data}). A step's own process posts `Microsoft.MachineLearning.Run.Error` when its
+        script raised (RunStatusContext -> set_failed_status -> post_event_error): `data.ErrorResponse` is
+        the ErrorResponse whose `error` (RootError) run history then shows as the run's `error`. Every event
+        is kept on the step run (`FakeStep.events`); a submitted run's status stays the executor's to set
+        (the SDK posts no status event for a _SubmittedRun)."""
+        run, step = self._history_run(run_id)
+        self._check_experiment(run, experiment, experiment_id)
+        event = json_body(record)
+        if not isinstance(event.get("name"), str):
+            raise ServiceError(400, "An event needs a name.", "BadArgument")
+        if step is not None:
+            step.events.append(event)
+            response = (event.get("data") or {}).get("ErrorResponse")
+            if event["name"] == ERROR_EVENT and isinstance(response, dict):
+                root = response.get("error")
+                if isinstance(root, dict) and root.get("message"):
+                    step.error = {k: v for k, v in root.items() if v is not None}
+                    step.error_message = str(root["message"])
+        return Response(200, None)
+
+    def _wait_metrics_ingest(
+        self, record: RecordedRequest, experiment: str | None, experiment_id: str | None, run_id: str
+    ) -> Response:
+        """`GET .../runs/{id}/metricsingest/wait`: azureml-core's RunStatusContext flushes a run's metrics when
+        its script ends well and waits here (200, or 202 + Location to poll). The emulator ingests no
+        metrics, so there is never anything to wait for: 200 at once."""
+        run, step = self._history_run(run_id)
+        self._check_experiment(run, experiment, experiment_id)
+        return Response(200, {})
 
     def _get_experiment(self, record: RecordedRequest, experiment: str) -> Response:
         if experiment not in self.experiments:

@@ -125,7 +125,12 @@ class FakeStep:
     created: datetime | None = None
     started: datetime | None = None
     ended: datetime | None = None
-    error_message: str | None = None  # a failed step's error (executed runs: its last `error: ...` line)
+    # a failed step's error message: what its own process posted to run history (executed runs: azureml-core's
+    # RunStatusContext), else its last `error: ...` line, or what a test set
+    error_message: str | None = None
+    # the RootError the step's process posted with its Error event, as sent (code, message, detailsUri, ...)
+    error: dict[str, Any] | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)  # every run-history event it posted
     log_path: Path | None = None  # executed runs: the step's stdout and stderr (70_driver_log.txt)
     # what the step's own process added through run history (PATCH): tags, properties, and the rest of the
     # body as sent (e.g. the dataset lineage the SDK records when a step reads a registered dataset)
@@ -287,7 +292,8 @@ class FakeRun:
             "target": "cpu-cluster",
             "error": (
                 {
-                    "error": {
+                    "error": step.error
+                    or {
                         "code": "UserError",
                         "message": step.error_message or f"{step.name} failed",
                         "details": [],

@@ -47,7 +47,7 @@ from pipeline_def.azureml.odata import ACTIVE_HISTORY_STATUSES, runs_filter
 from pipeline_def.backend import LookBack, OccurrenceRun, Progress, Published, Target
 from pipeline_def.errors import NotFound, NotPublished, PipelineError, RunNotFound, ServiceError
 from pipeline_def.fingerprint import compute_fingerprint
-from pipeline_def.runs import TERMINAL, RunInfo, StepStatus, normalize_status
+from pipeline_def.runs import TERMINAL, RunInfo, StepStatus, normalize_status, readable_step_error
 from pipeline_def.settings import STEP_SCRIPTS_DIR, Settings
 from pipeline_def.steps import STEPS
 
@@ -361,8 +361,10 @@ class AzureMLBackend:
 
 
 def _error_message(error: Any) -> str | None:
-    """The message of a run-history `error` (an ErrorResponse: {"error": {"code", "message"}}), first line
-    only, at most 300 characters."""
+    """The message of a run-history `error` (an ErrorResponse: {"error": {"code", "message"}}), in the step's
+    own words when the platform wrapped them (`readable_step_error`: azureml-core records a step's
+    `StepFailed` as `User program failed with StepFailed: <message>`), first line only, at most 300
+    characters."""
     if not isinstance(error, dict):
         return None
     nested = error.get("error")
@@ -370,7 +372,7 @@ def _error_message(error: Any) -> str | None:
     message = inner.get("message") or inner.get("code")
     if not message:
         return None
-    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+    lines = [line.strip() for line in readable_step_error(str(message)).splitlines() if line.strip()]
     return lines[0][:300] if lines else None
 
 

@@ -21,8 +21,15 @@ if TYPE_CHECKING:
     from azureml.core import Workspace
     from azureml.pipeline.core import Pipeline
 
-# What BuildValue("destination") becomes on Azure ML: save_predictions writes to the default datastore.
-DESTINATION = "default-datastore"
+# Every v1 step runs this adapter with its step's name first: it turns the names below into local paths
+# (step_scripts/aml_v1.py, which spells the same two markers).
+V1_ENTRY_SCRIPT = "aml_v1.py"
+# BuildValue("latest") and ("history"): paths of the workspace's default datastore, which aml_v1 uploads to.
+DATASTORE_PREFIX = "default-datastore:"
+LATEST_PATH = f"{DATASTORE_PREFIX}latest_predictions"
+HISTORY_PATH = f"{DATASTORE_PREFIX}history"
+# BuildValue("run_id"): only the step run knows its pipeline run; aml_v1 reads it from the run context.
+RUN_CONTEXT_PARENT = "run-context:parent"
 
 # The SDK's state is process-wide (environment variables, tempfile's directory, a default argument): one
 # publish at a time may aim it at its private folder.
@@ -107,7 +114,8 @@ def build_pipeline(
     step_class: type | None = None,
 ) -> Pipeline:
     """PythonScriptSteps from steps.STEPS, joined by PipelineData, with the run parameters as
-    PipelineParameters whose defaults are the settings'.
+    PipelineParameters whose defaults are the settings'. Each step runs `aml_v1.py <step> <arguments>`, its
+    build values being names (dataset, model, datastore paths, the run-context marker) aml_v1 resolves.
 
     The steps are azureml-pipeline-core's `_PythonScriptStepBase`: azureml-pipeline-steps' `PythonScriptStep`
     is that class with nothing added (its methods only call the base), and the base names its step type
@@ -126,7 +134,9 @@ def build_pipeline(
     fixed = {
         "dataset": settings.dataset_name,
         "model": settings.model_name,
-        "destination": DESTINATION,
+        "latest": LATEST_PATH,
+        "history": HISTORY_PATH,
+        "run_id": RUN_CONTEXT_PARENT,
         "fingerprint": fingerprint,
     }
     data: dict[str, Any] = {}
@@ -136,7 +146,7 @@ def build_pipeline(
 
     built = []
     for step in step_description.STEPS:
-        arguments: list[Any] = []
+        arguments: list[Any] = [Path(step.script).stem]  # aml_v1.py's first argument: which step
         inputs: list[Any] = []
         outputs: list[Any] = []
         for argument in step.arguments:
@@ -157,7 +167,7 @@ def build_pipeline(
                 raise TypeError(f"unknown argument {argument!r} in step {step.name}")
         built.append(
             PythonScriptStep(
-                script_name=step.script,
+                script_name=V1_ENTRY_SCRIPT,
                 name=step.name,
                 arguments=arguments,
                 inputs=inputs,
@@ -245,7 +255,10 @@ def publish_pipeline(
 
 
 __all__ = [
-    "DESTINATION",
+    "HISTORY_PATH",
+    "LATEST_PATH",
+    "RUN_CONTEXT_PARENT",
+    "V1_ENTRY_SCRIPT",
     "PRIVATE_FOLDER_PREFIX",
     "build_pipeline",
     "connect_workspace",

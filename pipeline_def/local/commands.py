@@ -17,6 +17,7 @@ PREDICTIONS_FILE = Path("latest_predictions") / "predictions.csv"
 
 
 def destination_folder(settings: Settings) -> Path:
+    """The local stand-in for the workspace's default datastore: latest_predictions/ and history/ in it."""
     return settings.local_work_dir / "datastore"
 
 
@@ -24,7 +25,8 @@ def resolve_argument(
     argument: Any, settings: Settings, parameters: Mapping[str, str], run_dir: Path, fingerprint: str
 ) -> str:
     """One steps.py argument as the local backend passes it: parameters as given (else their defaults),
-    settings as local paths, data as folders of the run (docs/product.md, "Running without Azure")."""
+    settings as local paths, data as folders of the run, the run id as the run folder's name (docs/product.md,
+    "Running without Azure")."""
     if isinstance(argument, str):
         return argument
     if isinstance(argument, Param):
@@ -33,7 +35,9 @@ def resolve_argument(
         values = {
             "dataset": str(settings.local_dataset_path),
             "model": str(model_folder(settings)),
-            "destination": str(destination_folder(settings)),
+            "latest": str(destination_folder(settings) / "latest_predictions"),
+            "history": str(destination_folder(settings) / "history"),
+            "run_id": run_dir.name,
             "fingerprint": fingerprint,
         }
         if argument.name not in values:

@@ -99,7 +99,7 @@ def _run_step(run_dir: Path, record: RunRecord, step: StepRecord, say: Progress)
     write_record(run_dir, record)
     say(f"  {step.name:<18} running")
     started = time.monotonic()
-    process = _start_step(run_dir, record.id, step)
+    process = _start_step(run_dir, step)
     try:
         code = _wait_step(process, run_dir)
     finally:
@@ -137,9 +137,8 @@ def _end_running_step(record: RunRecord, status: str, error: str | None = None) 
             step.error = error
 
 
-def _start_step(run_dir: Path, run_id: str, step: StepRecord) -> subprocess.Popen:
+def _start_step(run_dir: Path, step: StepRecord) -> subprocess.Popen:
     env = dict(os.environ)
-    env["PIPELINE_RUN_ID"] = run_id
     env["PYTHONUNBUFFERED"] = "1"
     # The steps run as they would on Azure ML: from their own folder, without pipeline_def on the path.
     paths = [

@@ -1,0 +1,257 @@
+"""Azure ML v1's adapter, the only step module that imports azureml: `python aml_v1.py <step> <arguments>`
+turns the v1 names among the step's arguments into the local paths the step takes, then runs the same core.
+
+- fetch_data `--dataset NAME`: the registered tabular dataset, read with `to_pandas_dataframe()` into a
+  temporary Parquet file;
+- predict `--model NAME --model-version latest|N`: `Model(ws, NAME, version).download()` into a temporary
+  folder (a version that does not exist fails here); the registry's name and version are recorded;
+- save_predictions `--latest-dir default-datastore:<path> --history-dir default-datastore:<path>
+  --run-id run-context:parent`: the step publishes into local staging folders, which are then uploaded to the
+  workspace's default datastore in the same order (history, latest CSV, latest manifest), each blob upload
+  atomic; the run id is the pipeline run's (the parent of this step run).
+
+Transitional: used only while the v1 backend exists.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from batchpred_steps.cli import fail, run_step
+from batchpred_steps.errors import StepError
+from batchpred_steps.publish import CSV_NAME, MANIFEST_NAME, Folders
+
+if TYPE_CHECKING:
+    from azure.storage.blob import ContainerClient
+
+log = logging.getLogger("aml_v1")
+
+# What pipeline_def/azureml/definition.py passes for the values only the run can resolve.
+DATASTORE_PREFIX = "default-datastore:"
+RUN_CONTEXT_PARENT = "run-context:parent"
+
+
+# --- the run ---------------------------------------------------------------------------------------------
+
+
+def run_context() -> Any:
+    """The step run this process belongs to (azureml-core's run context); StepError outside Azure ML."""
+    from azureml.core import Run
+    from azureml.core.run import _OfflineRun
+
+    run = Run.get_context()
+    if isinstance(run, _OfflineRun):
+        raise StepError("aml_v1.py runs only inside an Azure ML step run (no run context found)")
+    return run
+
+
+def workspace() -> Any:
+    return run_context().experiment.workspace
+
+
+def pipeline_run_id(value: str) -> str:
+    """`run-context:parent` is the pipeline run this step run belongs to; anything else is taken as given."""
+    if value != RUN_CONTEXT_PARENT:
+        return value
+    run = run_context()
+    parent = getattr(run, "parent", None)
+    return parent.id if parent is not None else run.id
+
+
+# --- fetch_data: a registered dataset -> a file ----------------------------------------------------------
+
+
+def dataset_to_file(name: str, folder: Path) -> Path:
+    """The latest version of the registered tabular dataset `name`, as a Parquet file in `folder`."""
+    from azureml.core import Dataset
+
+    try:
+        dataset = Dataset.get_by_name(workspace(), name=name)
+    except StepError:
+        raise
+    except Exception as error:
+        raise StepError(f"registered dataset {name!r} not found: {error}") from error
+    file = folder / f"{name}.parquet"
+    dataset.to_pandas_dataframe().to_parquet(file, index=False)
+    return file
+
+
+def fetch_data(argv: list[str]) -> None:
+    import fetch_data as step
+
+    args = step.parse_args(argv)
+
+    def body() -> None:
+        with tempfile.TemporaryDirectory(prefix="aml-v1-dataset-") as folder:
+            file = dataset_to_file(args.dataset, Path(folder))
+            step.fetch(file, args.sample_size, args.seed, args.output, dataset_name=args.dataset)
+
+    run_step(body, io_failure="cannot write the output")
+
+
+# --- predict: a registered model name and version -> a folder --------------------------------------------
+
+
+def download_model(name: str, version: str, target: Path) -> tuple[Path, str, int]:
+    """Download model `name` at `version` ("latest" or a number) from the workspace's registry into `target`;
+    return the downloaded folder (or file), and the registry's name and version."""
+    from azureml.core import Model
+    from batchpred_steps.score import normalise_version
+
+    version = normalise_version(version)
+    try:
+        model = Model(workspace(), name=name, version=None if version == "latest" else int(version))
+        downloaded = Path(model.download(target_dir=str(target), exist_ok=True))
+    except StepError:
+        raise
+    except Exception as error:
+        raise StepError(f"cannot get registered model {name}:{version}: {error}") from error
+    return downloaded, str(model.name), int(model.version)
+
+
+def predict(argv: list[str]) -> None:
+    import predict as step
+
+    args = step.parse_args(argv)
+
+    def body() -> None:
+        with tempfile.TemporaryDirectory(prefix="aml-v1-model-") as folder:
+            downloaded, name, version = download_model(args.model, args.model_version, Path(folder))
+            step.predict(
+                Path(args.input),
+                downloaded,
+                Path(args.output),
+                model_version=str(version),
+                model_name=args.model_name or name,
+                batch_rows=args.batch_rows,
+            )
+
+    run_step(body, io_failure="cannot read the input or write the output")
+
+
+# --- save_predictions: the default datastore -> local folders, uploaded in order -------------------------
+
+
+@dataclass
+class BlobFolder:
+    """A folder of a blob container (`prefix`, may be empty)."""
+
+    container: ContainerClient
+    prefix: str = ""
+
+    def upload(self, name: str, source: Path) -> None:
+        """One blob upload: the blob is committed whole or not at all."""
+        from azure.storage.blob import ContentSettings
+
+        kind = "text/csv" if name.endswith(".csv") else "application/json"
+        with open(source, "rb") as data:
+            self.container.upload_blob(
+                self.blob_name(name),
+                data,
+                overwrite=True,
+                content_settings=ContentSettings(content_type=kind),
+            )
+
+    def blob_name(self, name: str) -> str:
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+
+def datastore_path(value: str, option: str) -> str:
+    """The datastore path of `default-datastore:<path>`."""
+    if not value.startswith(DATASTORE_PREFIX):
+        raise StepError(f"{option} on Azure ML v1 is {DATASTORE_PREFIX}<path>, not {value!r}")
+    return value[len(DATASTORE_PREFIX) :].strip("/")
+
+
+def upload_plan(staged: Folders, latest_path: str, history_path: str) -> list[tuple[str, Path]]:
+    """(blob name, staged file) in the order that keeps the latest predictions whole: every file of the
+    history copy (CSV before manifest), then the latest CSV, then the latest manifest."""
+    history = sorted(
+        (p for p in staged.history.rglob("*") if p.is_file()),
+        key=lambda p: (p.parent.as_posix(), p.name != CSV_NAME, p.name),
+    )
+    join = lambda root, rel: f"{root}/{rel}" if root else rel  # noqa: E731
+    return [
+        *((join(history_path, p.relative_to(staged.history).as_posix()), p) for p in history),
+        (join(latest_path, CSV_NAME), staged.latest / CSV_NAME),
+        (join(latest_path, MANIFEST_NAME), staged.latest / MANIFEST_NAME),
+    ]
+
+
+def upload_in_order(destination: BlobFolder, plan: list[tuple[str, Path]]) -> None:
+    """Upload each (blob name, file) one after the other: a failure leaves every later blob as it was."""
+    for name, source in plan:
+        destination.upload(name, source)
+
+
+def default_datastore() -> BlobFolder:
+    """The default datastore of the workspace this step runs in, with the datastore's own credential: its
+    account key, its SAS token, or (credential-less datastore) the compute's identity."""
+    from azure.core.credentials import AzureNamedKeyCredential, AzureSasCredential
+    from azure.storage.blob import ContainerClient
+
+    datastore = workspace().get_default_datastore()
+    protocol, endpoint = datastore.protocol or "https", datastore.endpoint or "core.windows.net"
+    account_url = f"{protocol}://{datastore.account_name}.blob.{endpoint}"
+    if datastore.account_key:
+        credential: Any = AzureNamedKeyCredential(datastore.account_name, datastore.account_key)
+    elif datastore.sas_token:
+        credential = AzureSasCredential(datastore.sas_token.lstrip("?"))
+    else:
+        from azure.identity import DefaultAzureCredential
+
+        credential = DefaultAzureCredential()
+    return BlobFolder(ContainerClient(account_url, datastore.container_name, credential=credential))
+
+
+def save_predictions(argv: list[str]) -> None:
+    import save_predictions as step
+
+    args = step.parse_args(argv)
+
+    def body() -> None:
+        latest_path = datastore_path(args.latest_dir or "", "--latest-dir")
+        history_path = datastore_path(args.history_dir or "", "--history-dir")
+        run_id = pipeline_run_id(args.run_id)
+        with tempfile.TemporaryDirectory(prefix="aml-v1-publish-") as folder:
+            staged = Folders(Path(folder) / "latest", Path(folder) / "history")
+            step.save(
+                Path(args.input),
+                staged,
+                run_id,
+                args.pipeline_fingerprint,
+                prediction_column=args.prediction_column,
+            )
+            destination = default_datastore()
+            upload_in_order(destination, upload_plan(staged, latest_path, history_path))
+        log.info("uploaded to %s/%s", destination.container.url, latest_path)
+
+    # A storage error leaves the latest blobs untouched (see upload_plan); the step reports it in one line.
+    run_step(body, io_failure="cannot write the predictions", azure_failure="cannot upload the predictions")
+
+
+STEPS: dict[str, Callable[[list[str]], None]] = {
+    "fetch_data": fetch_data,
+    "predict": predict,
+    "save_predictions": save_predictions,
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["-h"], ["--help"]):
+        print(__doc__)
+        return
+    if not argv or argv[0] not in STEPS:
+        fail(f"usage: aml_v1.py {{{','.join(STEPS)}}} <the step's arguments>")
+    STEPS[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    main()

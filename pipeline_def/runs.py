@@ -3,6 +3,7 @@ from every status spelling Azure ML uses (pipelines service, run history, graph 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -154,3 +155,30 @@ class RunInfo:
             if value is not None:
                 body[name] = value
         return body
+
+
+def history_error(error: Any) -> str | None:
+    """The message of a run-history `error` (an ErrorResponse: {"error": {"code", "message"}}, or its inner
+    object), in the step's own words when the platform wrapped them (`readable_step_error`), first line only,
+    at most 300 characters. Both Azure ML backends read run history, so both read errors here."""
+    if not isinstance(error, dict):
+        return None
+    nested = error.get("error")
+    inner = nested if isinstance(nested, dict) else error
+    message = inner.get("message") or inner.get("code")
+    if not message:
+        return None
+    lines = [line.strip() for line in readable_step_error(str(message)).splitlines() if line.strip()]
+    return lines[0][:300] if lines else None
+
+
+def with_failed_step(run: RunInfo) -> RunInfo:
+    """A failed run whose steps are known says which step failed and why (`step predict failed: <its
+    error>`) in `error`, and names the step in `failed_step`."""
+    if run.status != "failed" or not run.steps:
+        return run
+    failed = next((step for step in run.steps if step.status == "failed"), None)
+    if failed is None:
+        return run
+    said = f"step {failed.name} failed" + (f": {failed.error}" if failed.error else "")
+    return dataclasses.replace(run, error=said, failed_step=failed.name)

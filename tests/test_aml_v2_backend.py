@@ -20,36 +20,12 @@ import pytest
 from emulator.aml import FakeAzureML
 from emulator.aml.v2_execution import node_error
 from emulator.identity import FakeManagedIdentity
-from pipeline_def.steps import STEPS, BuildValue, DataIn, DataOut, Param, Step
+from pipeline_def.steps import STEPS
 from tests.fixtures_fakes import DEVSTORE_ACCOUNT, DEVSTORE_KEY, AzuriteBlob
 
 ROOT = Path(__file__).resolve().parent.parent
 ENDPOINT = "house-price-batch-predictions"
 OCCURRENCE = "2026-12-01T01:30:00Z"
-
-# The steps' CLI contract (the `steps` branch): what the v2 components bind. Used until steps.py says it.
-CONTRACT_STEPS: tuple[Step, ...] = (
-    Step("fetch_data", "fetch_data.py", (
-        "--dataset", BuildValue("dataset"), "--sample-size", Param("sample_size"), "--output", DataOut("new_data"),
-    ), reusable=False),
-    Step("predict", "predict.py", (
-        "--input", DataIn("new_data"), "--model", BuildValue("model"),
-        "--model-version", Param("model_version"), "--output", DataOut("predictions"),
-    )),
-    Step("save_predictions", "save_predictions.py", (
-        "--input", DataIn("predictions"), "--latest-dir", BuildValue("latest"),
-        "--history-dir", BuildValue("history"), "--run-id", BuildValue("run_id"),
-        "--pipeline-fingerprint", BuildValue("fingerprint"),
-    )),
-)  # fmt: skip
-
-
-def v2_steps() -> tuple[Step, ...]:
-    """steps.STEPS once it follows the contract, the contract until then."""
-    from pipeline_def.azureml_v2.components import BINDINGS
-
-    bound = all(isinstance(a, str | DataIn | DataOut) or a in BINDINGS for s in STEPS for a in s.arguments)
-    return STEPS if bound else CONTRACT_STEPS
 
 
 def v2_environ(fake: FakeAzureML, identity: FakeManagedIdentity, **extra: str) -> dict[str, str]:
@@ -104,7 +80,7 @@ def service(**changes: str):
     from pipeline_def.settings import load_settings
 
     settings = load_settings({**os.environ, **changes})
-    return Service(settings, AzureMLV2Backend(settings, steps=v2_steps()))
+    return Service(settings, AzureMLV2Backend(settings))
 
 
 def _arm_writes(fake: FakeAzureML) -> list[str]:
@@ -278,7 +254,7 @@ def test_get_run_reports_the_job_its_steps_and_the_failed_steps_own_error_line(v
 
     queued = svc.get_run(run_id)
     assert (queued.status, queued.aml_status, queued.trigger) == ("queued", "NotStarted", "http")
-    assert [(s.name, s.status) for s in queued.steps] == [(s.name, "queued") for s in v2_steps()]
+    assert [(s.name, s.status) for s in queued.steps] == [(s.name, "queued") for s in STEPS]
     assert len(fake.calls()) == 3  # job, run history's run, its children
 
     with fake.lock:
@@ -364,9 +340,6 @@ print(json.dumps({"functions": functions, "modules": sorted(sys.modules)}))
 """
 
 
-@pytest.mark.skipif(
-    v2_steps() is CONTRACT_STEPS, reason="steps.py does not follow the steps' CLI contract yet (steps branch)"
-)
 def test_the_app_builds_and_ticks_on_v2_without_loading_azureml_or_azure_ai_ml(v2) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     env["PYTHONDONTWRITEBYTECODE"] = "1"

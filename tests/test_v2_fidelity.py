@@ -22,7 +22,7 @@ from azure.core.pipeline.policies import SansIOHTTPPolicy
 from emulator.aml import FakeAzureML
 from emulator.identity import FakeManagedIdentity
 from tests.fixtures_fakes import DEVSTORE_ACCOUNT, DEVSTORE_KEY, AzuriteBlob
-from tests.test_aml_v2_backend import v2_environ, v2_steps
+from tests.test_aml_v2_backend import v2_environ
 
 pytest.importorskip("azure.ai.ml")
 
@@ -118,7 +118,7 @@ def published(both: SimpleNamespace) -> SimpleNamespace:
     from pipeline_def.settings import load_settings
 
     settings = load_settings()
-    backend = AzureMLV2Backend(settings, steps=v2_steps())
+    backend = AzureMLV2Backend(settings)
     outcome = Service(settings, backend).tick(scheduled_for=OCCURRENCE)
     job = both.app.v2_job(outcome.run.run_id)
     sdk_job = _sdk_register_and_submit(both.sdk, settings, backend, outcome.publish.target.version, job)
@@ -308,7 +308,7 @@ def test_the_app_reads_a_job_azure_ai_ml_submitted_as_one_of_its_own(both, publi
     from pipeline_def.settings import load_settings
 
     environ = {**os.environ, **v2_environ(both.sdk, both.identity)}
-    backend = AzureMLV2Backend(load_settings(environ), steps=published.backend.steps)
+    backend = AzureMLV2Backend(load_settings(environ))
     run = backend.get_run(published.sdk_job.name)
     assert (run.status, run.trigger) == ("queued", "timer")
     assert [s.name for s in run.steps] == [s.name for s in published.backend.steps]

@@ -47,7 +47,14 @@ from pipeline_def.azureml.odata import ACTIVE_HISTORY_STATUSES, runs_filter
 from pipeline_def.backend import LookBack, OccurrenceRun, Progress, Published, Target
 from pipeline_def.errors import NotFound, NotPublished, PipelineError, RunNotFound, ServiceError
 from pipeline_def.fingerprint import compute_fingerprint
-from pipeline_def.runs import TERMINAL, RunInfo, StepStatus, normalize_status, readable_step_error
+from pipeline_def.runs import (
+    TERMINAL,
+    RunInfo,
+    StepStatus,
+    history_error,
+    normalize_status,
+    with_failed_step,
+)
 from pipeline_def.settings import STEP_SCRIPTS_DIR, Settings
 from pipeline_def.steps import STEPS
 
@@ -245,7 +252,7 @@ class AzureMLBackend:
         except NotFound:
             children = []  # run history has not seen the run yet (just submitted)
         info = self._run_info(entity, steps=self._steps(children), history_status=history_status)
-        return _with_step_error(info)
+        return with_failed_step(info)
 
     def list_runs(self, limit: int) -> list[RunInfo]:
         """The newest `limit` runs of the endpoint's pipelines (its newest versions), newest first, read in
@@ -286,7 +293,7 @@ class AzureMLBackend:
             children = self.client.get_step_runs(self.settings.experiment_name, run.run_id)
         except NotFound:
             return run
-        return _with_step_error(dataclasses.replace(run, steps=self._steps(children)))
+        return with_failed_step(dataclasses.replace(run, steps=self._steps(children)))
 
     # ----- mapping Azure ML entities to RunInfo
 
@@ -303,7 +310,7 @@ class AzureMLBackend:
             created_at=dto.get("createdUtc") or None,
             ended_at=dto.get("endTimeUtc") or None,
             portal_url=self.settings.portal_url(dto["runId"]),
-            error=_error_message(dto.get("error")) if normalized == "failed" else None,
+            error=history_error(dto.get("error")) if normalized == "failed" else None,
             trigger=_tag(dto.get("tags"), "trigger"),
             submission_id=_tag(dto.get("tags"), SUBMISSION_TAG),
         )
@@ -355,37 +362,9 @@ class AzureMLBackend:
                 or child.get("runId")
             )
             status = normalize_status(child.get("status"))
-            error = _error_message(child.get("error")) if status == "failed" else None
+            error = history_error(child.get("error")) if status == "failed" else None
             found.append(StepStatus(str(name), status, error))
         return sorted(found, key=lambda s: (_STEP_ORDER.get(s.name, len(_STEP_ORDER)), s.name))
-
-
-def _error_message(error: Any) -> str | None:
-    """The message of a run-history `error` (an ErrorResponse: {"error": {"code", "message"}}), in the step's
-    own words when the platform wrapped them (`readable_step_error`: azureml-core records a step's
-    `StepFailed` as `User program failed with StepFailed: <message>`), first line only, at most 300
-    characters."""
-    if not isinstance(error, dict):
-        return None
-    nested = error.get("error")
-    inner = nested if isinstance(nested, dict) else error
-    message = inner.get("message") or inner.get("code")
-    if not message:
-        return None
-    lines = [line.strip() for line in readable_step_error(str(message)).splitlines() if line.strip()]
-    return lines[0][:300] if lines else None
-
-
-def _with_step_error(run: RunInfo) -> RunInfo:
-    """A failed run's `error` says which step failed and why (`step predict failed: <its error>`), and names
-    the step in `failed_step`, when run history has a failed step."""
-    if run.status != "failed" or not run.steps:
-        return run
-    failed = next((step for step in run.steps if step.status == "failed"), None)
-    if failed is None:
-        return run
-    said = f"step {failed.name} failed" + (f": {failed.error}" if failed.error else "")
-    return dataclasses.replace(run, error=said, failed_step=failed.name)
 
 
 def _tag(tags: Any, name: str) -> str | None:

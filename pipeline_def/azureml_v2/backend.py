@@ -26,7 +26,15 @@ from pipeline_def.errors import (
     RunNotFound,
     ServiceError,
 )
-from pipeline_def.runs import TERMINAL, RunInfo, StepStatus, is_valid_run_id, normalize_status
+from pipeline_def.runs import (
+    TERMINAL,
+    RunInfo,
+    StepStatus,
+    history_error,
+    is_valid_run_id,
+    normalize_status,
+    with_failed_step,
+)
 from pipeline_def.settings import STEP_SCRIPTS_DIR, Settings
 from pipeline_def.steps import STEPS, Step
 
@@ -52,19 +60,18 @@ class AzureMLV2Backend:
         *,
         client: AzureMLV2Client | None = None,
         step_folder: Path = STEP_SCRIPTS_DIR,
-        steps: tuple[Step, ...] = STEPS,
         sleep: Callable[[float], None] = time.sleep,
         poll_seconds: float = POLL_SECONDS,
         new_suffix: Callable[[], str] = lambda: uuid.uuid4().hex[:12],
-    ):
+    ) -> None:
         self.settings = settings
         self.client = client or AzureMLV2Client(settings)
         self.step_folder = Path(step_folder)
-        self.steps = steps
+        self.steps: tuple[Step, ...] = STEPS
         self._sleep = sleep
         self._poll_seconds = poll_seconds
         self._new_suffix = new_suffix
-        self._step_order = {step.name: index for index, step in enumerate(steps)}
+        self._step_order = {step.name: index for index, step in enumerate(STEPS)}
 
     def current_fingerprint(self) -> str:
         """The v2 fingerprint of the step folder, hashed anew on each call (a millisecond)."""
@@ -222,7 +229,7 @@ class AzureMLV2Backend:
             children = self.client.get_step_runs(experiment, run_id)
         except NotFound:
             children = []
-        return _with_step_error(self._job_info(job, history, self._steps(children)))
+        return with_failed_step(self._job_info(job, history, self._steps(children)))
 
     def list_runs(self, limit: int) -> list[RunInfo]:
         """The newest `limit` jobs of this endpoint (tagged batchpred_pipeline), newest first: one bounded
@@ -270,7 +277,7 @@ class AzureMLV2Backend:
             children = self.client.get_step_runs(self.settings.experiment_name, run.run_id)
         except NotFound:
             return run
-        return _with_step_error(dataclasses.replace(run, steps=self._steps(children)))
+        return with_failed_step(dataclasses.replace(run, steps=self._steps(children)))
 
     # ----- mapping Azure ML's answers to RunInfo
 
@@ -298,7 +305,7 @@ class AzureMLV2Backend:
             ended_at=history.get("endTimeUtc") or None,
             steps=steps,
             portal_url=studio or self.settings.portal_url(job["name"]),
-            error=_error_message(history.get("error")) if normalized == "failed" else None,
+            error=history_error(history.get("error")) if normalized == "failed" else None,
             trigger=_tag(properties.get("tags"), "trigger"),
             aml_history_status=None if not history_status else str(history_status),
         )
@@ -315,7 +322,7 @@ class AzureMLV2Backend:
             created_at=dto.get("createdUtc") or None,
             ended_at=dto.get("endTimeUtc") or None,
             portal_url=dto.get("portalUrl") or self.settings.portal_url(dto["runId"]),
-            error=_error_message(dto.get("error")) if normalized == "failed" else None,
+            error=history_error(dto.get("error")) if normalized == "failed" else None,
             trigger=_tag(dto.get("tags"), "trigger"),
         )
 
@@ -330,50 +337,10 @@ class AzureMLV2Backend:
                 or child.get("runId")
             )
             status = normalize_status(child.get("status"))
-            error = step_error(child.get("error")) if status == "failed" else None
+            error = history_error(child.get("error")) if status == "failed" else None
             found.append(StepStatus(str(name), status, error))
         order = self._step_order
         return sorted(found, key=lambda s: (order.get(s.name, len(order)), s.name))
-
-
-def step_error(error: Any) -> str | None:
-    """A failed node's own `error:` line out of the runtime's message ("Execution failed. User process
-    'python' exited with status code 2. ... Error: <the end of its stderr>"); else the message's first
-    line."""
-    message = _inner_message(error)
-    if not message:
-        return None
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
-    marked = [line for line in lines if line.startswith("error:")]
-    if marked:
-        return marked[-1].removeprefix("error:").strip()[:300]
-    return lines[0][:300] if lines else None
-
-
-def _inner_message(error: Any) -> str | None:
-    if not isinstance(error, dict):
-        return None
-    nested = error.get("error")
-    inner = nested if isinstance(nested, dict) else error
-    message = inner.get("message") or inner.get("code")
-    return str(message) if message else None
-
-
-def _error_message(error: Any) -> str | None:
-    message = _inner_message(error)
-    lines = [line.strip() for line in (message or "").splitlines() if line.strip()]
-    return lines[0][:300] if lines else None
-
-
-def _with_step_error(run: RunInfo) -> RunInfo:
-    """A failed run's `error` names the failed step and its error line (`step predict failed: ...`)."""
-    if run.status != "failed" or not run.steps:
-        return run
-    failed = next((step for step in run.steps if step.status == "failed"), None)
-    if failed is None:
-        return run
-    said = f"step {failed.name} failed" + (f": {failed.error}" if failed.error else "")
-    return dataclasses.replace(run, error=said, failed_step=failed.name)
 
 
 def _tag(tags: Any, name: str) -> str | None:
@@ -399,4 +366,4 @@ def _progress_lines(run: RunInfo) -> list[tuple[str, str]]:
     return lines
 
 
-__all__ = ["DATA_TAG", "FINGERPRINT_TAG", "MODEL_TAG", "PIPELINE_TAG", "AzureMLV2Backend", "step_error"]
+__all__ = ["DATA_TAG", "FINGERPRINT_TAG", "MODEL_TAG", "PIPELINE_TAG", "AzureMLV2Backend"]

@@ -1,6 +1,7 @@
 """The artifact service (`/artifact/v2.0{WS}/artifacts/...`): where an artifact's bytes are. It answers a
 content URI for one artifact (`contentinfo/{origin}/{container}/{path}`) or for every artifact under a prefix
-(`prefix/contentinfo/...`). The bytes live in the workspace storage account's `azureml` container in Azurite;
+(`prefix/contentinfo/...`), or the bytes themselves (`content/{origin}/{container}/{path}`, azureml-core's
+ArtifactOperations.download: how the app reads a parallel step's logs/job_result.txt). The bytes live in the workspace storage account's `azureml` container in Azurite;
 the content URI is a SAS URL `http://{account}.blob.core.windows.net/azureml/{origin}/{container}/{path}?...`,
 which the SDK fetches with plain HTTP (it uses the blob client only for https *.blob.core.windows.net URLs),
 through the job's lower-case http_proxy."""
@@ -53,7 +54,16 @@ class ArtifactService:
         return [
             route("GET", rf"/artifacts/prefix/contentinfo/{SEG}/{SEG}/(.+)", self._list_content_info),
             route("GET", rf"/artifacts/contentinfo/{SEG}/{SEG}/(.+)", self._get_content_info),
+            route("GET", rf"/artifacts/content/{SEG}/{SEG}/(.+)", self._get_content),
         ]
+
+    def _get_content(self, record: RecordedRequest, origin: str, container: str, path: str) -> Response:
+        artifact_id = f"{origin}/{container}/{path}"
+        if artifact_id not in self.artifacts:
+            raise ServiceError(404, f"Artifact {artifact_id} not found.", "NotFound")
+        assert self.blob_store is not None
+        data = self.blob_store.container_client(ARTIFACTS_CONTAINER).download_blob(artifact_id).readall()
+        return Response(200, data, content_type="application/octet-stream")
 
     def _get_content_info(self, record: RecordedRequest, origin: str, container: str, path: str) -> Response:
         artifact_id = f"{origin}/{container}/{path}"

@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -20,9 +22,15 @@ from emulator.aml.state import HISTORY_TERMINAL, FakeRun, FakeStep
 # Each v1 step's script runs under azureml-core's own run context (RunStatusContext), as on Azure ML: the SDK
 # itself then records a failed step's error in run history (v1_driver.py).
 V1_DRIVER = Path(__file__).with_name("v1_driver.py")
+# A ParallelRunStep's module runs `driver/amlbi_main.py`, a folder the service supplies; the emulated one
+# (prs_driver/, see its amlbi_main.py) is copied into the step's working directory as `driver/`.
+PRS_DRIVER = Path(__file__).with_name("prs_driver")
+PARALLEL_MODULE_TYPE = "BatchInferencing"
+PRS_LOGS = "logs"
 # How long a canceled step gets between SIGTERM and SIGKILL.
 CANCEL_GRACE_SECONDS = 5.0
 DRIVER_LOG = "azureml-logs/70_driver_log.txt"
+_DATA_REFERENCE = re.compile(r"\$AZUREML_DATAREFERENCE_(\w+)")
 
 
 @dataclass
@@ -52,6 +60,8 @@ class _StepPlan:
     arguments: list[str]
     snapshot_id: str
     environment: dict[str, str]
+    # a ParallelRunStep: the emulated driver's variables (PRS_NODE_COUNT, PRS_INPUTS); None for other steps
+    parallel: dict[str, str] | None = None
 
 
 class ExecutionService:
@@ -87,6 +97,11 @@ class ExecutionService:
         if step.log_path is None or not step.log_path.exists():
             return ""
         return step.log_path.read_text(errors="replace")
+
+    def upload_logs(self, step_run_id: str, folder: Path) -> None:
+        """A parallel step's logs/ folder as artifacts of its step run (where the studio shows them)."""
+        for path, data in parallel_logs(folder).items():
+            self.put_artifact("ExperimentRun", f"dcid.{step_run_id}", path, data)
 
     # ------------------------------------------------------------------ hooks (called under self.lock)
     def _start_execution(self, run: FakeRun) -> None:
@@ -237,16 +252,34 @@ class ExecutionService:
             )
             for e in graph.get("Edges") or []
         }
+        # Every output port is a folder of its own per run, as a datastore mount gives one; a port consumed as
+        # a dataset (`PipelineData.as_dataset()`) reaches the script as `$AZUREML_DATAREFERENCE_<name>`,
+        # which the runtime sets and expands.
+        references: dict[str, str] = {}
+        for port in interface.get("Outputs") or []:
+            if port.get("SkipProcessing"):
+                continue
+            folder = run_dir / "data" / node["Id"] / port["Name"]
+            folder.mkdir(parents=True, exist_ok=True)
+            outputs[(node["Id"], port["Name"])] = folder
+            references[port.get("DataReferenceName") or port["Name"]] = str(folder)
+        for port in interface.get("Inputs") or []:
+            source = sources.get((node["Id"], port["Name"]))
+            if source is not None and source in outputs:
+                references[port.get("DataReferenceName") or port["Name"]] = str(outputs[source])
+
+        def expand(text: str) -> str:
+            return _DATA_REFERENCE.sub(lambda m: references.get(m[1], m[0]), text)
+
         arguments: list[str] = []
         for argument in interface.get("Arguments") or []:
             kind, value = argument.get("ValueType"), argument.get("Value")
             if kind == "Literal":
-                arguments.append(str(value))
+                arguments.append(expand(str(value)))
             elif kind == "Parameter":
                 arguments.append(parameter(value))
             elif kind == "Output":
-                # a PipelineData output: a folder of its own per run, as a datastore mount gives one
-                folder = run_dir / "data" / node["Id"] / value
+                folder = outputs.get((node["Id"], value)) or run_dir / "data" / node["Id"] / value
                 folder.mkdir(parents=True, exist_ok=True)
                 outputs[(node["Id"], value)] = folder
                 arguments.append(str(folder))
@@ -266,11 +299,74 @@ class ExecutionService:
             if spec.get("SetEnvironmentVariable"):
                 variable = spec.get("EnvironmentVariableOverride") or f"AML_PARAMETER_{spec['Name']}"
                 environment[variable] = parameter(spec["Name"])
+        environment.update({f"AZUREML_DATAREFERENCE_{name}": path for name, path in references.items()})
         environment.update(self.job_environment(step.run_id))  # the job's AZUREML_* variables (jobs.py)
         snapshot_id = (module.get("DataLocation") or {}).get("StorageId")
         if not snapshot_id:
             raise ValueError(f"step {step.name}: its module names no snapshot")
-        return _StepPlan(step, script, arguments, snapshot_id, environment)
+        parallel = None
+        if module.get("ModuleType") == PARALLEL_MODULE_TYPE:
+            parallel = self._parallel_plan(run, step, node, interface, sources, outputs, run_dir, runconfig)
+            parallel["PRS_NODE_COUNT"] = (
+                parameter("NodeCount") if "NodeCount" in node_params else str(runconfig.get("nodeCount") or 1)
+            )
+        return _StepPlan(step, script, arguments, snapshot_id, environment, parallel)
+
+    def _parallel_plan(
+        self,
+        run: FakeRun,
+        step: FakeStep,
+        node: dict[str, Any],
+        interface: dict[str, Any],
+        sources: dict[tuple[str, str], tuple[str, str]],
+        outputs: dict[tuple[str, str], Path],
+        run_dir: Path,
+        runconfig: dict[str, Any],
+    ) -> dict[str, str]:
+        """A ParallelRunStep's inputs as the driver gets them: each input port (the `--input_fds_N` /
+        `--input_ds_N` names) as a folder a producing step wrote (file items), or a registered tabular
+        dataset's file downloaded from the workspace storage (tabular items)."""
+        graph = self.graphs[self.pipelines[run.pipeline_id]["GraphId"]]["Graph"]
+        dataset_of_port: dict[str, dict[str, Any]] = {}
+        for dataset_node in graph.get("DatasetNodes") or []:
+            for edge in graph.get("Edges") or []:
+                if (edge.get("SourceOutputPort") or {}).get("NodeId") == dataset_node.get("Id"):
+                    target = edge.get("DestinationInputPort") or {}
+                    if target.get("NodeId") == node["Id"]:
+                        dataset_of_port[target.get("PortName")] = dataset_node
+        inputs: dict[str, dict[str, str]] = {}
+        for port in interface.get("Inputs") or []:
+            name = port.get("Name")
+            source = sources.get((node["Id"], name))
+            if source is not None and source in outputs:
+                inputs[name] = {"path": str(outputs[source]), "kind": "file"}
+            elif name in dataset_of_port:
+                folder = run_dir / "data" / node["Id"] / f"input-{name}"
+                inputs[name] = {
+                    "path": str(self._download_dataset(dataset_of_port[name], folder)),
+                    "kind": "tabular",
+                }
+            else:
+                raise ValueError(f"step {step.name}: input {name} has no producing step or dataset")
+        return {"PRS_INPUTS": json.dumps(inputs)}
+
+    def _download_dataset(self, dataset_node: dict[str, Any], folder: Path) -> Path:
+        """The file behind a graph's registered-dataset node (DataSetReference {Id, Version}), downloaded."""
+        value = ((dataset_node.get("DataSetDefinition") or {}).get("Value")) or {}
+        reference = value.get("DataSetReference") or {}
+        with self.lock:
+            versions = [
+                v for vs in self.datasets.values() for v in vs if v.registered_id == reference.get("Id")
+            ]
+        if not versions:
+            raise ValueError(f"dataset {reference.get('Id')} is not registered")
+        wanted = reference.get("Version")
+        entry = next((v for v in versions if str(v.version) == str(wanted)), versions[-1])
+        assert self.blob_store is not None
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / Path(entry.blob_path).name
+        target.write_bytes(self.blob_store.container_client().download_blob(entry.blob_path).readall())
+        return target
 
     def _run_step(self, plan: _StepPlan, step_dir: Path, state: _RunState) -> tuple[int, str | None]:
         """Run one step's process to its end; return its exit code and, if it failed, its error: what the
@@ -278,6 +374,8 @@ class ExecutionService:
         else its exit code and last line of stderr (a process that died before the SDK could say anything)."""
         assert self.execution is not None
         working = self.write_snapshot(plan.snapshot_id, step_dir / "wd")
+        if plan.parallel is not None:
+            shutil.copytree(PRS_DRIVER, working / "driver", ignore=shutil.ignore_patterns("__pycache__"))
         home = step_dir / "home"
         tmp = step_dir / "tmp"
         for folder in (home, tmp):
@@ -291,6 +389,7 @@ class ExecutionService:
             "PYTHONUNBUFFERED": "1",
             **self.execution.extra_env,
             **plan.environment,
+            **(plan.parallel or {}),
         }
         log_path = step_dir / DRIVER_LOG
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -329,12 +428,25 @@ class ExecutionService:
         if self.blob_store is not None:
             # where Azure ML keeps a step's driver log: an artifact of the step run's data container
             self.put_artifact("ExperimentRun", f"dcid.{plan.step.run_id}", DRIVER_LOG, log_path.read_bytes())
+            if plan.parallel is not None:
+                self.upload_logs(plan.step.run_id, working / PRS_LOGS)
         if rc == 0:
             return 0, None
         with self.lock:
             posted = plan.step.error_message if plan.step.error is not None else None
         fallback = f"{plan.script} exited with code {rc}: {last_line or 'no output on stderr'}"
         return rc, posted or error_line or fallback
+
+
+def parallel_logs(folder: Path) -> dict[str, bytes]:
+    """The parallel-run driver's logs/ folder as {"logs/<path>": bytes}."""
+    if not folder.is_dir():
+        return {}
+    return {
+        f"{PRS_LOGS}/{p.relative_to(folder).as_posix()}": p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _terminate(process: subprocess.Popen | None) -> None:

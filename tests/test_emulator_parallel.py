@@ -278,3 +278,149 @@ def test_v1_failures_over_the_error_threshold_fail_the_step_with_exit_42_and_the
     assert "ValueError: cannot score item-0" in result
     errors = _artifact(v1.fake, done.step.run_id, "logs/user/error.txt")
     assert "Traceback (most recent call last):" in errors and "ValueError: cannot score item-0" in errors
+
+
+# ---------------------------------------------------------------------------------------------- SDK v2
+@pytest.fixture(scope="module")
+def v2(azurite: AzuriteBlob, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
+    """A workspace executing v2 jobs with this interpreter, and a toy pipeline registered with azure-ai-ml:
+    make (a command node, 10 files) -> score (parallel_run_function: instance_count bound to the pipeline
+    input node_count, max_concurrency_per_instance 2, 1 file a mini-batch, retry_settings timeout 5 s and 1
+    retry, error_threshold 1)."""
+    from azure.ai.ml import Input, Output, dsl
+    from azure.ai.ml.entities import CommandComponent, Environment
+    from azure.ai.ml.parallel import RunFunction, parallel_run_function
+
+    from emulator.identity import FakeManagedIdentity
+    from tests.test_v2_fidelity import ml_client
+
+    tmp = tmp_path_factory.mktemp("parallel-v2")
+    with (
+        pytest.MonkeyPatch.context() as monkeypatch,
+        FakeAzureML(workspace_name="ws-parallel-v2") as fake,
+        FakeManagedIdentity(jwt=True) as identity,
+    ):
+        monkeypatch.setenv("HOME", str(tmp / "home"))
+        (tmp / "home").mkdir()
+        monkeypatch.setenv("AZUREML_CURRENT_CLOUD", "AzureCloud")
+        for name, value in identity.environ().items():
+            monkeypatch.setenv(name, value)
+        fake.use_blob_store(azurite.url, DEVSTORE_ACCOUNT, DEVSTORE_KEY)
+        fake.enable_execution(step_python=Path(sys.executable), workdir=tmp / "aml")
+        folder = tmp / "steps"
+        folder.mkdir()
+        for name, text in {"make.py": MAKE, "score.py": SCORE}.items():
+            (folder / name).write_text(text)
+        client = ml_client(fake)
+        environment = client.environments.create_or_update(
+            Environment(name="toy-env", version="1", image="img", conda_file={"name": "toy"})
+        )
+        make_component = client.components.create_or_update(
+            CommandComponent(
+                name="toy_make",
+                version="1",
+                code=str(folder),
+                environment=environment,
+                command="python make.py --out ${{outputs.out}}",
+                outputs={"out": Output(type="uri_folder")},
+            )
+        )
+        score_component = client.components.create_or_update(
+            parallel_run_function(
+                name="toy_score",
+                version="1",
+                inputs={"parts": Input(type="uri_folder"), "mode": Input(type="string", default="ok")},
+                outputs={"scored": Output(type="uri_folder")},
+                input_data="${{inputs.parts}}",
+                instance_count=2,
+                max_concurrency_per_instance=2,
+                mini_batch_size="1",
+                error_threshold=1,
+                retry_settings={"max_retries": 1, "timeout": 5},
+                environment_variables={"OMP_NUM_THREADS": "1"},
+                task=RunFunction(
+                    code=str(folder),
+                    entry_script="score.py",
+                    environment=environment,
+                    program_arguments="--mode ${{inputs.mode}} --factor 3 --predictions-dir ${{outputs.scored}}",
+                ),
+            ).component
+        )
+
+        def toy_parallel(mode, node_count):
+            # the variables name the nodes: make, score
+            make = make_component()
+            score = score_component(parts=make.outputs.out, mode=mode)
+            score.resources.instance_count = node_count
+            return {"scored": score.outputs.scored}
+
+        toy_parallel.__annotations__ = {"mode": Input(type="string"), "node_count": Input(type="integer")}
+        pipeline = client.components.create_or_update(
+            dsl.pipeline(name="toy_parallel", version="1")(toy_parallel)
+        )
+        yield SimpleNamespace(fake=fake, client=client, pipeline=pipeline, jobs=iter(range(1000)))
+
+
+def _run_v2(v2: SimpleNamespace, mode: str = "ok", node_count: int = 2) -> SimpleNamespace:
+    from azure.ai.ml.entities import PipelineJob
+
+    name = f"toy-parallel-{next(v2.jobs)}"
+    job = PipelineJob(
+        component=v2.pipeline,
+        name=name,
+        experiment_name="toy-parallel",
+        inputs={"mode": mode, "node_count": node_count},
+    )
+    job.settings.default_compute = "cpu-cluster"
+    v2.client.jobs.create_or_update(job)
+    run = v2.fake.wait_for_run(name, RUN_TIMEOUT)
+    node = run.step("score")
+    output = v2.fake.execution.workdir / "jobs" / name / "score" / "outputs" / "scored"
+    return SimpleNamespace(run=run, step=node, output=output, log=v2.fake.step_log(name, "score"))
+
+
+@pytest.mark.azure_path
+def test_v2_parallel_node_scores_every_item_once_on_two_instances_of_two_processes(v2) -> None:
+    done = _run_v2(v2)
+
+    assert done.run.history_status == "Completed", (done.step.error, done.log)
+    scored = _scored(done.output)
+    assert {name: value for name, (value, _who) in scored.items()} == {
+        f"item-{i:02d}": 3 * i for i in range(ITEMS)
+    }
+    assert len({who.split("|")[0] for _value, who in scored.values()}) == 2
+    master = _artifact(v2.fake, done.step.run_id, "logs/sys/master_role.txt")
+    assert "2 node(s) x 2 process(es)" in master
+    assert "--run_invocation_timeout', '5', '--run_max_try', '2'" in master
+    assert v2.client.jobs.get(done.run.run_id).status == "Completed"
+    children = list(v2.client.jobs.list(parent_job_name=done.run.run_id))
+    assert [(c.display_name, c.status) for c in children] == [("make", "Completed"), ("score", "Completed")]
+
+
+@pytest.mark.azure_path
+def test_v2_retries_a_failed_and_a_timed_out_run_call_and_takes_the_node_count_input(v2) -> None:
+    for mode, said in (
+        ("fail-once", "RuntimeError: injected failure of item-03"),
+        ("sleep-once", "within 5 s"),
+    ):
+        done = _run_v2(v2, mode, node_count=1)
+
+        assert done.run.history_status == "Completed", (mode, done.step.error, done.log)
+        assert sorted(_scored(done.output)) == [f"item-{i:02d}" for i in range(ITEMS)], mode
+        assert len({who.split("|")[0] for _value, who in _scored(done.output).values()}) == 1
+        assert said in _artifact(v2.fake, done.step.run_id, "logs/user/error.txt"), mode
+
+
+@pytest.mark.azure_path
+def test_v2_failures_over_the_error_threshold_fail_the_node_with_exit_42(v2) -> None:
+    done = _run_v2(v2, "fail-always")
+
+    assert done.run.history_status == "Failed"
+    assert v2.client.jobs.get(done.run.run_id).status == "Failed"
+    message = done.step.error["error"]["message"]
+    assert message.startswith("Execution failed. User process 'python' exited with status code 42.")
+    result = _artifact(v2.fake, done.step.run_id, "logs/job_result.txt")
+    assert result.startswith(
+        "Job failed: the error threshold was exceeded: 2 failed items > error_threshold 1"
+    )
+    assert "ValueError: cannot score item-0" in _artifact(v2.fake, done.step.run_id, "logs/user/error.txt")

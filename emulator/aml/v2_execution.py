@@ -7,6 +7,7 @@ up after it). It reuses execution.py's process, cancel and wait machinery (`enab
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import shutil
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from emulator.aml.execution import _RunState
+from emulator.aml.execution import PRS_DRIVER, PRS_LOGS, _RunState
 from emulator.aml.state import HISTORY_TERMINAL, PIPELINE_OF_HISTORY, iso
 from emulator.aml.v2_jobs import PIPELINE_FAILED, V2Run, V2Step
 
@@ -42,12 +43,30 @@ class NodeError(Exception):
     """A node that cannot be prepared (a missing input, an unknown asset): the node fails, the runtime's way."""
 
 
+# The fields of a parallel component a pipeline node may set over the component's own.
+PARALLEL_FIELDS = (
+    "resources",
+    "max_concurrency_per_instance",
+    "mini_batch_size",
+    "partition_keys",
+    "retry_settings",
+    "error_threshold",
+    "mini_batch_error_threshold",
+    "logging_level",
+    "environment_variables",
+    "input_data",
+    "task",
+)
+_INPUT_REFERENCE = re.compile(r"^\$\{\{\s*inputs\.([A-Za-z0-9_]+)\s*\}\}$")
+
+
 @dataclass
 class _Node:
     step: V2Step
     spec: dict[str, Any]  # the node as the pipeline component lists it
-    component: dict[str, Any]  # the command component's componentSpec
+    component: dict[str, Any]  # the command component's componentSpec (a parallel one: with a `command` made)
     code_uri: str | None
+    parallel: dict[str, Any] | None = None  # a parallel node's effective settings (component, then node)
 
 
 @dataclass
@@ -56,6 +75,7 @@ class _Prepared:
     inputs: dict[str, str] = field(default_factory=dict)
     outputs: dict[str, Path] = field(default_factory=dict)
     synced: dict[str, tuple[Path, str]] = field(default_factory=dict)  # output -> (folder, datastore URI)
+    parallel: dict[str, str] | None = None  # a parallel node's driver variables
 
 
 class V2ExecutionService:
@@ -177,17 +197,26 @@ class V2ExecutionService:
         nodes = []
         for name in ordered:
             spec = specs[name]
-            if spec.get("type", "command") != "command":
-                raise ValueError(f"node {name}: type {spec.get('type')!r} is not emulated (command only)")
-            command_component = self._component_by_id(str(spec.get("componentId") or ""))
-            component_spec = command_component["properties"]["componentSpec"]
-            code = component_spec.get("code")
+            kind = spec.get("type", "command")
+            if kind not in ("command", "parallel"):
+                raise ValueError(f"node {name}: type {kind!r} is not emulated (command and parallel only)")
+            registered = self._component_by_id(str(spec.get("componentId") or ""))
+            component_spec = registered["properties"]["componentSpec"]
+            parallel = None
+            if kind == "parallel":
+                parallel = {key: component_spec.get(key) for key in PARALLEL_FIELDS}
+                parallel.update({key: spec[key] for key in PARALLEL_FIELDS if spec.get(key) is not None})
+                component_spec = {**component_spec, "command": parallel_command(name, parallel)}
+                code = (parallel.get("task") or {}).get("code")
+            else:
+                code = component_spec.get("code")
             nodes.append(
                 _Node(
                     step=run.step(name),  # type: ignore[arg-type]
                     spec=spec,
                     component=component_spec,
                     code_uri=self._code_uri(code) if code else None,
+                    parallel=parallel,
                 )
             )
         return nodes
@@ -252,8 +281,38 @@ class V2ExecutionService:
                 prepared.outputs[name] = folder
             prepared.inputs.setdefault(f"__output__{name}", str(folder))
         prepared.command = _substitute(node.step.name, prepared.command, prepared.inputs)
+        if node.parallel is not None:
+            prepared.parallel = self._parallel_environment(node, prepared, parent_inputs)
         prepared.inputs = {k: v for k, v in prepared.inputs.items() if not k.startswith("__output__")}
         return prepared
+
+    def _parallel_environment(
+        self, node: _Node, prepared: _Prepared, parent_inputs: dict[str, dict[str, Any]]
+    ) -> dict[str, str]:
+        """What the emulated parallel driver needs beyond its command line: the node count (resources.
+        instance_count, maybe bound to a pipeline input), the input_data input (uri_folder/uri_file: file
+        items; mltable: tabular), and the parallel settings' environment_variables."""
+        assert node.parallel is not None
+        count = (node.parallel.get("resources") or {}).get("instance_count") or 1
+        bound = _PARENT_INPUT.match(str(count))
+        if bound:
+            count = (parent_inputs.get(bound[1]) or {}).get("value") or (
+                ((node.component.get("inputs") or {}).get(bound[1]) or {}).get("default") or 1
+            )
+        reference = _INPUT_REFERENCE.match(str(node.parallel.get("input_data") or ""))
+        if not reference or reference[1] not in prepared.inputs:
+            raise NodeError(
+                f"node {node.step.name}: input_data {node.parallel.get('input_data')!r} has no value"
+            )
+        kind = ((node.component.get("inputs") or {}).get(reference[1]) or {}).get("type")
+        inputs = {
+            reference[1]: {
+                "path": prepared.inputs[reference[1]],
+                "kind": "tabular" if kind == "mltable" else "file",
+            }
+        }
+        variables = {str(k): str(v) for k, v in (node.parallel.get("environment_variables") or {}).items()}
+        return {**variables, "PRS_NODE_COUNT": str(int(str(count))), "PRS_INPUTS": json.dumps(inputs)}
 
     def _node_input(
         self,
@@ -357,6 +416,8 @@ class V2ExecutionService:
             shutil.copytree(code, working, dirs_exist_ok=True) if code.is_dir() else shutil.copy2(
                 code, working
             )
+        if prepared.parallel is not None:
+            shutil.copytree(PRS_DRIVER, working / "driver", ignore=shutil.ignore_patterns("__pycache__"))
         home, tmp = node_dir / "home", node_dir / "tmp"
         for folder in (home, tmp):
             folder.mkdir(parents=True, exist_ok=True)
@@ -377,6 +438,7 @@ class V2ExecutionService:
             "LANG": "C.UTF-8",
             "PYTHONUNBUFFERED": "1",
             **self.execution.extra_env,
+            **(prepared.parallel or {}),
             **self.job_environment(node.step.run_id),
         }
         log_path = node_dir / STD_LOG
@@ -409,6 +471,8 @@ class V2ExecutionService:
         if self.blob_store is not None:
             # where the runtime keeps a node's log: an artifact of the node's run
             self.put_artifact("ExperimentRun", f"dcid.{node.step.run_id}", STD_LOG, log_path.read_bytes())
+            if prepared.parallel is not None:
+                self.upload_logs(node.step.run_id, working / PRS_LOGS)
         if rc == 0:
             return 0, None
         return rc, node_error(prepared.command, rc, stderr_lines, iso(self.clock()))
@@ -417,6 +481,45 @@ class V2ExecutionService:
     def node_log(self, job_name: str, node_name: str) -> str:
         """The user_logs/std_log.txt of a node of an executed v2 job ("" before it started)."""
         return self.step_log(job_name, node_name)
+
+
+def parallel_command(name: str, settings: dict[str, Any]) -> str:
+    """The emulated driver's command line for a parallel node, in the v1 step's structured-argument words
+    (the v2 runtime's translation is not public): entry_script, mini_batch_size, the two thresholds,
+    retry_settings (timeout; max_retries + 1 tries), max_concurrency_per_instance, logging_level, append_row_to
+    (else summary_only), the input_data input, then task.program_arguments with its `${{inputs.x}}` and
+    `${{outputs.y}}` left for the runner to substitute."""
+    task = settings.get("task") or {}
+    entry = task.get("entry_script")
+    if not entry:
+        raise ValueError(f"node {name}: a parallel node's task names no entry_script")
+    retry = settings.get("retry_settings") or {}
+    words = ["python", "driver/amlbi_main.py", "--scoring_module_name", shlex.quote(str(entry))]
+
+    def option(flag: str, value: Any) -> None:
+        if value is not None and value != "":
+            words.extend([flag, shlex.quote(str(value))])
+
+    option("--mini_batch_size", settings.get("mini_batch_size"))
+    option("--error_threshold", settings.get("error_threshold", -1))
+    option("--allowed_failed_count", settings.get("mini_batch_error_threshold"))
+    option("--logging_level", settings.get("logging_level"))
+    option("--run_invocation_timeout", retry.get("timeout", 60))
+    option("--run_max_try", int(retry.get("max_retries", 2)) + 1)
+    option("--process_count_per_node", settings.get("max_concurrency_per_instance"))
+    append_to = task.get("append_row_to")
+    if append_to:
+        words.extend(["--output_action", "append_row", "--output", str(append_to)])
+    else:
+        words.extend(["--output_action", "summary_only"])
+    reference = _INPUT_REFERENCE.match(str(settings.get("input_data") or ""))
+    if not reference:
+        raise ValueError(
+            f"node {name}: input_data must be ${{{{inputs.<name>}}}}, not {settings.get('input_data')!r}"
+        )
+    words.extend(["--input_fds_0", reference[1]])
+    program = str(task.get("program_arguments") or "").strip()
+    return " ".join(words) + (f" {program}" if program else "")
 
 
 def node_error(command: str, exit_code: int, stderr_lines: list[str], time: str | None) -> dict[str, Any]:

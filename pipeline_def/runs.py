@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,16 @@ _V2_USER_PROCESS_FAILED = re.compile(
     re.DOTALL,
 )
 _STEP_ERROR_LINE = "error: "
+# A parallel step (v1 ParallelRunStep, v2 parallel node) that fails leaves Azure ML's parallel-run driver with
+# exit code 42 (`SystemExit: 42` in driver/amlbi_main.py): run history then says only that, on v1 azureml-core's
+# "User program failed with SystemExit: 42", on v2 "... exited with status code 42 ...". The entry script's own
+# error is in the step run's logs (docs/parallel-run-notes.md section 3), which the backends then read.
+_PARALLEL_EXIT = re.compile(r"SystemExit: 42\b|exited with status code 42\b")
+# The step run's artifacts that say why a parallel step failed, in the order they are read: the entry script's
+# errors (tracebacks), then the driver's summary ("Job failed: <reason>").
+PARALLEL_ERROR_LOGS = ("logs/user/error.txt", "logs/job_result.txt")
+_OWN_ERRORS = re.compile(r"^(?:[\w.]+\.)?(?:StepError|StepFailed): ")
+_CHAINED = ("During handling of the above exception", "The above exception was the direct cause")
 
 # A run id is 1 to 300 letters, digits, '-' and '_': nothing that could change the URL it is put into.
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,300}")
@@ -81,6 +92,47 @@ def readable_step_error(message: str) -> str:
         if said and said[-1]:
             return said[-1]
     return message
+
+
+def is_parallel_exit(message: str | None) -> bool:
+    """Whether a failed step's run-history error is only the parallel-run driver's exit code 42."""
+    return bool(message) and _PARALLEL_EXIT.search(str(message)) is not None
+
+
+def parallel_step_error(path: str, text: str) -> str | None:
+    """The error a parallel step's log says: from logs/user/error.txt the final line of its first traceback
+    (`Type: message`; the steps' own StepError/StepFailed without the type), from logs/job_result.txt the
+    driver's reason (`Job failed: <reason>`)."""
+    lines = text.splitlines()
+    if path.endswith("job_result.txt"):
+        for line in lines:
+            if line.startswith("Job failed"):
+                reason = line.split(":", 1)[1].strip() if ":" in line else line.strip()
+                return reason or None
+        return None
+    in_traceback = False
+    for index, line in enumerate(lines):
+        if line.startswith("Traceback (most recent call last):"):
+            in_traceback = True
+            continue
+        if not in_traceback or not line.strip() or line[0].isspace() or line.startswith(_CHAINED):
+            continue
+        following = next((later for later in lines[index + 1 :] if later.strip()), "")
+        if following.startswith(_CHAINED):
+            continue  # an exception another one was raised from: the error is the one after it
+        return _OWN_ERRORS.sub("", line.strip())
+    return None
+
+
+def read_parallel_error(read: Callable[[str], str | None]) -> str | None:
+    """The error of a failed parallel step from its logs, `read(path)` giving a step-run artifact's text (None
+    when it has none): the first of PARALLEL_ERROR_LOGS that says one, first line, at most 300 characters."""
+    for path in PARALLEL_ERROR_LOGS:
+        text = read(path)
+        said = parallel_step_error(path, text) if text else None
+        if said:
+            return said.splitlines()[0][:300]
+    return None
 
 
 def normalize_status(aml_status: str | int | None) -> str:

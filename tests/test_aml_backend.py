@@ -868,3 +868,30 @@ def test_run_on_azure_ml_does_not_wait_unless_asked(fake_aml, backend, current, 
         True,
     )
     assert len(fake_aml.requests) == 3
+
+
+def test_a_failed_parallel_step_reads_the_entry_scripts_error_from_its_logs(
+    fake_aml, backend, current, azurite
+):
+    """azureml-core records a ParallelRunStep's failure as the driver's `SystemExit: 42`; the app reads the
+    step run's logs/user/error.txt (else logs/job_result.txt) for the entry script's error."""
+    from tests.fixtures_fakes import DEVSTORE_ACCOUNT, DEVSTORE_KEY
+
+    fake_aml.use_blob_store(azurite.url, DEVSTORE_ACCOUNT, DEVSTORE_KEY)
+    _endpoint, pipeline = current
+    run = fake_aml.add_run(pipeline["Id"], experiment=backend.settings.experiment_name)
+    fake_aml.set_run_status(
+        run.run_id,
+        "Failed",
+        steps={"fetch_data": "Completed", "predict": "Failed"},
+        step_errors={"predict": "User program failed with SystemExit: 42"},
+    )
+    assert backend.get_run(run.run_id).error == "step predict failed: User program failed with SystemExit: 42"
+    predict = run.step("predict").run_id
+    fake_aml.put_artifact(
+        "ExperimentRun",
+        f"dcid.{predict}",
+        "logs/user/error.txt",
+        b'Traceback (most recent call last):\n  File "score_parallel.py"\nStepFailed: cannot read part-00001\n',
+    )
+    assert backend.get_run(run.run_id).error == "step predict failed: cannot read part-00001"

@@ -392,3 +392,38 @@ def test_the_v2_fingerprint_covers_requirements_v2_not_v1s_and_the_command_line_
         timeout=60,
     )
     assert done.stdout.strip() == v2_fingerprint(settings), done.stderr
+
+
+def test_a_failed_parallel_node_reads_the_entry_scripts_error_from_its_logs(v2) -> None:
+    """Run history of a parallel node says only that the driver exited 42; the app reads the node's
+    logs/user/error.txt (the entry script's traceback), else logs/job_result.txt (the driver's reason)."""
+    svc = service()
+    svc.publish()
+    run_id = svc.start_run({}).run.run_id
+    fake = v2.fake
+    with fake.lock:
+        run = fake.v2_job(run_id)
+        run.history_status = "Failed"
+        fake._set_step(run.step("fetch_data"), "Completed", fake.clock())
+        run.step("predict").error = node_error(
+            "python driver/amlbi_main.py", 42, ["[parallel run] job failed: see logs/job_result.txt"], None
+        )
+        fake._set_step(run.step("predict"), "Failed", fake.clock())
+    predict = run.step("predict").run_id
+    fake.put_artifact(
+        "ExperimentRun", f"dcid.{predict}", "logs/job_result.txt", b"Job failed: 1 failed items\n"
+    )
+    assert svc.get_run(run_id).error == "step predict failed: 1 failed items"
+
+    traceback = (
+        "2026-12-01T01:30:00|node 0|process000|init() failed\n"
+        'Traceback (most recent call last):\n  File "score_parallel.py", line 9, in init\n'
+        "batchpred_steps.errors.StepError: model version 99 is not registered\n\n"
+    )
+    fake.put_artifact("ExperimentRun", f"dcid.{predict}", "logs/user/error.txt", traceback.encode())
+    failed = svc.get_run(run_id)
+    assert failed.error == "step predict failed: model version 99 is not registered"
+    assert [r.path.rsplit("/", 2)[-2:] for r in fake.calls("GET", "/artifacts/content/")][-1] == [
+        "user",
+        "error.txt",
+    ]

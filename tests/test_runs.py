@@ -137,3 +137,30 @@ def test_a_v2_user_process_error_reads_as_the_last_error_line_of_the_quoted_stde
     assert readable_step_error(message) == STEP_MESSAGE
     assert readable_step_error(traceback_only["error"]["message"]) == traceback_only["error"]["message"]
     assert readable_step_error("Step predict failed: something") == "Step predict failed: something"
+
+
+def test_a_parallel_steps_error_is_the_entry_scripts_own_line_in_its_logs() -> None:
+    from pipeline_def.runs import is_parallel_exit, parallel_step_error, read_parallel_error
+
+    assert is_parallel_exit("User program failed with SystemExit: 42")
+    assert is_parallel_exit(
+        "Execution failed. User process 'python' exited with status code 42. Please check"
+    )
+    assert not is_parallel_exit("User program failed with SystemExit: 2")
+    assert not is_parallel_exit(None)
+    chained = (
+        "Traceback (most recent call last):\n  File \"x.py\", line 1\nKeyError: 'a'\n\n"
+        "During handling of the above exception, another exception occurred:\n\n"
+        'Traceback (most recent call last):\n  File "x.py", line 3\nValueError: cannot score part-00003\n\n'
+        'Traceback (most recent call last):\n  File "x.py", line 3\nValueError: the second error\n'
+    )
+    assert parallel_step_error("logs/user/error.txt", chained) == "ValueError: cannot score part-00003"
+    own = 'Traceback (most recent call last):\n  File "s.py"\nbatchpred_steps.errors.StepError: no model\n'
+    assert parallel_step_error("logs/user/error.txt", own) == "no model"
+    assert parallel_step_error("logs/user/error.txt", "no traceback here\n") is None
+    assert parallel_step_error("logs/job_result.txt", "Job failed: too many errors\nsummary\n") == (
+        "too many errors"
+    )
+    logs = {"logs/job_result.txt": "Job failed: the reason\n"}
+    assert read_parallel_error(logs.get) == "the reason"
+    assert read_parallel_error({}.get) is None

@@ -52,7 +52,9 @@ from pipeline_def.runs import (
     RunInfo,
     StepStatus,
     history_error,
+    is_parallel_exit,
     normalize_status,
+    read_parallel_error,
     with_failed_step,
 )
 from pipeline_def.settings import STEP_SCRIPTS_DIR, Settings
@@ -350,8 +352,7 @@ class AzureMLBackend:
             submission_id=_tag(tags, SUBMISSION_TAG),
         )
 
-    @staticmethod
-    def _steps(children: list[dict]) -> list[StepStatus]:
+    def _steps(self, children: list[dict]) -> list[StepStatus]:
         found = []
         for child in children:
             tags = child.get("tags") or {}
@@ -363,8 +364,14 @@ class AzureMLBackend:
             )
             status = normalize_status(child.get("status"))
             error = history_error(child.get("error")) if status == "failed" else None
+            if is_parallel_exit(error) and child.get("runId"):
+                error = self._parallel_error(str(child["runId"])) or error
             found.append(StepStatus(str(name), status, error))
         return sorted(found, key=lambda s: (_STEP_ORDER.get(s.name, len(_STEP_ORDER)), s.name))
+
+    def _parallel_error(self, step_run_id: str) -> str | None:
+        """A failed parallel step's error from its logs: run history holds only the driver's exit code 42."""
+        return read_parallel_error(lambda path: self.client.get_step_log(step_run_id, path))
 
 
 def _tag(tags: Any, name: str) -> str | None:

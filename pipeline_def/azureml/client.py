@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 SUBMISSION_TAG = "batchpred_submission_id"
 MAX_QUERY_TOP = 100
 
+# How much of a step's log the app reads (its end: where a summary or the last error is).
+MAX_LOG_BYTES = 65536
+
 
 class AzureMLClient:
     """The REST verbs of Azure ML for one workspace. Thread-safe; keeps one HTTP session and one token."""
@@ -228,6 +231,20 @@ class AzureMLClient:
             f"{self._history}/experiments/{_seg(experiment)}/runs/{_seg(run_id)}",
             what=f"run {run_id} in run history",
         )
+
+    def get_step_log(self, step_run_id: str, path: str) -> str | None:
+        """A step run's artifact (e.g. a parallel step's logs/job_result.txt) as text, its last 64 KiB; None when
+        the run has no such artifact. `GET .../artifact/v2.0{WS}/artifacts/content/ExperimentRun/dcid.{run}/
+        {path}`: the artifact service's download, what azureml-core's ArtifactOperations.download calls."""
+        url = (
+            f"{self.settings.api_base}/artifact/v2.0{self.settings.workspace_path}/artifacts/content/"
+            f"ExperimentRun/dcid.{_seg(step_run_id)}/{quote(path, safe='/')}"
+        )
+        try:
+            response = self._send("GET", url, what=f"{path} of step run {step_run_id}")
+        except NotFound:
+            return None
+        return response.content[-MAX_LOG_BYTES:].decode("utf-8", errors="replace")
 
     def get_step_runs(self, experiment: str, run_id: str) -> list[dict[str, Any]]:
         """The run-history children (step runs) of a pipeline run, camelCase RunDto dicts."""

@@ -31,8 +31,10 @@ from pipeline_def.runs import (
     RunInfo,
     StepStatus,
     history_error,
+    is_parallel_exit,
     is_valid_run_id,
     normalize_status,
+    read_parallel_error,
     with_failed_step,
 )
 from pipeline_def.settings import STEP_SCRIPTS_DIR, Settings
@@ -338,9 +340,15 @@ class AzureMLV2Backend:
             )
             status = normalize_status(child.get("status"))
             error = history_error(child.get("error")) if status == "failed" else None
+            if is_parallel_exit(error) and child.get("runId"):
+                error = self._parallel_error(str(child["runId"])) or error
             found.append(StepStatus(str(name), status, error))
         order = self._step_order
         return sorted(found, key=lambda s: (order.get(s.name, len(order)), s.name))
+
+    def _parallel_error(self, step_run_id: str) -> str | None:
+        """A failed parallel node's error from its logs: run history quotes only the driver's exit code 42."""
+        return read_parallel_error(lambda path: self.client.get_step_log(step_run_id, path))
 
 
 def _tag(tags: Any, name: str) -> str | None:

@@ -25,9 +25,11 @@ demo: $(STAMP)
 # The Azure path with no Azure: one timer tick through function_app against the emulated workspace (which
 # runs the published steps in their own venv), Azurite and a loopback managed identity; prints the predictions
 # it downloads from the emulated default datastore. `PIPELINE_BACKEND=azureml-v2 make demo-azureml`: the same on
-# Azure ML v2 over plain REST, the steps in the venv of requirements-v2.txt (no azureml).
+# Azure ML v2 over plain REST, the steps in the venv of requirements-v2.txt (no azureml). `SAMPLE_SIZE=0
+# NODE_COUNT=2 make demo-azureml`: an HTTP run with those run parameters (every row, the parallel predict on 2
+# nodes of the emulated cluster), checked to predict every shipped row once.
 demo-azureml: $(STAMP) node_modules/.bin/azurite-blob step-env
-	$(PY) -m emulator.demo
+	$(PY) -m emulator.demo $(if $(SAMPLE_SIZE),--sample-size $(SAMPLE_SIZE)) $(if $(NODE_COUNT),--node-count $(NODE_COUNT))
 
 # The steps' own venv from step_scripts/requirements.txt (requirements-v2.txt when PIPELINE_BACKEND=azureml-v2),
 # as Azure ML builds it: fails when the file stops resolving. Cached by the file's hash in $$STEP_ENV_CACHE

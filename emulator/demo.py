@@ -5,6 +5,12 @@ the latest predictions and their manifest from the emulated default datastore.
 
     python -m emulator.demo [--out .local/demo-azureml] [--timeout 1800] [--step-python PATH]
                                  [--model-version N] [--backend azureml|azureml-v2]
+                                 [--sample-size N] [--node-count N]
+
+With `--sample-size` or `--node-count` (`SAMPLE_SIZE=0 NODE_COUNT=2 make demo-azureml`) the run is an HTTP run
+with those run parameters (`POST /api/runs {"parameters": {...}}`) after a publish (`python -m pipeline_def
+publish`), instead of the timer tick's run with the defaults; predict then runs as Azure ML's parallel run on
+that many nodes of the emulated cluster, and the demo checks that every row was predicted once.
 
 With `--backend azureml-v2` (or PIPELINE_BACKEND=azureml-v2, as `PIPELINE_BACKEND=azureml-v2 make
 demo-azureml` sets it) the same tick runs on Azure ML v2 over plain REST: the Ames CSV is registered as the v2
@@ -90,6 +96,22 @@ def _show_rows(csv_path: Path, count: int) -> None:
     print(f"  ({len(body)} rows, {len(header)} columns)", flush=True)
 
 
+def _every_row_once(csv_path: Path) -> bool:
+    """With sample_size 0: every row of the shipped data predicted exactly once (by its Order number)."""
+    import gzip
+
+    with gzip.open(REPO_ROOT / "data" / "ames_housing.csv.gz", "rt", newline="") as handle:
+        shipped = sorted(int(row["Order"]) for row in csv.DictReader(handle))
+    with open(csv_path, newline="") as handle:
+        predicted = sorted(int(row["Order"]) for row in csv.DictReader(handle))
+    same = predicted == shipped
+    _say(
+        f"every shipped row predicted once: {'yes' if same else 'NO'} "
+        f"({len(predicted)} predictions, {len(set(predicted))} distinct rows of {len(shipped)})"
+    )
+    return same
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the downloaded files go")
@@ -110,8 +132,17 @@ def main(argv: list[str] | None = None) -> int:
         else "azureml",
         help="SDK v1's services (default) or Azure ML v2 over REST (default when PIPELINE_BACKEND=azureml-v2)",
     )
+    parser.add_argument("--sample-size", type=int, help="run parameter sample_size (0: every row)")
+    parser.add_argument(
+        "--node-count", type=int, help="run parameter node_count (the parallel predict's nodes)"
+    )
     args = parser.parse_args(argv)
     v2 = args.backend == "azureml-v2"
+    parameters = {
+        name: value
+        for name, value in (("sample_size", args.sample_size), ("node_count", args.node_count))
+        if value is not None
+    }
 
     if args.step_python is None:
         from emulator.step_env import step_python
@@ -146,20 +177,34 @@ def main(argv: list[str] | None = None) -> int:
         from emulator.functions_host import LoadedApp
 
         app = LoadedApp()
-        if v2:
-            _say(
-                "timer tick through function_app (registers the v2 components, then submits a job; REST) ..."
-            )
+        if parameters:
+            from pipeline_def.service import get_service
+
+            _say("publishing (as `python -m pipeline_def publish` does) ...")
+            published = get_service().publish()
+            _say(f"published version {published.target.version}")
+            _say(f"POST /api/runs with parameters {json.dumps(parameters)} ...")
+            response = app.start_run({"parameters": parameters})
+            if response.status != 202:
+                print(f"error: POST /api/runs answered {response.status}: {response.json}", file=sys.stderr)
+                return 1
+            run_id = response.json["run_id"]
         else:
-            _say("timer tick through function_app (publishes with the SDK, then submits over REST) ...")
-        try:
-            app.tick(past_due=False)
-        except Exception as error:  # the tick's typed error (e.g. a model version that is not registered)
-            print(f"error: the timer tick failed: {getattr(error, 'message', error)}", file=sys.stderr)
-            return 1
-        listed = app.list_runs({"limit": "1"})
-        (run,) = listed.json["runs"]
-        run_id = run["run_id"]
+            if v2:
+                _say(
+                    "timer tick through function_app (registers the v2 components, then submits a job; "
+                    "REST) ..."
+                )
+            else:
+                _say("timer tick through function_app (publishes with the SDK, then submits over REST) ...")
+            try:
+                app.tick(past_due=False)
+            except Exception as error:  # the tick's typed error (e.g. a model version that is not registered)
+                print(f"error: the timer tick failed: {getattr(error, 'message', error)}", file=sys.stderr)
+                return 1
+            listed = app.list_runs({"limit": "1"})
+            (run,) = listed.json["runs"]
+            run_id = run["run_id"]
         _say(f"run {run_id} submitted; following GET /api/runs/{run_id}")
         body = _follow(app, run_id, args.timeout)
 
@@ -183,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         manifest = json.loads(files["manifest.json"].read_text())
         print("  " + json.dumps({k: v for k, v in sorted(manifest.items()) if k != "columns"}))
         _show_rows(files["predictions.csv"], SHOW_ROWS)
+        if args.sample_size == 0 and not _every_row_once(files["predictions.csv"]):
+            return 1
         _say("done")
         return 0
     finally:

@@ -129,7 +129,13 @@ class AzureMLV2Backend:
         name = self.job_name(tags)
         model_name, model_version, model_id = self._resolve_model(parameters.get("model_version"))
         data_version, data_id = self._resolve_data()
-        literals = {"model_version": model_version, "run_id": name, "fingerprint": version.version}
+        literals = {
+            "dataset_name": self.settings.dataset_name,
+            "dataset_version": data_version,
+            "model_version": model_version,
+            "run_id": name,
+            "fingerprint": version.version,
+        }
         if "sample_size" in parameters:
             literals["sample_size"] = parameters["sample_size"]
         all_tags = {

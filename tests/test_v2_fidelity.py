@@ -184,8 +184,13 @@ def _sdk_register_and_submit(fake: FakeAzureML, settings, backend, fingerprint: 
             )
         )
 
-    def batch(dataset, model, sample_size, model_version, run_id, fingerprint):
-        fetch_data = registered["fetch_data"](dataset=dataset, sample_size=sample_size)
+    def batch(dataset, dataset_name, dataset_version, model, sample_size, model_version, run_id, fingerprint):
+        fetch_data = registered["fetch_data"](
+            dataset=dataset,
+            dataset_name=dataset_name,
+            dataset_version=dataset_version,
+            sample_size=sample_size,
+        )
         predict = registered["predict"](
             new_data=fetch_data.outputs.new_data, model=model, model_version=model_version
         )
@@ -196,6 +201,8 @@ def _sdk_register_and_submit(fake: FakeAzureML, settings, backend, fingerprint: 
 
     batch.__annotations__ = {
         "dataset": Input(type="uri_file"),
+        "dataset_name": Input(type="string"),
+        "dataset_version": Input(type="string"),
         "model": Input(type="custom_model"),
         "sample_size": Input(type="integer", min=0, default=settings.sample_size),
         "model_version": Input(type="string"),

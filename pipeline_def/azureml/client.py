@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 import requests
 
@@ -242,7 +243,7 @@ class AzureMLClient:
         {path}`: the artifact service's download, what azureml-core's ArtifactOperations.download calls."""
         url = (
             f"{self.settings.api_base}/artifact/v2.0{self.settings.workspace_path}/artifacts/content/"
-            f"ExperimentRun/dcid.{_seg(step_run_id)}/{quote(path, safe='/')}"
+            f"ExperimentRun/dcid.{path_segment(step_run_id)}/{quote(path, safe='/')}"
         )
         try:
             response = self._send("GET", url, what=f"{path} of step run {step_run_id}")

@@ -252,3 +252,96 @@ def test_v2_what_the_service_says_to_a_job_put_without_x_azureml_token_or_with_a
             findings[case] = f"{error.status} {error.aml_code}: {error.message}"
     print(findings)
     assert set(findings) == {"no x-azureml-token", "model 99999"}
+
+
+# ----- The parallel predict (issue #13) on a real cluster: what the emulated parallel-run driver only guesses
+# (emulator/README.md, "What the emulator guesses (parallel steps)"). Opt-in on top of AML_LIVE_TEST=1:
+# AML_LIVE_PARALLEL=1 and a dataset of at least 1M rows registered under AML_LIVE_PARALLEL_DATASET (v1: a
+# tabular dataset; v2: AML_LIVE_PARALLEL_DATASET_V2, a uri_file data asset; `make bigdata` writes one). The
+# compute cluster must allow 2 nodes. Facts to record are printed (run with -s).
+
+PARALLEL_SKIP_REASON = SKIP_REASON or (
+    None
+    if os.environ.get("AML_LIVE_PARALLEL", "").strip() == "1"
+    and os.environ.get("AML_LIVE_PARALLEL_DATASET", "").strip()
+    else "AML_LIVE_PARALLEL=1 and AML_LIVE_PARALLEL_DATASET (>= 1M rows) are needed for the parallel checks"
+)
+PARALLEL_NODES = 2
+
+
+def _parallel_service(backend: str) -> Service:
+    dataset = os.environ.get("AML_LIVE_PARALLEL_DATASET", "")
+    if backend == "azureml-v2":
+        dataset = os.environ.get("AML_LIVE_PARALLEL_DATASET_V2", "") or dataset
+    settings = load_settings({**os.environ, "PIPELINE_BACKEND": backend, "AML_DATASET_NAME": dataset})
+    return Service(settings, make_backend(settings))
+
+
+def _predict_logs(service: Service, run_id: str) -> dict[str, str | None]:
+    """The parallel predict step run's logs the app reads on failure, and the master's, as the service has
+    them (None: no such artifact)."""
+    client = service.backend.client  # type: ignore[attr-defined]
+    children = client.get_step_runs(service.settings.experiment_name, run_id)
+    (predict,) = [c for c in children if (c.get("displayName") or c.get("name")) == "predict"]
+    return {
+        path: client.get_step_log(predict["runId"], path)
+        for path in ("logs/job_result.txt", "logs/user/error.txt", "logs/sys/master_role.txt")
+    }
+
+
+@pytest.mark.live
+@pytest.mark.skipif(PARALLEL_SKIP_REASON is not None, reason=PARALLEL_SKIP_REASON or "")
+@pytest.mark.parametrize("backend", ["azureml", "azureml-v2"])
+def test_the_parallel_predict_scores_a_million_rows_on_two_nodes(backend):
+    """Settles: the parallel-run runtime starts in the step environment (pip, setuptools<81, pandas 3, numpy 2:
+    else exit 42 before init()), both nodes take mini-batches, every row is predicted (the run completes with
+    error_threshold 0), node_count reaches NodeCount / resources.instance_count, and where the logs are."""
+    service = _parallel_service(backend)
+    timeout = _seconds("AML_LIVE_TIMEOUT_SECONDS", DEFAULT_TIMEOUT_SECONDS)
+    poll = _seconds("AML_LIVE_POLL_SECONDS", DEFAULT_POLL_SECONDS)
+    assert service.publish().target.current
+    run = service.start_run({"sample_size": 0, "node_count": PARALLEL_NODES}, trigger="live-test").run
+    info = run
+    try:
+        info, _seen = _wait_until_ended(service, run.run_id, timeout, poll)
+    finally:
+        if not info.terminal:
+            with contextlib.suppress(Exception):
+                service.cancel(run.run_id)
+    logs = _predict_logs(service, run.run_id)
+    for path, text in logs.items():
+        print(f"--- {path} ---\n{(text or '(none)')[-3000:]}", flush=True)
+    assert info.status == "completed", f"{run.run_id} ended {info.status}: {info.error} ({info.portal_url})"
+    assert [(s.name, s.status) for s in info.steps or []] == [(s.name, "completed") for s in STEPS]
+    assert logs["logs/job_result.txt"] is not None, "no logs/job_result.txt artifact on the predict step run"
+
+
+@pytest.mark.live
+@pytest.mark.skipif(PARALLEL_SKIP_REASON is not None, reason=PARALLEL_SKIP_REASON or "")
+def test_a_failing_parallel_predict_reports_the_entry_scripts_error_not_exit_42():
+    """v1 only (v2 refuses a missing model version at submit): init() fails on every process of both nodes.
+    Settles what run history records for the failed step (printed) and that the app's error is the entry
+    script's, read from the step's logs."""
+    from pipeline_def.runs import is_parallel_exit
+
+    service = _parallel_service("azureml")
+    service.publish()
+    run = service.start_run({"sample_size": 1000, "node_count": PARALLEL_NODES, "model_version": 999999}).run
+    info, _seen = _wait_until_ended(
+        service,
+        run.run_id,
+        _seconds("AML_LIVE_TIMEOUT_SECONDS", DEFAULT_TIMEOUT_SECONDS),
+        _seconds("AML_LIVE_POLL_SECONDS", DEFAULT_POLL_SECONDS),
+    )
+    client = service.backend.client  # type: ignore[attr-defined]
+    children = client.get_step_runs(service.settings.experiment_name, run.run_id)
+    print(
+        "run history's predict error:",
+        [c.get("error") for c in children if c.get("displayName") == "predict"],
+    )
+    for path, text in _predict_logs(service, run.run_id).items():
+        print(f"--- {path} ---\n{(text or '(none)')[-3000:]}", flush=True)
+    assert info.status == "failed" and info.failed_step == "predict", info
+    (predict,) = [s for s in info.steps or [] if s.name == "predict"]
+    assert predict.error and not is_parallel_exit(predict.error), predict.error
+    assert "999999" in predict.error, predict.error

@@ -102,6 +102,7 @@ def test_fetch_step_writes_the_sample_without_the_target_and_its_metadata(
         "dataset": str(ames_csv),
         "dataset_rows": 2930,
         "rows": 10,
+        "fetched_rows": 10,
         "sample_size": 10,
         "seed": 3,
     }

@@ -42,6 +42,8 @@ def fetch_metadata(dataset: str, source_rows: int, rows: int, sample_size: int, 
         "dataset": dataset,
         "dataset_rows": source_rows,
         "rows": rows,
+        # kept under its own name through predict (which records its own `rows`): the quality gate's count check
+        "fetched_rows": rows,
         "sample_size": sample_size,
         "seed": seed,
     }

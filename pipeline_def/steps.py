@@ -70,6 +70,8 @@ STEPS: tuple[Step, ...] = (
         script="fetch_data.py",
         arguments=(
             "--dataset", BuildValue("dataset"),
+            "--dataset-name", BuildValue("dataset_name"),
+            "--dataset-version", BuildValue("dataset_version"),
             "--sample-size", Param("sample_size"),
             "--output", DataOut("new_data"),
         ),

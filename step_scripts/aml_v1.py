@@ -73,8 +73,9 @@ def pipeline_run_id(value: str) -> str:
 # --- fetch_data: a registered dataset -> a file ----------------------------------------------------------
 
 
-def dataset_to_file(name: str, folder: Path) -> Path:
-    """The latest version of the registered tabular dataset `name`, as a Parquet file in `folder`."""
+def dataset_to_file(name: str, folder: Path) -> tuple[Path, str | None]:
+    """The latest version of the registered tabular dataset `name`, as a Parquet file in `folder`, and that
+    version."""
     from azureml.core import Dataset
 
     try:
@@ -85,7 +86,8 @@ def dataset_to_file(name: str, folder: Path) -> Path:
         raise StepError(f"registered dataset {name!r} not found: {error}") from error
     file = folder / f"{name}.parquet"
     dataset.to_pandas_dataframe().to_parquet(file, index=False)
-    return file
+    version = getattr(dataset, "version", None)
+    return file, None if version is None else str(version)
 
 
 def fetch_data(argv: list[str]) -> None:
@@ -95,8 +97,15 @@ def fetch_data(argv: list[str]) -> None:
 
     def body() -> None:
         with tempfile.TemporaryDirectory(prefix="aml-v1-dataset-") as folder:
-            file = dataset_to_file(args.dataset, Path(folder))
-            step.fetch(file, args.sample_size, args.seed, args.output, dataset_name=args.dataset)
+            file, version = dataset_to_file(args.dataset, Path(folder))
+            step.fetch(
+                file,
+                args.sample_size,
+                args.seed,
+                args.output,
+                dataset_name=args.dataset_name or args.dataset,
+                dataset_version=version,
+            )
 
     run_step(body, io_failure="cannot write the output")
 

@@ -25,6 +25,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--dataset", required=True, help="a CSV/CSV.gz/Parquet file, or a folder holding exactly one"
     )
+    parser.add_argument(
+        "--dataset-name", help="the dataset's registered name, for the record (default: the path)"
+    )
+    parser.add_argument(
+        "--dataset-version", help="the registered version read, for the record (default: none)"
+    )
     parser.add_argument("--sample-size", type=int, required=True, help="rows to sample; 0 means every row")
     parser.add_argument("--seed", type=int, help="random seed of the sample (default: drawn and recorded)")
     parser.add_argument("--output", required=True, help="folder to write the rows to (Parquet)")
@@ -38,9 +44,10 @@ def fetch(
     output: str | Path,
     *,
     dataset_name: str | None = None,
+    dataset_version: str | None = None,
 ) -> None:
     """Sample `sample_size` rows of `dataset` into `output`; the metadata names the dataset `dataset_name`
-    (aml_v1 passes the registered name), else by the path given."""
+    (the registered name), else by the path given, and its registered `dataset_version` when there is one."""
     check_sample_size(sample_size, "--sample-size")
     seed = seed if seed is not None else secrets.randbelow(2**31)
     name = dataset_name or str(dataset)
@@ -53,7 +60,9 @@ def fetch(
         )
     rows = drop_target(sample_rows(frame, sample_size, seed))
     write_frame(output, rows)
-    write_metadata(output, fetch_metadata(name, len(frame), len(rows), sample_size, seed))
+    write_metadata(
+        output, fetch_metadata(name, len(frame), len(rows), sample_size, seed, dataset_version or None)
+    )
     log.info(
         "fetched %d of %d rows of %s (sample size %d, seed %d) into %s",
         len(rows), len(frame), name, sample_size, seed, output,
@@ -63,7 +72,14 @@ def fetch(
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     run_step(
-        lambda: fetch(args.dataset, args.sample_size, args.seed, args.output),
+        lambda: fetch(
+            args.dataset,
+            args.sample_size,
+            args.seed,
+            args.output,
+            dataset_name=args.dataset_name or None,
+            dataset_version=args.dataset_version or None,
+        ),
         io_failure="cannot write the output",
     )
 

@@ -197,8 +197,8 @@ def _sdk_register_and_submit(fake: FakeAzureML, settings, backend, fingerprint: 
         )
 
     def batch(  # the pipeline component's inputs, as the app registers them
-        dataset, model, sample_size, model_version, run_id, fingerprint, accept_drift,
-        gate_range_margin, gate_drift_psi, gate_drift_min_rows, gate_missing_tolerance,
+        dataset, dataset_name, dataset_version, model, sample_size, model_version, run_id, fingerprint,
+        accept_drift, gate_range_margin, gate_drift_psi, gate_drift_min_rows, gate_missing_tolerance,
     ):  # fmt: skip
         gate = {
             "accept_drift": accept_drift,
@@ -207,7 +207,12 @@ def _sdk_register_and_submit(fake: FakeAzureML, settings, backend, fingerprint: 
             "gate_drift_min_rows": gate_drift_min_rows,
             "gate_missing_tolerance": gate_missing_tolerance,
         }
-        fetch_data = registered["fetch_data"](dataset=dataset, sample_size=sample_size)
+        fetch_data = registered["fetch_data"](
+            dataset=dataset,
+            dataset_name=dataset_name,
+            dataset_version=dataset_version,
+            sample_size=sample_size,
+        )
         predict = registered["predict"](
             new_data=fetch_data.outputs.new_data, model=model, model_version=model_version
         )
@@ -221,6 +226,8 @@ def _sdk_register_and_submit(fake: FakeAzureML, settings, backend, fingerprint: 
     ]
     batch.__annotations__ = {
         "dataset": Input(type="uri_file"),
+        "dataset_name": Input(type="string"),
+        "dataset_version": Input(type="string"),
         "model": Input(type="custom_model"),
         "sample_size": Input(type="integer", min=0, default=settings.sample_size),
         "model_version": Input(type="string"),

@@ -40,6 +40,8 @@ class Port:
 # of the same name, wired through `${{parent.jobs.<producer>.outputs.<name>}}`.
 BINDINGS: dict[Argument, Port] = {
     BuildValue("dataset"): Port("inputs", "dataset", {"type": "uri_file"}),
+    BuildValue("dataset_name"): Port("inputs", "dataset_name", {"type": "string"}),
+    BuildValue("dataset_version"): Port("inputs", "dataset_version", {"type": "string"}),
     BuildValue("model"): Port("inputs", "model", {"type": "custom_model"}),
     BuildValue("run_id"): Port("inputs", "run_id", {"type": "string"}),
     BuildValue("fingerprint"): Port("inputs", "fingerprint", {"type": "string"}),

@@ -34,6 +34,8 @@ def resolve_argument(
     if isinstance(argument, BuildValue):
         values = {
             "dataset": str(settings.local_dataset_path),
+            "dataset_name": settings.local_dataset_path.name,
+            "dataset_version": "",  # a file has no registered version
             "model": str(model_folder(settings)),
             "latest": str(destination_folder(settings) / "latest_predictions"),
             "history": str(destination_folder(settings) / "history"),

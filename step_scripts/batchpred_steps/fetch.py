@@ -36,10 +36,13 @@ def drop_target(frame: pd.DataFrame, target: str = TARGET_COLUMN) -> pd.DataFram
     return frame.drop(columns=[target]) if target in frame.columns else frame
 
 
-def fetch_metadata(dataset: str, source_rows: int, rows: int, sample_size: int, seed: int) -> dict[str, Any]:
+def fetch_metadata(
+    dataset: str, source_rows: int, rows: int, sample_size: int, seed: int, dataset_version: str | None = None
+) -> dict[str, Any]:
     """What predict and save_predictions learn about this step's output."""
     return {
         "dataset": dataset,
+        "dataset_version": dataset_version,
         "dataset_rows": source_rows,
         "rows": rows,
         # kept under its own name through predict (which records its own `rows`): the quality gate's count check

@@ -286,16 +286,32 @@ def train_and_register(settings: Settings, seed: int = DEFAULT_SEED) -> dict[str
 
 
 def ensure_model(settings: Settings) -> Path:
-    """`<registry>/<model_name>`, after training version 1 into it if it holds no version yet."""
+    """`<registry>/<model_name>`, after training the baseline into it when it holds no version yet, or when its
+    newest version predates the quality gate (no `quality_reference` in its metadata.json: save_predictions
+    could never publish with it, so the baseline is trained again as the next version)."""
     model_dir = model_folder(settings)
-    if registered_versions(model_dir):
+    if not why_train(model_dir):
         return model_dir
     model_dir.mkdir(parents=True, exist_ok=True)
     with _exclusive(model_dir / ".train.lock"):
         # a concurrent caller may have trained while this one waited for the lock
-        if not registered_versions(model_dir):
+        if why_train(model_dir):
             train_and_register(settings)
     return model_dir
+
+
+def why_train(model_dir: Path) -> str | None:
+    """Why the local registry needs the baseline trained now (a sentence for the log), or None."""
+    versions = registered_versions(model_dir)
+    if not versions:
+        return "no model yet"
+    try:
+        metadata = json.loads((model_dir / str(versions[-1]) / METADATA_FILE).read_text())
+    except (OSError, ValueError):
+        metadata = {}
+    if not isinstance(metadata, dict) or QUALITY_REFERENCE_KEY not in metadata:
+        return f"version {versions[-1]} predates the quality gate (no {QUALITY_REFERENCE_KEY})"
+    return None
 
 
 @contextlib.contextmanager

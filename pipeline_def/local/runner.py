@@ -17,7 +17,7 @@ from typing import Any
 
 from pipeline_def.errors import LocalRunError
 from pipeline_def.local.commands import PREDICTIONS_FILE, destination_folder, settings_from_record
-from pipeline_def.local.model import ensure_model, model_folder, registered_versions
+from pipeline_def.local.model import ensure_model, model_folder, why_train
 from pipeline_def.local.processes import write_pid
 from pipeline_def.local.records import (
     CANCEL_FILE,
@@ -87,8 +87,9 @@ def _run_steps(run_dir: Path, record: RunRecord, settings: Settings, say: Progre
 def _prepare_model(run_dir: Path, record: RunRecord, settings: Settings, say: Progress) -> bool:
     """Train the baseline model if none is registered yet; False (the run is then failed) if that fails."""
     try:
-        if not registered_versions(model_folder(settings)):
-            say(f"run {record.id}: no {settings.model_name} model yet, training the baseline model once")
+        why = why_train(model_folder(settings))
+        if why:
+            say(f"run {record.id}: {settings.model_name}: {why}; training the baseline model")
         ensure_model(settings)
     except Exception as error:
         finish_record(run_dir, record, "failed", f"the model could not be prepared: {error}")

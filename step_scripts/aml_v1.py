@@ -8,7 +8,9 @@ turns the v1 names among the step's arguments into the local paths the step take
 - save_predictions `--latest-dir default-datastore:<path> --history-dir default-datastore:<path>
   --run-id run-context:parent`: the step publishes into local staging folders, which are then uploaded to the
   workspace's default datastore in the same order (history, latest CSV, latest manifest), each blob upload
-  atomic; the run id is the pipeline run's (the parent of this step run).
+  atomic; the run id is the pipeline run's (the parent of this step run). The latest CSV and manifest are
+  downloaded first, for the quality gate; a failed gate uploads the history folder only. The run's summary
+  (rows, folders, the gate's verdict) becomes tags of this step run.
 
 Transitional: used only while the v1 backend exists.
 """
@@ -25,13 +27,17 @@ from typing import TYPE_CHECKING, Any
 
 from batchpred_steps.cli import fail, run_step
 from batchpred_steps.errors import StepError
+from batchpred_steps.gate import QualityGateFailed
 from batchpred_steps.publish import CSV_NAME, MANIFEST_NAME, Folders
+from batchpred_steps.run_summary import summary_of
 
 if TYPE_CHECKING:
     from azure.storage.blob import ContainerClient
 
 log = logging.getLogger("aml_v1")
 
+# What a blob is served as (a browser opens the quality gate's picture as one).
+CONTENT_TYPES = {".csv": "text/csv", ".svg": "image/svg+xml", ".json": "application/json"}
 # What pipeline_def/azureml/definition.py passes for the values only the run can resolve.
 DATASTORE_PREFIX = "default-datastore:"
 RUN_CONTEXT_PARENT = "run-context:parent"
@@ -158,7 +164,7 @@ class BlobFolder:
         """One blob upload: the blob is committed whole or not at all."""
         from azure.storage.blob import ContentSettings
 
-        kind = "text/csv" if name.endswith(".csv") else "application/json"
+        kind = CONTENT_TYPES.get(Path(name).suffix, "application/json")
         with open(source, "rb") as data:
             self.container.upload_blob(
                 self.blob_name(name),
@@ -191,6 +197,29 @@ def upload_plan(staged: Folders, latest_path: str, history_path: str) -> list[tu
         (join(latest_path, CSV_NAME), staged.latest / CSV_NAME),
         (join(latest_path, MANIFEST_NAME), staged.latest / MANIFEST_NAME),
     ]
+
+
+def download_latest(source: BlobFolder, latest_path: str, folder: Path) -> None:
+    """The latest CSV and manifest of the datastore into `folder`, those that exist."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in (CSV_NAME, MANIFEST_NAME):
+        blob = f"{latest_path}/{name}" if latest_path else name
+        try:
+            with open(folder / name, "wb") as out:
+                source.container.download_blob(source.blob_name(blob)).readinto(out)
+        except ResourceNotFoundError:
+            (folder / name).unlink(missing_ok=True)
+
+
+def tag_step_run(tags: dict[str, str]) -> None:
+    """The run's summary as tags of this step run, where the app reads it (pipeline_def/runs.py); a failure
+    to tag is a warning: the predictions are saved by now."""
+    try:
+        run_context().set_tags(tags)
+    except Exception as error:  # the SDK raises many types; the summary is not worth failing the step for
+        log.warning("could not tag the step run with its summary: %s: %s", type(error).__name__, error)
 
 
 def upload_in_order(destination: BlobFolder, plan: list[tuple[str, Path]]) -> None:
@@ -228,17 +257,28 @@ def save_predictions(argv: list[str]) -> None:
         latest_path = datastore_path(args.latest_dir or "", "--latest-dir")
         history_path = datastore_path(args.history_dir or "", "--history-dir")
         run_id = pipeline_run_id(args.run_id)
+        destination = default_datastore()
         with tempfile.TemporaryDirectory(prefix="aml-v1-publish-") as folder:
             staged = Folders(Path(folder) / "latest", Path(folder) / "history")
-            step.save(
-                Path(args.input),
-                staged,
-                run_id,
-                args.pipeline_fingerprint,
-                prediction_column=args.prediction_column,
-            )
-            destination = default_datastore()
+            # the quality gate compares this run with the latest predictions: the staged latest folder starts
+            # as the datastore's (it is never uploaded back; the new files replace the blobs)
+            download_latest(destination, latest_path, staged.latest)
+            try:
+                manifest = step.save(
+                    Path(args.input),
+                    staged,
+                    run_id,
+                    args.pipeline_fingerprint,
+                    prediction_column=args.prediction_column,
+                    gate=step.gate_settings(args),
+                )
+            except QualityGateFailed as failed:
+                # the history copy and its report are kept; the latest blobs are not touched
+                upload_in_order(destination, upload_plan(staged, latest_path, history_path)[:-2])
+                tag_step_run(summary_of(failed.manifest, latest=None))
+                raise
             upload_in_order(destination, upload_plan(staged, latest_path, history_path))
+        tag_step_run(summary_of(manifest, latest=latest_path))
         log.info("uploaded to %s/%s", destination.container.url, latest_path)
 
     # A storage error leaves the latest blobs untouched (see upload_plan); the step reports it in one line.

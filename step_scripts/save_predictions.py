@@ -5,6 +5,10 @@ A failure half-way never leaves the latest folder partial or empty: the history 
 the latest CSV, then the latest manifest, each through a temporary file renamed into place. `--destination
 ROOT` is short for `--latest-dir ROOT/latest_predictions --history-dir ROOT/history`. On Azure ML v1,
 aml_v1.py publishes into local folders and uploads them to the default datastore in the same order.
+
+Before anything replaces the latest predictions, the quality gate judges them (batchpred_steps/quality.py):
+its report (quality.json) and picture (distribution.svg) go into the run's history folder either way; a
+failed gate leaves the latest folder as it was and fails the step naming the check and its figures.
 """
 
 from __future__ import annotations
@@ -17,9 +21,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from batchpred_steps.cli import run_step, step_parser
+from batchpred_steps.gate import QualityGateFailed, run_gate
 from batchpred_steps.handoff import METADATA_FILE, PREDICTION_COLUMN, read_metadata
 from batchpred_steps.publish import (
     CSV_NAME,
+    LATEST_DIR,
     MANIFEST_NAME,
     Folders,
     build_manifest,
@@ -29,6 +35,8 @@ from batchpred_steps.publish import (
     run_folder,
     write_predictions_csv,
 )
+from batchpred_steps.quality import GateSettings
+from batchpred_steps.run_summary import record_summary, summary_of
 
 log = logging.getLogger("save_predictions")
 
@@ -42,12 +50,45 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--run-id", required=True, help="the pipeline run, for the manifest and history")
     parser.add_argument("--pipeline-fingerprint", help="the published pipeline's version, for the manifest")
     parser.add_argument("--prediction-column", default=PREDICTION_COLUMN, help=argparse.SUPPRESS)
+    add_gate_arguments(parser)
     args = parser.parse_args(argv)
     if args.destination is not None and (args.latest_dir or args.history_dir):
         parser.error("give --destination or --latest-dir and --history-dir, not both")
     if args.destination is None and not (args.latest_dir and args.history_dir):
         parser.error("give --latest-dir and --history-dir (or --destination ROOT)")
     return args
+
+
+def add_gate_arguments(parser: argparse.ArgumentParser) -> None:
+    """The quality gate's thresholds (the pipeline passes the GATE_* settings) and the run's accept_drift."""
+    default = GateSettings()
+    gate = parser.add_argument_group("quality gate")
+    gate.add_argument("--range-margin", type=float, default=default.range_margin,
+                      help="plausible range: the training target's widened by this ratio")  # fmt: skip
+    gate.add_argument("--drift-psi", type=float, default=default.drift_psi,
+                      help="largest population stability index against the reference")  # fmt: skip
+    gate.add_argument("--drift-min-rows", type=int, default=default.drift_min_rows,
+                      help="rows this run and the previous latest need for the drift check")  # fmt: skip
+    gate.add_argument("--missing-tolerance", type=float, default=default.missing_tolerance,
+                      help="share of missing values a feature may have above training's")  # fmt: skip
+    gate.add_argument("--accept-drift", type=_true_or_false, default=False,
+                      help="true: publish despite the drift check (only that one)")  # fmt: skip
+
+
+def gate_settings(args: argparse.Namespace) -> GateSettings:
+    return GateSettings(
+        range_margin=args.range_margin,
+        drift_psi=args.drift_psi,
+        drift_min_rows=args.drift_min_rows,
+        missing_tolerance=args.missing_tolerance,
+        accept_drift=args.accept_drift,
+    )
+
+
+def _true_or_false(text: str) -> bool:
+    if text.strip().lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"must be true or false, not {text!r}")
+    return text.strip().lower() == "true"
 
 
 def folders_of(args: argparse.Namespace) -> Folders:
@@ -64,8 +105,11 @@ def save(
     *,
     prediction_column: str = PREDICTION_COLUMN,
     now: datetime | None = None,
+    gate: GateSettings | None = None,
 ) -> dict:
-    """Publish the predictions in `source` to `folders`; return the manifest written."""
+    """Publish the predictions in `source` to `folders` if the quality gate passes; return the manifest
+    written. A failed gate writes the history copy and its report only, then raises QualityGateFailed."""
+    gate = gate or GateSettings()
     now = now or datetime.now(UTC)
     metadata = read_metadata(source)
     if not metadata:
@@ -74,6 +118,10 @@ def save(
         csv_file = Path(scratch) / CSV_NAME
         rows, columns = write_predictions_csv(source, csv_file, prediction_column)
         place = run_folder(run_id, now)
+        outcome = run_gate(
+            source, folders.latest, CSV_NAME, metadata, gate,
+            run_id=run_id, prediction_column=prediction_column, scratch=Path(scratch), now=now,
+        )  # fmt: skip
         manifest = build_manifest(
             rows=rows,
             columns=columns,
@@ -83,9 +131,15 @@ def save(
             now=now,
             history=history_path(place),
         )
+        manifest |= outcome.manifest_fields(history_path(place), gate.accept_drift)
         manifest_file = Path(scratch) / MANIFEST_NAME
         manifest_file.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-        publish(publish_plan(folders, place, csv_file, manifest_file))
+        plan = publish_plan(folders, place, csv_file, manifest_file)
+        # the report beside the history copy; on a failed gate nothing of the latest folder is touched
+        report = [(folders.history / place / f.name, f) for f in (outcome.report_file, outcome.picture_file)]
+        publish(report + [(t, f) for t, f in plan if outcome.passed or t.parent != folders.latest])
+    if not outcome.passed:
+        raise QualityGateFailed(outcome.verdict.line(), manifest)
     log.info(
         "saved %d predictions of run %s (model %s version %s) to %s",
         rows, run_id, metadata.get("model_name"), metadata.get("model_version"), folders.latest / CSV_NAME,
@@ -93,18 +147,28 @@ def save(
     return manifest
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    run_step(
-        lambda: save(
+def save_and_record(args: argparse.Namespace) -> dict:
+    """save(), then record the run's summary (rows, folders, the gate's verdict) where the app reads it: the
+    file the local runner names, or the job's run history (Azure ML v2); a failed gate's too."""
+    try:
+        manifest = save(
             Path(args.input),
             folders_of(args),
             args.run_id,
             args.pipeline_fingerprint,
             prediction_column=args.prediction_column,
-        ),
-        io_failure="cannot write the predictions",
-    )
+            gate=gate_settings(args),
+        )
+    except QualityGateFailed as failed:
+        record_summary(summary_of(failed.manifest, latest=None))
+        raise
+    record_summary(summary_of(manifest, latest=LATEST_DIR))
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    run_step(lambda: save_and_record(args), io_failure="cannot write the predictions")
 
 
 if __name__ == "__main__":

@@ -103,6 +103,7 @@ def test_fetch_step_writes_the_sample_without_the_target_and_its_metadata(
         "dataset_version": None,
         "dataset_rows": 2930,
         "rows": 10,
+        "fetched_rows": 10,
         "sample_size": 10,
         "seed": 3,
     }
@@ -241,4 +242,3 @@ def test_fetch_step_records_the_registered_name_and_version_it_was_given(run_ste
     assert done.returncode == 0, done.stderr
     metadata = json.loads((out / "_metadata.json").read_text())
     assert (metadata["dataset"], metadata["dataset_version"]) == ("AmesHousingCsv", "7")
-

@@ -38,10 +38,20 @@ def make_predictions(folder: Path, ames: pd.DataFrame, rows: int, parts: int = 1
     size = -(-rows // parts) if rows else 0
     for index in range(parts):
         handoff.write_frame(folder, frame.iloc[index * size : (index + 1) * size], index=index)
-    metadata = {"dataset": "ames.csv.gz", "rows": rows, "seed": 5, "sample_size": rows}
-    metadata |= {"model_name": "HousePrices", "model_version": 3}
+    metadata = {"dataset": "ames.csv.gz", "rows": rows, "fetched_rows": rows, "seed": 5, "sample_size": rows}
+    metadata |= {"model_name": "HousePrices", "model_version": 3, "quality_reference": WIDE_REFERENCE}
     (folder / "_metadata.json").write_text(json.dumps(metadata))
     return folder
+
+
+# A model reference whose plausible range holds the made-up prices (1 to 200) and which records no feature: the
+# gate passes these tests' predictions (tests/test_quality_gate.py tests the gate itself).
+WIDE_REFERENCE = {
+    "target_min": 1.0,
+    "target_max": 1000.0,
+    "missing_share": {},
+    "predictions": {"edges": [], "shares": [1.0], "rows": 1},
+}
 
 
 def latest_bytes(root: Path) -> dict[str, bytes]:
@@ -307,7 +317,9 @@ def test_the_upload_plan_puts_history_first_and_the_latest_manifest_last(
 
     assert [name for name, _ in plan] == [
         f"history/{day}/r1/predictions.csv",
+        f"history/{day}/r1/distribution.svg",  # the quality gate's picture and report, beside the copy
         f"history/{day}/r1/manifest.json",
+        f"history/{day}/r1/quality.json",
         "latest_predictions/predictions.csv",
         "latest_predictions/manifest.json",
     ]
@@ -336,6 +348,8 @@ def test_the_upload_writes_the_same_layout_as_the_local_step_under_a_prefix(
             "batch/houses/latest_predictions/predictions.csv",
             f"{history}/manifest.json",
             f"{history}/predictions.csv",
+            f"{history}/quality.json",
+            f"{history}/distribution.svg",
         ]
     )
     assert (
@@ -348,6 +362,8 @@ def test_the_upload_writes_the_same_layout_as_the_local_step_under_a_prefix(
         "batch/houses/latest_predictions/predictions.csv"
     ).get_blob_properties()
     assert properties.content_settings.content_type == "text/csv"
+    picture = container.get_blob_client(f"{history}/distribution.svg").get_blob_properties()
+    assert picture.content_settings.content_type == "image/svg+xml"  # opens as a picture in a browser
 
 
 def test_a_failing_upload_leaves_the_previous_latest_blobs_intact(

@@ -56,6 +56,7 @@ from pipeline_def.runs import (
     normalize_status,
     read_parallel_error,
     with_failed_step,
+    with_predictions,
 )
 from pipeline_def.settings import STEP_SCRIPTS_DIR, Settings
 from pipeline_def.steps import STEPS
@@ -243,7 +244,7 @@ class AzureMLBackend:
         except NotFound:
             children = []  # run history has not seen the run yet (just submitted)
         info = self._run_info(entity, steps=self._steps(children), history_status=history_status)
-        return with_failed_step(info)
+        return with_failed_step(with_predictions(info, children, self.settings.datastore_url))
 
     def list_runs(self, limit: int) -> list[RunInfo]:
         """The newest `limit` runs of the endpoint's pipelines (its newest versions), newest first, read in

@@ -142,6 +142,7 @@ def build_pipeline(
         "history": HISTORY_PATH,
         "run_id": RUN_CONTEXT_PARENT,
         "fingerprint": fingerprint,
+        **settings.gate_values,  # literal arguments of the published step: in the fingerprint
     }
     data: dict[str, Any] = {}
     run_config = _run_configuration(Path(folder))

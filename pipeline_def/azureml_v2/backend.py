@@ -36,6 +36,7 @@ from pipeline_def.runs import (
     normalize_status,
     read_parallel_error,
     with_failed_step,
+    with_predictions,
 )
 from pipeline_def.settings import STEP_SCRIPTS_DIR, Settings
 from pipeline_def.steps import STEPS, Step
@@ -138,8 +139,7 @@ class AzureMLV2Backend:
             "run_id": name,
             "fingerprint": version.version,
         }
-        if "sample_size" in parameters:
-            literals["sample_size"] = parameters["sample_size"]
+        literals.update({k: parameters[k] for k in ("sample_size", "accept_drift") if k in parameters})
         all_tags = {
             **tags,
             PIPELINE_TAG: self.settings.endpoint_name,
@@ -227,7 +227,8 @@ class AzureMLV2Backend:
             children = self.client.get_step_runs(experiment, run_id)
         except NotFound:
             children = []
-        return with_failed_step(self._job_info(job, history, self._steps(children)))
+        info = self._job_info(job, history, self._steps(children))
+        return with_failed_step(with_predictions(info, children, self.settings.datastore_url))
 
     def list_runs(self, limit: int) -> list[RunInfo]:
         """The newest `limit` jobs of this endpoint (tagged batchpred_pipeline), newest first: one bounded

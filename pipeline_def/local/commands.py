@@ -41,6 +41,7 @@ def resolve_argument(
             "history": str(destination_folder(settings) / "history"),
             "run_id": run_dir.name,
             "fingerprint": fingerprint,
+            **settings.gate_values,
         }
         if argument.name not in values:
             raise LocalRunError(f"steps.py uses a setting the local backend does not know: {argument.name!r}")

@@ -45,6 +45,8 @@ def fetch_metadata(
         "dataset_version": dataset_version,
         "dataset_rows": source_rows,
         "rows": rows,
+        # kept under its own name through predict (which records its own `rows`): the quality gate's count check
+        "fetched_rows": rows,
         "sample_size": sample_size,
         "seed": seed,
     }

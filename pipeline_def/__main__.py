@@ -52,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     run = add_command("run", help="run the pipeline now (locally: waits for it to finish)")
     run.add_argument("--sample-size", type=int, help="rows to score (0 means every row)")
     run.add_argument("--model-version", help="model version to use (default: the latest)")
+    run.add_argument(
+        "--node-count", type=int, help="nodes of the parallel predict on Azure ML (default PIPELINE_NODE_COUNT)"
+    )
     run.add_argument("--show", type=int, default=0, metavar="N", help="print the first N predicted rows")
     waiting = run.add_mutually_exclusive_group()
     waiting.add_argument(
@@ -105,6 +108,8 @@ def _run(cli: _Invocation) -> int:
         parameters["sample_size"] = args.sample_size
     if args.model_version is not None:
         parameters["model_version"] = args.model_version
+    if args.node_count is not None:
+        parameters["node_count"] = args.node_count
     # A local run waits by default: it runs in this process, as `make demo` shows.
     wait = args.wait if args.wait is not None else cli.settings.backend == "local"
     started = cli.service().start_run(

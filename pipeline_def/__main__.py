@@ -53,7 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--sample-size", type=int, help="rows to score (0 means every row)")
     run.add_argument("--model-version", help="model version to use (default: the latest)")
     run.add_argument(
-        "--node-count", type=int, help="nodes of the parallel predict on Azure ML (default PIPELINE_NODE_COUNT)"
+        "--node-count",
+        type=int,
+        help="nodes of the parallel predict on Azure ML (default PIPELINE_NODE_COUNT)",
     )
     run.add_argument("--show", type=int, default=0, metavar="N", help="print the first N predicted rows")
     waiting = run.add_mutually_exclusive_group()

@@ -90,7 +90,14 @@ def fetch_data(argv: list[str]) -> None:
     def body() -> None:
         with tempfile.TemporaryDirectory(prefix="aml-v1-dataset-") as folder:
             file = dataset_to_file(args.dataset, Path(folder))
-            step.fetch(file, args.sample_size, args.seed, args.output, dataset_name=args.dataset)
+            step.fetch(
+                file,
+                args.sample_size,
+                args.seed,
+                args.output,
+                dataset_name=args.dataset,
+                part_bytes=args.part_bytes,
+            )
 
     run_step(body, io_failure="cannot write the output")
 

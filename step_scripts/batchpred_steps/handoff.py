@@ -50,6 +50,15 @@ def write_frame(folder: str | os.PathLike, frame: pd.DataFrame, index: int = 0) 
     return target
 
 
+def clear_parts(folder: str | os.PathLike) -> None:
+    """Remove the parts and metadata an earlier attempt left in `folder`, so they cannot mix with this one's."""
+    path = Path(folder)
+    if path.is_dir():
+        for part in path.glob("part-*.parquet"):
+            part.unlink()
+        (path / METADATA_FILE).unlink(missing_ok=True)
+
+
 def read_metadata(folder: str | os.PathLike) -> dict[str, Any]:
     """What the previous steps recorded beside their rows in `folder`; {} when they recorded nothing.
     StepError when the file is there but unreadable or not a JSON object."""

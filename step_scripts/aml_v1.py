@@ -7,14 +7,16 @@ turns the v1 names among the step's arguments into the local paths the step take
   folder (a version that does not exist fails here); the registry's name and version are recorded;
 - save_predictions `--latest-dir default-datastore:<path> --history-dir default-datastore:<path>
   --run-id run-context:parent`: the step publishes into local staging folders, which are then uploaded to the
-  workspace's default datastore in the same order (history, latest CSV, latest manifest), each blob upload
-  atomic; the run id is the pipeline run's (the parent of this step run).
+  workspace's default datastore in the same order (history, latest CSV or parts, latest manifest), each blob
+  upload atomic, and then the latest parts and CSV the new manifest supersedes are deleted; the run id is the
+  pipeline run's (the parent of this step run).
 
 Transitional: used only while the v1 backend exists.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import tempfile
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from batchpred_steps.cli import fail, run_step
 from batchpred_steps.errors import StepError
+from batchpred_steps.partitioned import PARTS_DIR
 from batchpred_steps.publish import CSV_NAME, MANIFEST_NAME, Folders
 
 if TYPE_CHECKING:
@@ -156,7 +159,8 @@ class BlobFolder:
         """One blob upload: the blob is committed whole or not at all."""
         from azure.storage.blob import ContentSettings
 
-        kind = "text/csv" if name.endswith(".csv") else "application/json"
+        kinds = {".csv": "text/csv", ".json": "application/json"}
+        kind = kinds.get(Path(name).suffix, "application/octet-stream")
         with open(source, "rb") as data:
             self.container.upload_blob(
                 self.blob_name(name),
@@ -168,6 +172,19 @@ class BlobFolder:
     def blob_name(self, name: str) -> str:
         return f"{self.prefix}/{name}" if self.prefix else name
 
+    def names(self, starting_with: str) -> list[str]:
+        """The blobs under `starting_with`, as names relative to this folder."""
+        cut = len(self.blob_name(""))
+        return [
+            b.name[cut:] for b in self.container.list_blobs(name_starts_with=self.blob_name(starting_with))
+        ]
+
+    def delete(self, name: str) -> None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        with contextlib.suppress(ResourceNotFoundError):  # removed meanwhile: what was wanted
+            self.container.delete_blob(self.blob_name(name))
+
 
 def datastore_path(value: str, option: str) -> str:
     """The datastore path of `default-datastore:<path>`."""
@@ -176,19 +193,33 @@ def datastore_path(value: str, option: str) -> str:
     return value[len(DATASTORE_PREFIX) :].strip("/")
 
 
+def _join(root: str, relative: str) -> str:
+    return f"{root}/{relative}" if root else relative
+
+
 def upload_plan(staged: Folders, latest_path: str, history_path: str) -> list[tuple[str, Path]]:
     """(blob name, staged file) in the order that keeps the latest predictions whole: every file of the
-    history copy (CSV before manifest), then the latest CSV, then the latest manifest."""
-    history = sorted(
-        (p for p in staged.history.rglob("*") if p.is_file()),
-        key=lambda p: (p.parent.as_posix(), p.name != CSV_NAME, p.name),
-    )
-    join = lambda root, rel: f"{root}/{rel}" if root else rel  # noqa: E731
-    return [
-        *((join(history_path, p.relative_to(staged.history).as_posix()), p) for p in history),
-        (join(latest_path, CSV_NAME), staged.latest / CSV_NAME),
-        (join(latest_path, MANIFEST_NAME), staged.latest / MANIFEST_NAME),
-    ]
+    history copy (its CSV or parts before its manifest), then the latest CSV or parts, then the latest
+    manifest."""
+
+    def files(folder: Path, root: str) -> list[tuple[str, Path]]:
+        found = sorted(
+            (p for p in folder.rglob("*") if p.is_file()),
+            key=lambda p: (p.name == MANIFEST_NAME, p.relative_to(folder).as_posix()),
+        )
+        return [(_join(root, p.relative_to(folder).as_posix()), p) for p in found]
+
+    return [*files(staged.history, history_path), *files(staged.latest, latest_path)]
+
+
+def superseded_blobs(names: list[str], latest_path: str, manifest: dict[str, Any]) -> list[str]:
+    """Of the blobs `names` under the latest folder, those the new `manifest` supersedes: parts in folders it
+    does not name, and the CSV when it names none."""
+    kept = {_join(latest_path, str(Path(entry["path"]).parent.as_posix())) for entry in manifest["files"]}
+    parts = _join(latest_path, f"{PARTS_DIR}/")
+    stale = [n for n in names if n.startswith(parts) and str(Path(n).parent.as_posix()) not in kept]
+    csv = _join(latest_path, CSV_NAME)
+    return stale + ([csv] if manifest.get("predictions_file") is None and csv in names else [])
 
 
 def upload_in_order(destination: BlobFolder, plan: list[tuple[str, Path]]) -> None:
@@ -228,15 +259,19 @@ def save_predictions(argv: list[str]) -> None:
         run_id = pipeline_run_id(args.run_id)
         with tempfile.TemporaryDirectory(prefix="aml-v1-publish-") as folder:
             staged = Folders(Path(folder) / "latest", Path(folder) / "history")
-            step.save(
+            manifest = step.save(
                 Path(args.input),
                 staged,
                 run_id,
                 args.pipeline_fingerprint,
                 prediction_column=args.prediction_column,
+                csv_max_rows=args.csv_max_rows,
             )
             destination = default_datastore()
             upload_in_order(destination, upload_plan(staged, latest_path, history_path))
+        names = destination.names(_join(latest_path, ""))
+        for name in superseded_blobs(names, latest_path, manifest):
+            destination.delete(name)
         log.info("uploaded to %s/%s", destination.container.url, latest_path)
 
     # A storage error leaves the latest blobs untouched (see upload_plan); the step reports it in one line.

@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline_def.errors import PipelineError
@@ -194,10 +195,15 @@ COMMANDS: dict[str, Callable[[_Invocation], int]] = {
 
 
 def preview(path: str | os.PathLike[str], n: int) -> str:
-    """The first `n` predicted rows, a few telling columns wide (for `run --show`)."""
+    """The first `n` predicted rows, a few telling columns wide (for `run --show`): of the CSV, or of the first
+    Parquet part a large run's manifest names."""
     import pandas as pd
 
-    frame = pd.read_csv(path, nrows=max(n, 0))
+    if str(path).endswith(".json"):
+        first = json.loads(Path(path).read_text(encoding="utf-8"))["files"][0]["path"]
+        frame = pd.read_parquet(Path(path).parent / first).head(max(n, 0))
+    else:
+        frame = pd.read_csv(path, nrows=max(n, 0))
     columns = [c for c in PREVIEW_COLUMNS if c in frame.columns]
     if "PredictedSalePrice" in frame.columns:
         frame["PredictedSalePrice"] = frame["PredictedSalePrice"].round(0)

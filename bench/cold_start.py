@@ -72,19 +72,7 @@ def measure_tick() -> dict:
         FakeAzureML(**workspace) as aml,
         tempfile.TemporaryDirectory() as home,
     ):
-        os.environ.update(
-            {
-                "PIPELINE_BACKEND": "azureml",
-                "AML_SUBSCRIPTION_ID": workspace["subscription_id"],
-                "AML_RESOURCE_GROUP": workspace["resource_group"],
-                "AML_WORKSPACE_NAME": workspace["workspace_name"],
-                "AML_API_BASE": aml.base_url,
-                "AML_COMPUTE_NAME": "cpu-cluster",
-                "PIPELINE_OVERLAP": "skip",
-                "HOME": home,
-                **identity.environ(),
-            }
-        )
+        os.environ.update(aml.app_settings(PIPELINE_OVERLAP="skip", HOME=home, **identity.environ()))
         for name in ("AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_TENANT_ID", "AML_REGION"):
             os.environ.pop(name, None)
         settings = load_settings()

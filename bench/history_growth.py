@@ -64,15 +64,7 @@ def measure(count: int, identity: FakeManagedIdentity) -> dict:
     from pipeline_def.settings import load_settings
 
     with FakeAzureML() as fake:
-        env = {
-            "PIPELINE_BACKEND": "azureml",
-            "AML_SUBSCRIPTION_ID": fake.subscription_id,
-            "AML_RESOURCE_GROUP": fake.resource_group,
-            "AML_WORKSPACE_NAME": fake.workspace_name,
-            "AML_API_BASE": fake.base_url,
-            "AML_COMPUTE_NAME": "cpu-cluster",
-            **identity.environ(),
-        }
+        env = fake.app_settings(**identity.environ())
         settings = load_settings(env)
         pipeline = fake.add_published_pipeline(
             settings.endpoint_name,

@@ -169,17 +169,10 @@ def run_from_folder(target: Path, variant: str = "v1") -> dict:
         identity = stack.enter_context(FakeManagedIdentity())
         aml = stack.enter_context(FakeAzureML(resource_group="rg-bench", workspace_name="ws-bench"))
         home = stack.enter_context(tempfile.TemporaryDirectory())
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": home,
-            "PIPELINE_BACKEND": "azureml",
-            "AML_SUBSCRIPTION_ID": aml.subscription_id,
-            "AML_RESOURCE_GROUP": aml.resource_group,
-            "AML_WORKSPACE_NAME": aml.workspace_name,
-            "AML_API_BASE": aml.base_url,
-            "AML_COMPUTE_NAME": "cpu-cluster",
-            **identity.environ(),
-        }
+        backend = "azureml-v2" if variant == "v2-only" else "azureml"
+        env = aml.app_settings(
+            backend, PATH=os.environ.get("PATH", "/usr/bin:/bin"), HOME=home, **identity.environ()
+        )
         child = CHILD
         if variant == "v2-only":
             blob, process = start_azurite(Path(home) / "azurite")
@@ -189,7 +182,6 @@ def run_from_folder(target: Path, variant: str = "v1") -> dict:
             data.write_text("Order,PID\n1,10\n")
             aml.register_data_v2("AmesHousing", data)
             aml.register_model("HousePrices", {"model.joblib": b"m"})
-            env.update({"PIPELINE_BACKEND": "azureml-v2", "AML_ARM_BASE": aml.base_url})
             child = CHILD_V2
         started = time.perf_counter()
         done = subprocess.run(

@@ -97,18 +97,12 @@ def main(argv: list[str] | None = None) -> int:
             if not k.startswith(("AML_", "PIPELINE_", "AZURE_", "MSI_", "IDENTITY_", "AZUREML_"))
         }
         env.update(
-            {
-                "PIPELINE_BACKEND": "azureml",
-                "AML_SUBSCRIPTION_ID": fake.subscription_id,
-                "AML_RESOURCE_GROUP": fake.resource_group,
-                "AML_WORKSPACE_NAME": fake.workspace_name,
-                "AML_API_BASE": fake.base_url,
-                "AML_COMPUTE_NAME": "cpu-cluster",
-                "PIPELINE_ENDPOINT_NAME": "house-price-batch-predictions",
-                "PIPELINE_EXPERIMENT_NAME": "house-price-batch-predictions",
-                "HOME": home,
+            fake.app_settings(
+                PIPELINE_ENDPOINT_NAME="house-price-batch-predictions",
+                PIPELINE_EXPERIMENT_NAME="house-price-batch-predictions",
+                HOME=home,
                 **identity.environ(),
-            }
+            )
         )
         # The steady state: the endpoint's default version is the current fingerprint.
         from pipeline_def.fingerprint import compute_fingerprint

@@ -89,33 +89,24 @@ class EmulatedAzure:
         """The app settings (AML_*, PIPELINE_BACKEND), the managed identity's variables, a HOME for the SDK,
         and what makes the SDK's snapshot upload reach the workspace (see fake_aml/blob_capture.py)."""
         if self.backend == "azureml-v2":
-            return {
-                "PIPELINE_BACKEND": "azureml-v2",
-                "AML_SUBSCRIPTION_ID": self.fake.subscription_id,
-                "AML_RESOURCE_GROUP": self.fake.resource_group,
-                "AML_WORKSPACE_NAME": self.fake.workspace_name,
-                "AML_ARM_BASE": self.fake.base_url,
-                "AML_API_BASE": self.fake.base_url,
-                "AML_COMPUTE_NAME": COMPUTE_NAME,
-                "AML_DATASET_NAME": DATASET_NAME_V2,
-                "AML_MODEL_NAME": MODEL_NAME,
-                "HOME": str(home),
+            return self.fake.app_settings(
+                "azureml-v2",
+                COMPUTE_NAME,
+                AML_DATASET_NAME=DATASET_NAME_V2,
+                AML_MODEL_NAME=MODEL_NAME,
+                HOME=str(home),
                 **self.identity.environ(),
-            }
+            )
         assert self.fake.snapshot_uploads is not None
-        return {
-            "PIPELINE_BACKEND": "azureml",
-            "AML_SUBSCRIPTION_ID": self.fake.subscription_id,
-            "AML_RESOURCE_GROUP": self.fake.resource_group,
-            "AML_WORKSPACE_NAME": self.fake.workspace_name,
-            "AML_API_BASE": self.fake.base_url,
-            "AML_COMPUTE_NAME": COMPUTE_NAME,
-            "AML_DATASET_NAME": DATASET_NAME,
-            "AML_MODEL_NAME": MODEL_NAME,
-            "HOME": str(home),
+        return self.fake.app_settings(
+            "azureml",
+            COMPUTE_NAME,
+            AML_DATASET_NAME=DATASET_NAME,
+            AML_MODEL_NAME=MODEL_NAME,
+            HOME=str(home),
             **self.identity.environ(),
             **self.fake.snapshot_uploads.environ(),
-        }
+        )
 
     def cleared_variables(self) -> list[str]:
         """Variables of this process that would override environ(): other credentials, other AML_* and

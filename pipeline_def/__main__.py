@@ -54,6 +54,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--sample-size", type=int, help="rows to score (0 means every row)")
     run.add_argument("--model-version", help="model version to use (default: the latest)")
     run.add_argument(
+        "--accept-drift",
+        action="store_true",
+        default=None,
+        help="publish even if the quality gate's drift check fails (never despite its other checks)",
+    )
+    run.add_argument(
         "--node-count",
         type=int,
         help="nodes of the parallel predict on Azure ML (default PIPELINE_NODE_COUNT)",
@@ -113,6 +119,8 @@ def _run(cli: _Invocation) -> int:
         parameters["model_version"] = args.model_version
     if args.node_count is not None:
         parameters["node_count"] = args.node_count
+    if args.accept_drift:
+        parameters["accept_drift"] = True
     # A local run waits by default: it runs in this process, as `make demo` shows.
     wait = args.wait if args.wait is not None else cli.settings.backend == "local"
     started = cli.service().start_run(
@@ -224,7 +232,29 @@ def _format_run(run: dict[str, Any]) -> str:
     for key in ("created_at", "ended_at", "error", "predictions_path", "portal_url"):
         if run.get(key):
             lines.append(f"{key}: {run[key]}")
+    lines += _format_predictions(run.get("predictions"))
     return "\n".join(lines)
+
+
+def _format_predictions(found: dict[str, Any] | None) -> list[str]:
+    """Where the predictions went and the quality gate's one-line verdict (GET /api/runs/{id}'s
+    `predictions`)."""
+    if not found:
+        return []
+    gate = found.get("gate") or {}
+    verdict = gate.get("verdict") or "unknown"
+    if gate.get("failed_check"):
+        verdict += f" at {gate['failed_check']} (the latest predictions were left as they were)"
+    lines = [f"quality gate: {verdict}"]
+    if gate.get("report_path"):
+        lines.append(f"quality report: {gate.get('report_url') or gate['report_path']}")
+    lines.append(f"rows: {found.get('rows')}")
+    lines.append(f"history: {found.get('history_path')}")
+    if found.get("latest_path"):
+        lines.append(f"latest: {found['latest_path']}")
+    if found.get("url"):
+        lines.append(f"open: {found['url']}")
+    return lines
 
 
 def _format_runs(body: dict[str, Any]) -> str:

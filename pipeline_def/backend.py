@@ -120,4 +120,45 @@ class Backend(Protocol):
         ...
 
 
-__all__ = ["Backend", "LookBack", "OccurrenceRun", "Progress", "Published", "Target", "TickOutcome"]
+def follow_run(
+    run: RunInfo,
+    read: Callable[[str], RunInfo],
+    wait: Callable[[float], None],
+    every: float,
+    progress: Progress | None = None,
+) -> RunInfo:
+    """Read `run` again every `every` seconds until it has ended, telling `progress` one line for the run and
+    one for each step whenever what it says changes; return the ended run. What a remote backend's `run`
+    does after its submit."""
+    say = progress or (lambda _line: None)
+    said: dict[str, str] = {}
+    while True:
+        for key, line in _progress_lines(run):
+            if said.get(key) != line:
+                said[key] = line
+                say(line)
+        if run.terminal:
+            return run
+        wait(every)
+        run = read(run.run_id)
+
+
+def _progress_lines(run: RunInfo) -> list[tuple[str, str]]:
+    """The lines that describe where `run` is, each keyed by what it is about (the run, or one step)."""
+    lines = [("", f"run {run.run_id}: {run.status}")]
+    for step in run.steps or []:
+        detail = f": {step.error}" if step.status == "failed" and step.error else ""
+        lines.append((step.name, f"  {step.name:<18} {step.status}{detail}"))
+    return lines
+
+
+__all__ = [
+    "Backend",
+    "LookBack",
+    "OccurrenceRun",
+    "Progress",
+    "Published",
+    "Target",
+    "TickOutcome",
+    "follow_run",
+]

@@ -1,6 +1,7 @@
 """The pipeline fingerprint: the `Version` a published pipeline is compared against. It changes when, and only
 when, something that defines the pipeline changes: the step scripts' bytes (with the steps' requirements),
-the step description and environment, and the settings that shape the graph."""
+the step description and environment, and the settings that shape the graph (the quality gate's thresholds
+among them: they are arguments of the published save step)."""
 
 from __future__ import annotations
 
@@ -63,6 +64,7 @@ def compute_fingerprint(
             "run_max_try": settings.parallel_run_max_try,
             "error_threshold": settings.parallel_error_threshold,
         },
+        "quality_gate": settings.gate_values,
     }
     if platform is not None:
         shape["platform"] = platform

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,6 +107,88 @@ class StepStatus:
         return body
 
 
+# The tags save_predictions gives its own step run (step_scripts/batchpred_steps/run_summary.py), and the tag the
+# app gives a run started with accept_drift=true.
+SUMMARY_TAG_PREFIX = "batchpred_"
+ACCEPT_DRIFT_TAG = "batchpred_accept_drift"
+
+
+@dataclass(frozen=True)
+class GateVerdict:
+    """The quality gate's verdict on a run: `verdict` passed, passed-drift-accepted or failed; the report's
+    datastore path; the check that failed first, when one did."""
+
+    verdict: str
+    report_path: str | None = None
+    failed_check: str | None = None
+    report_url: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"verdict": self.verdict, "report_path": self.report_path}
+        if self.failed_check:
+            body["failed_check"] = self.failed_check
+        if self.report_url:
+            body["report_url"] = self.report_url
+        return body
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Where a finished run's predictions went: `rows`, the history copy's datastore path, the latest's when the
+    run replaced it, a `url` a person can open (studio's datastore browser on Azure ML, a file URL locally)
+    and the quality gate's verdict."""
+
+    rows: int | None
+    history_path: str | None
+    latest_path: str | None = None
+    url: str | None = None
+    gate: GateVerdict | None = None
+
+    @property
+    def promoted(self) -> bool:
+        return self.latest_path is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "history_path": self.history_path,
+            "latest_path": self.latest_path,
+            "url": self.url,
+            "gate": None if self.gate is None else self.gate.to_dict(),
+        }
+
+
+def predictions_from_tags(tags: Any) -> Predictions | None:
+    """The summary save_predictions recorded as `batchpred_*` tags (of its step run, or a local run's summary
+    file); None when there is none (a run that never reached the save, or saved before the gate existed)."""
+    if not isinstance(tags, dict):
+        return None
+
+    def get(key: str) -> str | None:
+        value = tags.get(f"{SUMMARY_TAG_PREFIX}{key}")
+        return str(value) if value else None
+
+    history, verdict = get("history_path"), get("gate")
+    if history is None and verdict is None:
+        return None
+    rows = get("rows")
+    return Predictions(
+        rows=int(rows) if rows is not None and rows.isdigit() else None,
+        history_path=history,
+        latest_path=get("latest_path"),
+        gate=None if verdict is None else GateVerdict(verdict, get("gate_report"), get("gate_failed_check")),
+    )
+
+
+def predictions_of_steps(children: list[Any]) -> Predictions | None:
+    """The summary among a run's step runs (run history's RunDtos): the step that recorded one."""
+    for child in children:
+        found = predictions_from_tags(child.get("tags") if isinstance(child, dict) else None)
+        if found is not None:
+            return found
+    return None
+
+
 # The optional facts of a run, in the order its JSON gives them, each only when known.
 OPTIONAL_FIELDS = ("predictions_path", "trigger", "submission_id", "aml_history_status", "failed_step")
 
@@ -116,7 +199,8 @@ class RunInfo:
 
     Optional facts: `trigger` (the run's trigger tag), `submission_id` (the tag that guards an Azure ML submit
     against duplicates), `aml_history_status` (run history's status word, when it was read), `failed_step`
-    (the step that failed), `predictions_path` (where a completed local run wrote its predictions)."""
+    (the step that failed), `predictions_path` (where a completed local run wrote its predictions),
+    `predictions` (where a finished run's predictions went and the quality gate's verdict, on every backend)."""
 
     run_id: str
     status: str
@@ -131,6 +215,7 @@ class RunInfo:
     aml_history_status: str | None = None
     failed_step: str | None = None
     predictions_path: str | None = None
+    predictions: Predictions | None = None
 
     @property
     def terminal(self) -> bool:
@@ -154,6 +239,8 @@ class RunInfo:
             value = getattr(self, name)
             if value is not None:
                 body[name] = value
+        if self.predictions is not None:
+            body["predictions"] = self.predictions.to_dict()
         return body
 
 
@@ -170,6 +257,22 @@ def history_error(error: Any) -> str | None:
         return None
     lines = [line.strip() for line in readable_step_error(str(message)).splitlines() if line.strip()]
     return lines[0][:300] if lines else None
+
+
+def with_urls(found: Predictions, url_for: Callable[[str], str]) -> Predictions:
+    """`found` with the URLs a person opens, `url_for` a datastore path: the latest folder when the run
+    replaced it, else its history copy; and the gate's report."""
+    where = found.latest_path or found.history_path
+    gate = found.gate
+    if gate is not None and gate.report_path:
+        gate = dataclasses.replace(gate, report_url=url_for(gate.report_path))
+    return dataclasses.replace(found, url=url_for(where) if where else None, gate=gate)
+
+
+def with_predictions(run: RunInfo, children: list[Any], url_for: Callable[[str], str]) -> RunInfo:
+    """`run` with the summary its save step recorded (predictions_of_steps), with its URLs (`with_urls`)."""
+    found = predictions_of_steps(children)
+    return run if found is None else dataclasses.replace(run, predictions=with_urls(found, url_for))
 
 
 def with_failed_step(run: RunInfo) -> RunInfo:

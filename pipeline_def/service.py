@@ -16,7 +16,7 @@ from typing import Any
 
 from pipeline_def.backend import Backend, Progress, Published, TickOutcome
 from pipeline_def.errors import ConfigError, InvalidRequest
-from pipeline_def.runs import RunInfo, is_valid_run_id
+from pipeline_def.runs import ACCEPT_DRIFT_TAG, RunInfo, is_valid_run_id
 from pipeline_def.settings import Settings, load_settings
 from pipeline_def.steps import validate_parameters
 
@@ -112,10 +112,13 @@ class Service:
         """Start a run now of what the endpoint runs today, stale or not: never publishes (a publish can
         outlast an HTTP call). `parameters` is checked before anything is sent; with nothing published,
         NotPublished and nothing is submitted. With `wait`, returns once the run has ended, telling
-        `progress` as it goes."""
+        `progress` as it goes. A run with accept_drift=true is tagged so (runs.ACCEPT_DRIFT_TAG); the timer
+        never sets it (tick submits the published defaults)."""
         checked = check_parameters(parameters)
         target = self.backend.published_target()
         tags = {"trigger": trigger}
+        if checked.get("accept_drift") == "true":
+            tags[ACCEPT_DRIFT_TAG] = "true"  # the run's own record that it may publish despite drift
         if wait:
             run = self.backend.run(target, checked, tags, progress)
         else:

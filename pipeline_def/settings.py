@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from pipeline_def.cron import is_valid_schedule
 from pipeline_def.errors import ConfigError
@@ -30,6 +30,8 @@ BACKENDS = ("azureml", "azureml-v2", "local")
 # The backends on an Azure ML workspace: SDK v1's services, and v2's ARM routes (plain REST).
 AZUREML_BACKENDS = ("azureml", "azureml-v2")
 DEFAULT_ARM_BASE = "https://management.azure.com"
+# The default datastore every workspace is created with (where the predictions land on both Azure backends).
+DEFAULT_DATASTORE = "workspaceblobstore"
 # What both Azure ML backends cannot run without (AML_API_BASE may stand in for AML_REGION); the infrastructure
 # in infra/ sets each of them as an app setting.
 REQUIRED_FOR_AZUREML = (
@@ -69,6 +71,10 @@ class Settings:
     local_dataset_path: Path = DEFAULT_DATASET_PATH
     local_work_dir: Path = DEFAULT_WORK_DIR
     azure_client_id: str | None = None
+    gate_range_margin: float = 0.5
+    gate_drift_psi: float = 0.25
+    gate_drift_min_rows: int = 300
+    gate_missing_tolerance: float = 0.2
     request_timeout: float = 30.0
     retry_budget: float = 120.0
     http_budget: float = 25.0
@@ -99,11 +105,32 @@ class Settings:
         return {
             "sample_size": str(self.sample_size),
             "model_version": self.model_version,
+            "accept_drift": "false",
             "node_count": str(self.node_count),
+        }
+
+    @property
+    def gate_values(self) -> dict[str, str]:
+        """The quality gate's thresholds as save_predictions takes them (steps.BuildValue `gate_*`): fixed when
+        the pipeline is built, so they are in the fingerprint (docs/quality-gate.md)."""
+        return {
+            "gate_range_margin": f"{self.gate_range_margin:g}",
+            "gate_drift_psi": f"{self.gate_drift_psi:g}",
+            "gate_drift_min_rows": str(self.gate_drift_min_rows),
+            "gate_missing_tolerance": f"{self.gate_missing_tolerance:g}",
         }
 
     def portal_url(self, run_id: str) -> str:
         return f"https://ml.azure.com/runs/{run_id}?wsid={self.workspace_path}"
+
+    def datastore_url(self, path: str, datastore: str = DEFAULT_DATASTORE) -> str:
+        """Azure ML studio's browser of the workspace's default datastore at `path` (a folder such as
+        `history/2026-01-02/<run_id>`, or a file), which a person opens with their own sign-in. The URL's
+        shape is studio's, not a documented contract (docs/quality-gate.md, guesses)."""
+        return (
+            f"https://ml.azure.com/data/datastore/{datastore}/edit?wsid={self.workspace_path}"
+            f"&activeFilePath={quote(path.strip('/'))}"
+        )
 
 
 class _Invalid(Exception):
@@ -175,6 +202,19 @@ def _seconds(low: float, high: float) -> Callable[[str], float]:
             value = float("nan")
         if not low <= value <= high:
             raise _Invalid(f"must be a number of seconds from {low:g} to {high:g}")
+        return value
+
+    return parse
+
+
+def _number(low: float, high: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            value = float("nan")
+        if not low <= value <= high:
+            raise _Invalid(f"must be a number from {low:g} to {high:g}")
         return value
 
     return parse
@@ -256,6 +296,11 @@ SETTINGS_TABLE: tuple[_Setting, ...] = (
     _Setting("PARALLEL_RUN_MAX_TRY", "parallel_run_max_try", "3", _whole_number_in(1, 100)),
     # Failed mini-batch items (part files) a run tolerates; -1: any number.
     _Setting("PARALLEL_ERROR_THRESHOLD", "parallel_error_threshold", "0", _whole_number_in(-1, 1_000_000)),
+    # The quality gate before predictions replace the latest (docs/quality-gate.md gives each default's reason).
+    _Setting("GATE_RANGE_MARGIN", "gate_range_margin", "0.5", _number(0.0, 100.0)),
+    _Setting("GATE_DRIFT_PSI", "gate_drift_psi", "0.25", _number(0.0, 100.0)),
+    _Setting("GATE_DRIFT_MIN_ROWS", "gate_drift_min_rows", "300", _whole_number(1)),
+    _Setting("GATE_MISSING_TOLERANCE", "gate_missing_tolerance", "0.2", _number(0.0, 1.0)),
     _Setting("AML_REQUEST_TIMEOUT_SECONDS", "request_timeout", "30", _seconds(1.0, 230.0)),
     _Setting("AML_RETRY_BUDGET_SECONDS", "retry_budget", "120", _seconds(0.0, 230.0)),
     # Everything one HTTP request spends on Azure ML; under 30 s, so the answer leaves room for our own work.

@@ -28,7 +28,8 @@ class BuildValue:
     """A value each platform binds its own way when it builds the pipeline: `dataset` (a file locally, the
     registered dataset's name on v1), `model` (the local registry folder, the registered model's name),
     `latest` and `history` (folders of the local datastore, datastore paths), `run_id` (the local run's id,
-    the pipeline run resolved from the step's run context) and `fingerprint`."""
+    the pipeline run resolved from the step's run context), `fingerprint`, and the quality gate's thresholds
+    (GATE_VALUES: Settings.gate_values on every platform)."""
 
     name: str
 
@@ -84,6 +85,8 @@ STEPS: tuple[Step, ...] = (
         script="fetch_data.py",
         arguments=(
             "--dataset", BuildValue("dataset"),
+            "--dataset-name", BuildValue("dataset_name"),
+            "--dataset-version", BuildValue("dataset_version"),
             "--sample-size", Param("sample_size"),
             "--output", DataOut("new_data"),
         ),
@@ -109,11 +112,19 @@ STEPS: tuple[Step, ...] = (
             "--history-dir", BuildValue("history"),
             "--run-id", BuildValue("run_id"),
             "--pipeline-fingerprint", BuildValue("fingerprint"),
+            # the quality gate: thresholds fixed when the pipeline is built, and the run's accept_drift
+            "--range-margin", BuildValue("gate_range_margin"),
+            "--drift-psi", BuildValue("gate_drift_psi"),
+            "--drift-min-rows", BuildValue("gate_drift_min_rows"),
+            "--missing-tolerance", BuildValue("gate_missing_tolerance"),
+            "--accept-drift", Param("accept_drift"),
         ),
     ),
 )  # fmt: skip
 
-PARAMETER_NAMES = ("sample_size", "model_version", "node_count")
+# The BuildValues of the quality gate's thresholds: each platform binds them to Settings.gate_values.
+GATE_VALUES = ("gate_range_margin", "gate_drift_psi", "gate_drift_min_rows", "gate_missing_tolerance")
+PARAMETER_NAMES = ("sample_size", "model_version", "accept_drift", "node_count")
 MAX_SAMPLE_SIZE = 10_000_000
 MAX_NODE_COUNT = 100
 
@@ -158,6 +169,12 @@ def validate_parameters(raw: Any) -> dict[str, str]:
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_NODE_COUNT:
             raise InvalidRequest(f"'node_count' must be a whole number from 1 to {MAX_NODE_COUNT}")
         result["node_count"] = str(value)
+    if "accept_drift" in raw:
+        # publish despite the quality gate's drift check, never despite its other checks (HTTP and CLI runs)
+        value = raw["accept_drift"]
+        if not isinstance(value, bool):
+            raise InvalidRequest("'accept_drift' must be true or false")
+        result["accept_drift"] = "true" if value else "false"
     return result
 
 

@@ -9,7 +9,9 @@ turns the v1 names among the step's arguments into the local paths the step take
   --run-id run-context:parent`: the step publishes into local staging folders, which are then uploaded to the
   workspace's default datastore in the same order (history, latest CSV or parts, latest manifest), each blob
   upload atomic, and then the latest parts and CSV the new manifest supersedes are deleted; the run id is the
-  pipeline run's (the parent of this step run).
+  pipeline run's (the parent of this step run). The latest CSV and manifest are downloaded first, for the
+  quality gate; a failed gate uploads the history folder only. The run's summary (rows, folders, the gate's
+  verdict) becomes tags of this step run.
 
 Transitional: used only while the v1 backend exists.
 """
@@ -27,14 +29,18 @@ from typing import TYPE_CHECKING, Any
 
 from batchpred_steps.cli import fail, run_step
 from batchpred_steps.errors import StepError
+from batchpred_steps.gate import QualityGateFailed
 from batchpred_steps.partitioned import PARTS_DIR
 from batchpred_steps.publish import CSV_NAME, MANIFEST_NAME, Folders
+from batchpred_steps.run_summary import summary_of
 
 if TYPE_CHECKING:
     from azure.storage.blob import ContainerClient
 
 log = logging.getLogger("aml_v1")
 
+# What a blob is served as (a browser opens the quality gate's picture as one).
+CONTENT_TYPES = {".csv": "text/csv", ".svg": "image/svg+xml", ".json": "application/json"}
 # What pipeline_def/azureml/definition.py passes for the values only the run can resolve.
 DATASTORE_PREFIX = "default-datastore:"
 RUN_CONTEXT_PARENT = "run-context:parent"
@@ -70,8 +76,9 @@ def pipeline_run_id(value: str) -> str:
 # --- fetch_data: a registered dataset -> a file ----------------------------------------------------------
 
 
-def dataset_to_file(name: str, folder: Path) -> Path:
-    """The latest version of the registered tabular dataset `name`, as a Parquet file in `folder`."""
+def dataset_to_file(name: str, folder: Path) -> tuple[Path, str | None]:
+    """The latest version of the registered tabular dataset `name`, as a Parquet file in `folder`, and that
+    version."""
     from azureml.core import Dataset
 
     try:
@@ -82,7 +89,8 @@ def dataset_to_file(name: str, folder: Path) -> Path:
         raise StepError(f"registered dataset {name!r} not found: {error}") from error
     file = folder / f"{name}.parquet"
     dataset.to_pandas_dataframe().to_parquet(file, index=False)
-    return file
+    version = getattr(dataset, "version", None)
+    return file, None if version is None else str(version)
 
 
 def fetch_data(argv: list[str]) -> None:
@@ -92,13 +100,14 @@ def fetch_data(argv: list[str]) -> None:
 
     def body() -> None:
         with tempfile.TemporaryDirectory(prefix="aml-v1-dataset-") as folder:
-            file = dataset_to_file(args.dataset, Path(folder))
+            file, version = dataset_to_file(args.dataset, Path(folder))
             step.fetch(
                 file,
                 args.sample_size,
                 args.seed,
                 args.output,
-                dataset_name=args.dataset,
+                dataset_name=args.dataset_name or args.dataset,
+                dataset_version=version,
                 part_bytes=args.part_bytes,
             )
 
@@ -159,8 +168,7 @@ class BlobFolder:
         """One blob upload: the blob is committed whole or not at all."""
         from azure.storage.blob import ContentSettings
 
-        kinds = {".csv": "text/csv", ".json": "application/json"}
-        kind = kinds.get(Path(name).suffix, "application/octet-stream")
+        kind = CONTENT_TYPES.get(Path(name).suffix, "application/octet-stream")  # Parquet parts
         with open(source, "rb") as data:
             self.container.upload_blob(
                 self.blob_name(name),
@@ -197,10 +205,12 @@ def _join(root: str, relative: str) -> str:
     return f"{root}/{relative}" if root else relative
 
 
-def upload_plan(staged: Folders, latest_path: str, history_path: str) -> list[tuple[str, Path]]:
+def upload_plan(
+    staged: Folders, latest_path: str, history_path: str, *, latest: bool = True
+) -> list[tuple[str, Path]]:
     """(blob name, staged file) in the order that keeps the latest predictions whole: every file of the
-    history copy (its CSV or parts before its manifest), then the latest CSV or parts, then the latest
-    manifest."""
+    history copy (its CSV or parts and report before its manifest), then (unless `latest` is False: a failed
+    gate) the latest CSV or parts, then the latest manifest."""
 
     def files(folder: Path, root: str) -> list[tuple[str, Path]]:
         found = sorted(
@@ -209,7 +219,7 @@ def upload_plan(staged: Folders, latest_path: str, history_path: str) -> list[tu
         )
         return [(_join(root, p.relative_to(folder).as_posix()), p) for p in found]
 
-    return [*files(staged.history, history_path), *files(staged.latest, latest_path)]
+    return [*files(staged.history, history_path), *(files(staged.latest, latest_path) if latest else [])]
 
 
 def superseded_blobs(names: list[str], latest_path: str, manifest: dict[str, Any]) -> list[str]:
@@ -220,6 +230,29 @@ def superseded_blobs(names: list[str], latest_path: str, manifest: dict[str, Any
     stale = [n for n in names if n.startswith(parts) and str(Path(n).parent.as_posix()) not in kept]
     csv = _join(latest_path, CSV_NAME)
     return stale + ([csv] if manifest.get("predictions_file") is None and csv in names else [])
+
+
+def download_latest(source: BlobFolder, latest_path: str, folder: Path) -> None:
+    """The latest CSV and manifest of the datastore into `folder`, those that exist."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in (CSV_NAME, MANIFEST_NAME):
+        blob = f"{latest_path}/{name}" if latest_path else name
+        try:
+            with open(folder / name, "wb") as out:
+                source.container.download_blob(source.blob_name(blob)).readinto(out)
+        except ResourceNotFoundError:
+            (folder / name).unlink(missing_ok=True)
+
+
+def tag_step_run(tags: dict[str, str]) -> None:
+    """The run's summary as tags of this step run, where the app reads it (pipeline_def/runs.py); a failure
+    to tag is a warning: the predictions are saved by now."""
+    try:
+        run_context().set_tags(tags)
+    except Exception as error:  # the SDK raises many types; the summary is not worth failing the step for
+        log.warning("could not tag the step run with its summary: %s: %s", type(error).__name__, error)
 
 
 def upload_in_order(destination: BlobFolder, plan: list[tuple[str, Path]]) -> None:
@@ -257,21 +290,31 @@ def save_predictions(argv: list[str]) -> None:
         latest_path = datastore_path(args.latest_dir or "", "--latest-dir")
         history_path = datastore_path(args.history_dir or "", "--history-dir")
         run_id = pipeline_run_id(args.run_id)
+        destination = default_datastore()
         with tempfile.TemporaryDirectory(prefix="aml-v1-publish-") as folder:
             staged = Folders(Path(folder) / "latest", Path(folder) / "history")
-            manifest = step.save(
-                Path(args.input),
-                staged,
-                run_id,
-                args.pipeline_fingerprint,
-                prediction_column=args.prediction_column,
-                csv_max_rows=args.csv_max_rows,
-            )
-            destination = default_datastore()
+            # the quality gate compares this run with the latest predictions: the staged latest folder starts
+            # as the datastore's (it is never uploaded back; the new files replace the blobs)
+            download_latest(destination, latest_path, staged.latest)
+            try:
+                manifest = step.save(
+                    Path(args.input),
+                    staged,
+                    run_id,
+                    args.pipeline_fingerprint,
+                    prediction_column=args.prediction_column,
+                    gate=step.gate_settings(args),
+                    csv_max_rows=args.csv_max_rows,
+                )
+            except QualityGateFailed as failed:
+                # the history copy and its report are kept; the latest blobs are not touched
+                upload_in_order(destination, upload_plan(staged, latest_path, history_path, latest=False))
+                tag_step_run(summary_of(failed.manifest, latest=None))
+                raise
             upload_in_order(destination, upload_plan(staged, latest_path, history_path))
-        names = destination.names(_join(latest_path, ""))
-        for name in superseded_blobs(names, latest_path, manifest):
+        for name in superseded_blobs(destination.names(_join(latest_path, "")), latest_path, manifest):
             destination.delete(name)
+        tag_step_run(summary_of(manifest, latest=latest_path))
         log.info("uploaded to %s/%s", destination.container.url, latest_path)
 
     # A storage error leaves the latest blobs untouched (see upload_plan); the step reports it in one line.

@@ -38,6 +38,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--dataset", required=True, help="a CSV/CSV.gz/Parquet file, or a folder holding exactly one"
     )
+    parser.add_argument(
+        "--dataset-name", help="the dataset's registered name, for the record (default: the path)"
+    )
+    parser.add_argument(
+        "--dataset-version", help="the registered version read, for the record (default: none)"
+    )
     parser.add_argument("--sample-size", type=int, required=True, help="rows to sample; 0 means every row")
     parser.add_argument("--seed", type=int, help="random seed of the sample (default: drawn and recorded)")
     parser.add_argument("--output", required=True, help="folder to write the rows to (Parquet parts)")
@@ -57,10 +63,12 @@ def fetch(
     output: str | Path,
     *,
     dataset_name: str | None = None,
+    dataset_version: str | None = None,
     part_bytes: int = DEFAULT_PART_BYTES,
 ) -> None:
     """Sample `sample_size` rows of `dataset` into Parquet parts of `output`; the metadata names the dataset
-    `dataset_name` (aml_v1 passes the registered name), else by the path given."""
+    `dataset_name` (the registered name), else by the path given, and its registered `dataset_version` when
+    there is one."""
     check_sample_size(sample_size, "--sample-size")
     seed = seed if seed is not None else secrets.randbelow(2**31)
     name = dataset_name or str(dataset)
@@ -76,7 +84,9 @@ def fetch(
     for chunk in take_sample(table.chunks(), sample_positions(table.rows, sample_size, seed)):
         writer.write(drop_target_column(chunk))
     parts = writer.close()
-    write_metadata(output, fetch_metadata(name, table.rows, writer.rows, sample_size, seed))
+    write_metadata(
+        output, fetch_metadata(name, table.rows, writer.rows, sample_size, seed, dataset_version or None)
+    )
     log.info(
         "fetched %d of %d rows of %s (sample size %d, seed %d) into %d part(s) of %s",
         writer.rows, table.rows, name, sample_size, seed, len(parts), output,
@@ -86,7 +96,15 @@ def fetch(
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     run_step(
-        lambda: fetch(args.dataset, args.sample_size, args.seed, args.output, part_bytes=args.part_bytes),
+        lambda: fetch(
+            args.dataset,
+            args.sample_size,
+            args.seed,
+            args.output,
+            dataset_name=args.dataset_name or None,
+            dataset_version=args.dataset_version or None,
+            part_bytes=args.part_bytes,
+        ),
         io_failure="cannot write the output",
     )
 

@@ -88,7 +88,10 @@ def predict(
     log.info("model %s version %s from %s", model_source.name, model_source.version, model_source.path)
     clear_output(output)
     rows = score(source, output, model, features, batch_rows)
-    write_metadata(output, output_metadata(input_metadata, model_source.name, model_source.version, rows))
+    write_metadata(
+        output,
+        output_metadata(input_metadata, model_source.name, model_source.version, rows, model_source.metadata),
+    )
     if rows == 0:
         log.warning("the input holds no rows: wrote an empty output with the %s column", PREDICTION_COLUMN)
     elapsed = time.monotonic() - started

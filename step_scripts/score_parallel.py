@@ -54,6 +54,7 @@ class Scorer:
     features: list[str]
     model_name: str
     model_version: int | None
+    model_metadata: dict[str, Any]  # the registry's notes (the quality gate's reference among them)
     output: Path
 
 
@@ -87,7 +88,8 @@ def load_scorer(args: argparse.Namespace, environ: Any = os.environ) -> Scorer:
             downloaded, name, version = aml_v1.download_model(args.model, args.model_version, Path(folder))
             source = resolve_model(downloaded, str(version), args.model_name or name)
             model = load_model(source.path)
-    return Scorer(model, model_features(model, source.metadata), source.name, source.version, Path(output))
+    features = model_features(model, source.metadata)
+    return Scorer(model, features, source.name, source.version, source.metadata, Path(output))
 
 
 def score_items(scorer: Scorer, mini_batch: Any) -> list[str]:
@@ -95,7 +97,7 @@ def score_items(scorer: Scorer, mini_batch: Any) -> list[str]:
     if hasattr(mini_batch, "columns"):  # a DataFrame: its items are its rows
         name = frame_part_name(mini_batch)
         score_frame(mini_batch, scorer.output / name, scorer.model, scorer.features, BATCH_ROWS)
-        write_metadata_once(scorer.output, output_metadata({}, scorer.model_name, scorer.model_version, None))
+        write_metadata_once(scorer.output, metadata_of(scorer, {}))
         return [name] * len(mini_batch)
     results = []
     for item in mini_batch:
@@ -105,12 +107,16 @@ def score_items(scorer: Scorer, mini_batch: Any) -> list[str]:
             continue
         target = scorer.output / scored_part_name(source)
         rows = score_part(source, target, scorer.model, scorer.features, BATCH_ROWS)
-        metadata = output_metadata(
-            read_metadata(source.parent), scorer.model_name, scorer.model_version, None
-        )
-        write_metadata_once(scorer.output, metadata)
+        write_metadata_once(scorer.output, metadata_of(scorer, read_metadata(source.parent)))
         results.append(f"{source.name}: {rows} rows -> {target.name}")
     return results
+
+
+def metadata_of(scorer: Scorer, input_metadata: dict[str, Any]) -> dict[str, Any]:
+    """What predict.py records beside its parts, but the row count, which no one process knows."""
+    return output_metadata(
+        input_metadata, scorer.model_name, scorer.model_version, None, scorer.model_metadata
+    )
 
 
 def _reported(body: Any) -> Any:

@@ -77,17 +77,7 @@ def aml_env(
     for name in list(os.environ):
         if name.startswith("AZUREML_DEV_URL") or name.startswith("PIPELINE_") or name.startswith("AML_"):
             monkeypatch.delenv(name, raising=False)
-    values = {
-        "PIPELINE_BACKEND": "azureml",
-        "AML_SUBSCRIPTION_ID": fake_aml.subscription_id,
-        "AML_RESOURCE_GROUP": fake_aml.resource_group,
-        "AML_WORKSPACE_NAME": fake_aml.workspace_name,
-        "AML_API_BASE": fake_aml.base_url,
-        "AML_COMPUTE_NAME": "cpu-cluster",
-        "AML_REQUEST_TIMEOUT_SECONDS": "2",
-        "HOME": str(home),
-        **fake_identity.environ(),
-    }
+    values = fake_aml.app_settings(AML_REQUEST_TIMEOUT_SECONDS="2", HOME=str(home), **fake_identity.environ())
     for name, value in values.items():
         monkeypatch.setenv(name, value)
     reset_service()

@@ -112,17 +112,7 @@ def main() -> None:
         FakeManagedIdentity() as identity,
         FakeAzureML(resource_group="rg-sandbox", workspace_name="ws-sandbox") as aml,
     ):
-        os.environ.update(
-            {
-                "PIPELINE_BACKEND": "azureml",
-                "AML_SUBSCRIPTION_ID": aml.subscription_id,
-                "AML_RESOURCE_GROUP": aml.resource_group,
-                "AML_WORKSPACE_NAME": aml.workspace_name,
-                "AML_API_BASE": aml.base_url,
-                "AML_COMPUTE_NAME": "cpu-cluster",
-                **identity.environ(),
-            }
-        )
+        os.environ.update(aml.app_settings(**identity.environ()))
         from azure.identity import DefaultAzureCredential
 
         settings = load_settings()

@@ -30,18 +30,7 @@ OCCURRENCE = "2026-12-01T01:30:00Z"
 
 def v2_environ(fake: FakeAzureML, identity: FakeManagedIdentity, **extra: str) -> dict[str, str]:
     """The app settings of the azureml-v2 backend aimed at the emulated workspace (ARM and data plane)."""
-    return {
-        "PIPELINE_BACKEND": "azureml-v2",
-        "AML_SUBSCRIPTION_ID": fake.subscription_id,
-        "AML_RESOURCE_GROUP": fake.resource_group,
-        "AML_WORKSPACE_NAME": fake.workspace_name,
-        "AML_ARM_BASE": fake.base_url,
-        "AML_API_BASE": fake.base_url,
-        "AML_COMPUTE_NAME": "cpu-cluster",
-        "AML_REQUEST_TIMEOUT_SECONDS": "5",
-        **identity.environ(),
-        **extra,
-    }
+    return fake.app_settings("azureml-v2", AML_REQUEST_TIMEOUT_SECONDS="5", **{**identity.environ(), **extra})
 
 
 @pytest.fixture

@@ -70,7 +70,7 @@ def test_a_timer_tick_publishes_and_its_run_writes_sample_size_predictions_to_th
     manifest = azure.latest_manifest()
     latest_model = max(int(m["version"]) for m in azure.fake.models[MODEL_NAME])
     assert manifest["model_name"] == MODEL_NAME and manifest["model_version"] == latest_model
-    assert manifest["dataset"] == DATASET_NAME
+    assert manifest["dataset"] == DATASET_NAME and manifest["dataset_version"] == "1"
     assert manifest["run_id"] == run_id and manifest["rows"] == 10
     fingerprint = compute_fingerprint(get_service().settings, STEP_SCRIPTS_DIR)
     assert manifest["pipeline_fingerprint"] == fingerprint

@@ -78,6 +78,7 @@ def test_a_timer_tick_registers_and_its_job_writes_sample_size_predictions_to_th
     assert manifest is not None
     assert (manifest["model_name"], str(manifest["model_version"])) == (MODEL_NAME, "1")
     assert (manifest["run_id"], manifest["rows"]) == (run_id, 10)
+    assert (manifest["dataset"], manifest["dataset_version"]) == (DATASET_NAME_V2, "1")
     assert manifest["pipeline_fingerprint"] == v2_fingerprint(get_service().settings)
     job = azure.fake.v2_job(run_id)
     assert job.tags["batchpred_data"] == f"{DATASET_NAME_V2}:1"

@@ -28,6 +28,7 @@ from pipeline_def.local.model import (
     split_holdout,
     train,
     train_and_register,
+    why_train,
 )
 from pipeline_def.settings import PROJECT_ROOT, Settings
 
@@ -134,6 +135,22 @@ def test_ensure_model_trains_version_1_into_an_empty_registry_and_only_once(tmp_
 
     assert model_dir == again == tmp_path / "models" / "HousePrices"
     assert registered_versions(model_dir) == [1]
+
+
+@pytest.mark.slow
+def test_ensure_model_trains_again_when_the_newest_version_predates_the_quality_gate(tmp_path: Path) -> None:
+    settings = Settings(backend="local", local_work_dir=tmp_path)
+    old = tmp_path / "models" / "HousePrices" / "1"
+    old.mkdir(parents=True)
+    (old / MODEL_FILE).write_bytes(b"an older baseline")
+    (old / "metadata.json").write_text('{"name": "HousePrices", "version": 1}')
+
+    assert why_train(old.parent) == "version 1 predates the quality gate (no quality_reference)"
+    model_dir = ensure_model(settings)
+
+    assert registered_versions(model_dir) == [1, 2]
+    assert why_train(model_dir) is None
+    assert (old / MODEL_FILE).read_bytes() == b"an older baseline"  # kept: versions are never rewritten
 
 
 def test_registry_versions_ignore_folders_that_are_not_complete_versions(tmp_path: Path) -> None:

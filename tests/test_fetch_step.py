@@ -100,8 +100,10 @@ def test_fetch_step_writes_the_sample_without_the_target_and_its_metadata(
     assert set(rows["PID"]) <= set(ames["PID"])
     assert json.loads((out / "_metadata.json").read_text()) == {
         "dataset": str(ames_csv),
+        "dataset_version": None,
         "dataset_rows": 2930,
         "rows": 10,
+        "fetched_rows": 10,
         "sample_size": 10,
         "seed": 3,
     }
@@ -226,3 +228,17 @@ def test_fetch_step_help_runs_alone(run_step) -> None:
 
     assert done.returncode == 0
     assert "--sample-size" in done.stdout and "--dataset" in done.stdout
+
+
+def test_fetch_step_records_the_registered_name_and_version_it_was_given(run_step, ames_csv, tmp_path):
+    """On Azure ML the step sees only a path: the name and version the platform resolved reach the manifest
+    through these two plain values."""
+    out = tmp_path / "out"
+    done = run_step(
+        "fetch_data.py",
+        "--dataset", str(ames_csv), "--dataset-name", "AmesHousingCsv", "--dataset-version", "7",
+        "--sample-size", "3", "--seed", "1", "--output", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    metadata = json.loads((out / "_metadata.json").read_text())
+    assert (metadata["dataset"], metadata["dataset_version"]) == ("AmesHousingCsv", "7")

@@ -108,6 +108,8 @@ BAD_BODIES = [
     pytest.param(b'{"parameters": {"model_version": 0}}', "model_version", id="model-version-zero"),
     pytest.param(b'{"parameters": {"model_version": "v1"}}', "model_version", id="model-version-word"),
     pytest.param(b'{"parameters": {"model_version": ["1"]}}', "model_version", id="model-version-list"),
+    pytest.param(b'{"parameters": {"accept_drift": "true"}}', "accept_drift", id="accept-drift-string"),
+    pytest.param(b'{"parameters": {"accept_drift": 1}}', "accept_drift", id="accept-drift-number"),
 ]
 
 
@@ -249,11 +251,24 @@ def test_aml_start_run_submits_to_the_endpoint_and_answers_202_with_the_status_l
     assert not aml.fake.calls("POST", "Pipelines/Create")  # current: nothing published
 
 
+def test_aml_start_run_with_accept_drift_passes_it_and_tags_the_run(app, aml):
+    response = app.start_run({"parameters": {"accept_drift": True}})
+    assert response.status == 202, response
+    (run,) = aml.fake.runs.values()
+    assert run.parameters["accept_drift"] == "true"
+    assert run.tags["batchpred_accept_drift"] == "true" and run.tags["trigger"] == "http"
+
+
 def test_aml_start_run_without_a_body_uses_the_published_defaults(app, aml):
     response = app.start_run(b"")
     assert response.status == 202, response
     (run,) = aml.fake.runs.values()
-    assert run.parameters == {"sample_size": "10", "model_version": "latest", "node_count": "1"}
+    assert run.parameters == {
+        "sample_size": "10",
+        "model_version": "latest",
+        "accept_drift": "false",
+        "node_count": "1",
+    }
 
 
 def test_aml_run_status_reports_steps_and_both_status_spellings(app, aml):

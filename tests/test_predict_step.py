@@ -202,7 +202,10 @@ def test_step_scores_every_shipped_row_close_to_its_true_price(
     joined = scored[["Order", PREDICTED]].merge(ames[["Order", "SalePrice"]], on="Order", validate="1:1")
     assert r2_score(joined["SalePrice"], joined[PREDICTED]) > 0.85
     metadata = json.loads((tmp_path / "out" / "_metadata.json").read_text())
+    model_metadata = json.loads((model_dir / "1" / "metadata.json").read_text())
     assert metadata == {
+        # the model's quality reference, handed on to save_predictions' quality gate
+        "quality_reference": model_metadata["quality_reference"],
         "dataset": "ames",
         "seed": 5,
         "rows": 2930,

@@ -137,3 +137,40 @@ def test_a_v2_user_process_error_reads_as_the_last_error_line_of_the_quoted_stde
     assert readable_step_error(message) == STEP_MESSAGE
     assert readable_step_error(traceback_only["error"]["message"]) == traceback_only["error"]["message"]
     assert readable_step_error("Step predict failed: something") == "Step predict failed: something"
+
+
+def test_where_the_predictions_went_is_read_from_the_save_steps_tags_and_added_last_only_when_known():
+    from pipeline_def.runs import predictions_of_steps, with_predictions
+
+    children = [
+        {"displayName": "fetch_data", "tags": {"azureml.nodeid": "a1"}},
+        {
+            "displayName": "save_predictions",
+            "tags": {
+                "azureml.nodeid": "c3",
+                "batchpred_rows": "2930",
+                "batchpred_history_path": "history/2026-01-01/r1",
+                "batchpred_gate": "failed",
+                "batchpred_gate_report": "history/2026-01-01/r1/quality.json",
+                "batchpred_gate_failed_check": "prediction range",
+            },
+        },
+    ]
+    run = with_predictions(_run("failed", "Failed"), children, lambda path: f"https://studio/{path}")
+
+    body = run.to_dict()
+    assert list(body)[-1] == "predictions" and json.dumps(body).startswith(_base(run))
+    assert body["predictions"] == {
+        "rows": 2930,
+        "history_path": "history/2026-01-01/r1",
+        "latest_path": None,  # the gate failed: the latest predictions were left as they were
+        "url": "https://studio/history/2026-01-01/r1",
+        "gate": {
+            "verdict": "failed",
+            "report_path": "history/2026-01-01/r1/quality.json",
+            "failed_check": "prediction range",
+            "report_url": "https://studio/history/2026-01-01/r1/quality.json",
+        },
+    }
+    assert predictions_of_steps(children[:1]) is None
+    assert with_predictions(_run(), children[:1], str).to_dict() == _run().to_dict()

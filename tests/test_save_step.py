@@ -39,10 +39,20 @@ def make_predictions(folder: Path, ames: pd.DataFrame, rows: int, parts: int = 1
     size = -(-rows // parts) if rows else 0
     for index in range(parts):
         handoff.write_frame(folder, frame.iloc[index * size : (index + 1) * size], index=index)
-    metadata = {"dataset": "ames.csv.gz", "rows": rows, "seed": 5, "sample_size": rows}
-    metadata |= {"model_name": "HousePrices", "model_version": 3}
+    metadata = {"dataset": "ames.csv.gz", "rows": rows, "fetched_rows": rows, "seed": 5, "sample_size": rows}
+    metadata |= {"model_name": "HousePrices", "model_version": 3, "quality_reference": WIDE_REFERENCE}
     (folder / "_metadata.json").write_text(json.dumps(metadata))
     return folder
+
+
+# A model reference whose plausible range holds the made-up prices (1 to 200) and which records no feature: the
+# gate passes these tests' predictions (tests/test_quality_gate.py tests the gate itself).
+WIDE_REFERENCE = {
+    "target_min": 1.0,
+    "target_max": 1000.0,
+    "missing_share": {},
+    "predictions": {"edges": [], "shares": [1.0], "rows": 1},
+}
 
 
 def latest_bytes(root: Path) -> dict[str, bytes]:
@@ -307,8 +317,10 @@ def test_the_upload_plan_puts_history_first_and_the_latest_manifest_last(
     plan = aml_v1.upload_plan(staged, "latest_predictions", "history")
 
     assert [name for name, _ in plan] == [
+        f"history/{day}/r1/distribution.svg",  # the quality gate's picture and report, beside the copy
         f"history/{day}/r1/predictions.csv",
-        f"history/{day}/r1/manifest.json",
+        f"history/{day}/r1/quality.json",
+        f"history/{day}/r1/manifest.json",  # every manifest after the files it names
         "latest_predictions/predictions.csv",
         "latest_predictions/manifest.json",
     ]
@@ -337,6 +349,8 @@ def test_the_upload_writes_the_same_layout_as_the_local_step_under_a_prefix(
             "batch/houses/latest_predictions/predictions.csv",
             f"{history}/manifest.json",
             f"{history}/predictions.csv",
+            f"{history}/quality.json",
+            f"{history}/distribution.svg",
         ]
     )
     assert (
@@ -349,6 +363,8 @@ def test_the_upload_writes_the_same_layout_as_the_local_step_under_a_prefix(
         "batch/houses/latest_predictions/predictions.csv"
     ).get_blob_properties()
     assert properties.content_settings.content_type == "text/csv"
+    picture = container.get_blob_client(f"{history}/distribution.svg").get_blob_properties()
+    assert picture.content_settings.content_type == "image/svg+xml"  # opens as a picture in a browser
 
 
 def test_a_failing_upload_leaves_the_previous_latest_blobs_intact(
@@ -483,8 +499,12 @@ def test_a_failure_while_writing_the_new_parts_leaves_the_previous_latest_whole(
     facts = {"rows": 40, "columns": columns, "run_id": "r2", "fingerprint": None, "input_metadata": {},
              "now": datetime.now(UTC), "history": "history/2026-03-01/r2"}  # fmt: skip
 
+    passed = save_step.Gated(passed=True, fields={}, report=[])
+
     with pytest.raises(OSError):
-        save_step.save_parts(parts, publish.Folders.under(dest), "2026-03-01/r2", "parts/blocked", facts)
+        save_step.save_parts(
+            parts, publish.Folders.under(dest), "2026-03-01/r2", "parts/blocked", facts, passed
+        )
 
     assert {p.relative_to(latest): p.read_bytes() for p in latest.rglob("*") if p.is_file()} == before
     assert json.loads((latest / "manifest.json").read_text())["run_id"] == "r1"
@@ -526,8 +546,10 @@ def test_the_upload_plan_of_a_parts_run_and_the_blobs_it_supersedes(
     plan = [name for name, _ in aml_v1.upload_plan(staged, "latest_predictions", "history")]
 
     assert plan == [
+        "history/2026-03-01/r9/distribution.svg",
         f"history/2026-03-01/r9/{folder}/part-00000.parquet",
         f"history/2026-03-01/r9/{folder}/part-00001.parquet",
+        "history/2026-03-01/r9/quality.json",
         "history/2026-03-01/r9/manifest.json",
         f"latest_predictions/{folder}/part-00000.parquet",
         f"latest_predictions/{folder}/part-00001.parquet",

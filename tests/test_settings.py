@@ -38,8 +38,28 @@ def test_defaults_follow_the_product_contract():
     assert settings.overlap == "skip"
     assert settings.dataset_name == "AmesHousing"
     assert (settings.model_name, settings.model_version) == ("HousePrices", "latest")
-    assert settings.parameter_defaults == {"sample_size": "10", "model_version": "latest", "node_count": "1"}
+    assert settings.parameter_defaults == {
+        "sample_size": "10",
+        "model_version": "latest",
+        "accept_drift": "false",
+        "node_count": "1",
+    }
     assert settings.azure_client_id is None
+    assert settings.gate_values == {
+        "gate_range_margin": "0.5",
+        "gate_drift_psi": "0.25",
+        "gate_drift_min_rows": "300",
+        "gate_missing_tolerance": "0.2",
+    }
+
+
+def test_gate_thresholds_are_read_and_a_bad_one_is_named():
+    settings = load_settings({**GOOD, "GATE_RANGE_MARGIN": "1", "GATE_DRIFT_MIN_ROWS": "1000"})
+    assert (settings.gate_range_margin, settings.gate_drift_min_rows) == (1.0, 1000)
+    with pytest.raises(ConfigError) as raised:
+        load_settings({**GOOD, "GATE_MISSING_TOLERANCE": "2", "GATE_DRIFT_PSI": "lots"})
+    assert "GATE_MISSING_TOLERANCE must be a number from 0 to 1" in raised.value.message
+    assert "GATE_DRIFT_PSI must be a number from 0 to 100" in raised.value.message
 
 
 def test_api_base_override_wins_over_region_and_loses_its_trailing_slash():
@@ -150,7 +170,12 @@ def test_numbers_and_client_id_are_parsed():
         }
     )
     assert settings.sample_size == 0
-    assert settings.parameter_defaults == {"sample_size": "0", "model_version": "3", "node_count": "1"}
+    assert settings.parameter_defaults == {
+        "sample_size": "0",
+        "model_version": "3",
+        "accept_drift": "false",
+        "node_count": "1",
+    }
     assert settings.request_timeout == 2.5
     assert settings.retry_budget == 0.0
     assert settings.azure_client_id == "11111111-2222-3333-4444-555555555555"

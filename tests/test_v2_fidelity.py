@@ -157,11 +157,20 @@ def _sdk_register_and_submit(fake: FakeAzureML, settings, backend, fingerprint: 
     def port(spec: dict[str, str], kind: type) -> Any:
         extra: dict[str, Any] = {}
         if spec["type"] == "integer":
-            extra["min"] = 0
+            extra["min"] = int(spec.get("min", "0"))
         if "mode" in spec:
             extra["mode"] = spec["mode"]
         return kind(type=spec["type"], **extra)
 
+    def gate_input(spec: dict[str, str], value: str) -> Any:
+        """A quality-gate input with its default as the SDK takes it: a number, or accept_drift's text."""
+        if spec["type"] == "integer":
+            return Input(type="integer", min=int(spec.get("min", "0")), default=int(value))
+        if spec["type"] == "number":
+            return Input(type="number", default=float(value))
+        return Input(type=spec["type"], default=value)
+
+    gate_defaults = {"accept_drift": "false", **settings.gate_values}
     registered = {}
     for step in backend.steps:
         ports = components._ports(step)
@@ -170,6 +179,9 @@ def _sdk_register_and_submit(fake: FakeAzureML, settings, backend, fingerprint: 
             inputs["sample_size"] = Input(type="integer", min=0, default=settings.sample_size)
         if "fingerprint" in inputs:
             inputs["fingerprint"] = Input(type="string", default=fingerprint)
+        for name, value in gate_defaults.items():
+            if name in inputs:
+                inputs[name] = gate_input(ports["inputs"][name], value)
         registered[step.name] = client.components.create_or_update(
             CommandComponent(
                 name=names.steps[step.name],
@@ -184,23 +196,44 @@ def _sdk_register_and_submit(fake: FakeAzureML, settings, backend, fingerprint: 
             )
         )
 
-    def batch(dataset, model, sample_size, model_version, run_id, fingerprint):
-        fetch_data = registered["fetch_data"](dataset=dataset, sample_size=sample_size)
+    def batch(  # the pipeline component's inputs, as the app registers them
+        dataset, dataset_name, dataset_version, model, sample_size, model_version, run_id, fingerprint,
+        accept_drift, gate_range_margin, gate_drift_psi, gate_drift_min_rows, gate_missing_tolerance,
+    ):  # fmt: skip
+        gate = {
+            "accept_drift": accept_drift,
+            "gate_range_margin": gate_range_margin,
+            "gate_drift_psi": gate_drift_psi,
+            "gate_drift_min_rows": gate_drift_min_rows,
+            "gate_missing_tolerance": gate_missing_tolerance,
+        }
+        fetch_data = registered["fetch_data"](
+            dataset=dataset,
+            dataset_name=dataset_name,
+            dataset_version=dataset_version,
+            sample_size=sample_size,
+        )
         predict = registered["predict"](
             new_data=fetch_data.outputs.new_data, model=model, model_version=model_version
         )
         save_predictions = registered["save_predictions"](
-            predictions=predict.outputs.predictions, run_id=run_id, fingerprint=fingerprint
+            predictions=predict.outputs.predictions, run_id=run_id, fingerprint=fingerprint, **gate
         )
         return {"latest": save_predictions.outputs.latest, "history": save_predictions.outputs.history}
 
+    ports_of_save = components._ports(next(s for s in backend.steps if s.name == "save_predictions"))[
+        "inputs"
+    ]
     batch.__annotations__ = {
         "dataset": Input(type="uri_file"),
+        "dataset_name": Input(type="string"),
+        "dataset_version": Input(type="string"),
         "model": Input(type="custom_model"),
         "sample_size": Input(type="integer", min=0, default=settings.sample_size),
         "model_version": Input(type="string"),
         "run_id": Input(type="string"),
         "fingerprint": Input(type="string", default=fingerprint),
+        **{name: gate_input(ports_of_save[name], value) for name, value in gate_defaults.items()},
     }
     pipeline = client.components.create_or_update(
         dsl.pipeline(name=names.pipeline, version=fingerprint, display_name=settings.endpoint_name)(batch)

@@ -170,6 +170,24 @@ class FakeAzureML(
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def app_settings(
+        self, backend: str = "azureml", compute: str = "cpu-cluster", **more: str
+    ) -> dict[str, str]:
+        """The app settings that aim the app at this workspace: the backend, the workspace, its data plane (and
+        for azureml-v2 its ARM base), the compute; `more` adds or overrides settings (an identity's
+        variables, a HOME, a timeout)."""
+        settings = {
+            "PIPELINE_BACKEND": backend,
+            "AML_SUBSCRIPTION_ID": self.subscription_id,
+            "AML_RESOURCE_GROUP": self.resource_group,
+            "AML_WORKSPACE_NAME": self.workspace_name,
+            "AML_API_BASE": self.base_url,
+            "AML_COMPUTE_NAME": compute,
+        }
+        if backend == "azureml-v2":
+            settings["AML_ARM_BASE"] = self.base_url
+        return {**settings, **more}
+
     @property
     def discovery_url(self) -> str:
         return f"{self.base_url}/discovery"

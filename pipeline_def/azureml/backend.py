@@ -44,7 +44,7 @@ from typing import Any
 from pipeline_def.azureml import publisher
 from pipeline_def.azureml.client import SUBMISSION_TAG, AzureMLClient
 from pipeline_def.azureml.odata import ACTIVE_HISTORY_STATUSES, runs_filter
-from pipeline_def.backend import LookBack, OccurrenceRun, Progress, Published, Target
+from pipeline_def.backend import LookBack, OccurrenceRun, Progress, Published, Target, follow_run
 from pipeline_def.errors import NotFound, NotPublished, PipelineError, RunNotFound, ServiceError
 from pipeline_def.fingerprint import compute_fingerprint
 from pipeline_def.runs import (
@@ -54,6 +54,7 @@ from pipeline_def.runs import (
     history_error,
     normalize_status,
     with_failed_step,
+    with_predictions,
 )
 from pipeline_def.settings import STEP_SCRIPTS_DIR, Settings
 from pipeline_def.steps import STEPS
@@ -220,20 +221,9 @@ class AzureMLBackend:
         tags: dict[str, str],
         progress: Progress | None = None,
     ) -> RunInfo:
-        """Submit, then read the run every `poll_seconds` until it ends, telling `progress` of each status
-        and step that changed."""
-        say = progress or (lambda _line: None)
+        """Submit, then follow the run every `poll_seconds` until it ends (backend.follow_run)."""
         run = self.submit(target, parameters, tags)
-        said: dict[str, str] = {}
-        while True:
-            for key, line in _progress_lines(run):
-                if said.get(key) != line:
-                    said[key] = line
-                    say(line)
-            if run.terminal:
-                return run
-            self._sleep(self._poll_seconds)
-            run = self.get_run(run.run_id)
+        return follow_run(run, self.get_run, self._sleep, self._poll_seconds, progress)
 
     def get_run(self, run_id: str) -> RunInfo:
         """The run with its steps. While the pipelines service has not ended the run, run history is asked
@@ -252,7 +242,7 @@ class AzureMLBackend:
         except NotFound:
             children = []  # run history has not seen the run yet (just submitted)
         info = self._run_info(entity, steps=self._steps(children), history_status=history_status)
-        return with_failed_step(info)
+        return with_failed_step(with_predictions(info, children, self.settings.datastore_url))
 
     def list_runs(self, limit: int) -> list[RunInfo]:
         """The newest `limit` runs of the endpoint's pipelines (its newest versions), newest first, read in
@@ -411,15 +401,6 @@ def _endpoint_state(target: Target) -> publisher.EndpointState:
     if not isinstance(target.handle, publisher.EndpointState):
         raise TypeError(f"not a target of the Azure ML backend: {target!r}")
     return target.handle
-
-
-def _progress_lines(run: RunInfo) -> list[tuple[str, str]]:
-    """The lines that describe where `run` is, each keyed by what it is about (the run, or one step)."""
-    lines = [("", f"run {run.run_id}: {run.status}")]
-    for step in run.steps or []:
-        detail = f": {step.error}" if step.status == "failed" and step.error else ""
-        lines.append((step.name, f"  {step.name:<18} {step.status}{detail}"))
-    return lines
 
 
 def _status_code(entity: dict) -> str | int | None:

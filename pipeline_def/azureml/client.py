@@ -9,12 +9,11 @@ import time
 import uuid
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote
 
 import requests
 
 from pipeline_def.azureml.odata import runs_filter
-from pipeline_def.azureml.transport import NOT_TAKEN, CallBudget, Transport
+from pipeline_def.azureml.transport import NOT_TAKEN, CallBudget, Transport, json_body, path_segment
 from pipeline_def.errors import AzureMLError, NotFound, ServiceError
 from pipeline_def.settings import Settings
 
@@ -57,7 +56,7 @@ class AzureMLClient:
         self, url: str, *, what: str, params: dict[str, str] | None = None, budget: CallBudget | None = None
     ) -> Any:
         """GET `url` (retried within the budget) and return its JSON body."""
-        return _json(self._send("GET", url, params=params, what=what, budget=budget), what)
+        return json_body(self._send("GET", url, params=params, what=what, budget=budget), what)
 
     # ----- published pipelines and endpoints
 
@@ -74,7 +73,8 @@ class AzureMLClient:
 
     def get_endpoint(self, endpoint_id: str) -> dict[str, Any]:
         return self._get_json(
-            f"{self._pipelines}/PipelineEndpoints/Id/{_seg(endpoint_id)}", what=f"endpoint {endpoint_id}"
+            f"{self._pipelines}/PipelineEndpoints/Id/{path_segment(endpoint_id)}",
+            what=f"endpoint {endpoint_id}",
         )
 
     def create_endpoint(
@@ -96,7 +96,7 @@ class AzureMLClient:
             retry_statuses=NOT_TAKEN,
             retry_no_answer=False,
         )
-        return _json(response, "creating the endpoint")
+        return json_body(response, "creating the endpoint")
 
     def update_endpoint(self, entity: dict[str, Any]) -> dict[str, Any] | None:
         """Write a whole PipelineEndpoint entity back (add a version, change the default, enable or disable).
@@ -106,16 +106,17 @@ class AzureMLClient:
         etag = entity.get("Etag")
         response = self._send(
             "PUT",
-            f"{self._pipelines}/PipelineEndpoints/{_seg(entity['Id'])}",
+            f"{self._pipelines}/PipelineEndpoints/{path_segment(entity['Id'])}",
             json_body=entity,
             what=f"endpoint {entity.get('Name') or entity['Id']}",
             headers={"If-Match": str(etag)} if etag else None,
         )
-        return _json(response, "the endpoint update")
+        return json_body(response, "the endpoint update")
 
     def get_pipeline(self, pipeline_id: str) -> dict[str, Any]:
         return self._get_json(
-            f"{self._pipelines}/Pipelines/{_seg(pipeline_id)}", what=f"published pipeline {pipeline_id}"
+            f"{self._pipelines}/Pipelines/{path_segment(pipeline_id)}",
+            what=f"published pipeline {pipeline_id}",
         )
 
     def list_pipelines(self, active_only: bool = True) -> list[dict[str, Any]]:
@@ -132,7 +133,7 @@ class AzureMLClient:
             raise ValueError(f"unknown pipeline status {status!r}")
         self._send(
             "PUT",
-            f"{self._pipelines}/Pipelines/{_seg(pipeline_id)}/status",
+            f"{self._pipelines}/Pipelines/{path_segment(pipeline_id)}/status",
             json_body=status,
             what=f"published pipeline {pipeline_id}",
         )
@@ -169,23 +170,26 @@ class AzureMLClient:
             run_id = str(found[0].get("runId"))
             log.info("the submission reached Azure ML despite %s; run %s", failure.message, run_id)
             return self._send(
-                "GET", f"{self._pipelines}/PipelineRuns/{_seg(run_id)}", what=f"run {run_id}", budget=budget
+                "GET",
+                f"{self._pipelines}/PipelineRuns/{path_segment(run_id)}",
+                what=f"run {run_id}",
+                budget=budget,
             )
 
         what = "the run submission"
         response = self._send(
             "POST",
-            f"{self._pipelines}/PipelineRuns/PipelineEndpointSubmit/Id/{_seg(endpoint_id)}",
+            f"{self._pipelines}/PipelineRuns/PipelineEndpointSubmit/Id/{path_segment(endpoint_id)}",
             json_body=body,
             what=what,
             budget=budget,
             on_ambiguous=find_submission,
         )
-        return _json(response, what)
+        return json_body(response, what)
 
     def get_pipeline_run(self, run_id: str) -> dict[str, Any]:
         """The pipelines service's PipelineRunEntity of a run (`Status.StatusCode`: NotStarted ... Finished)."""
-        return self._get_json(f"{self._pipelines}/PipelineRuns/{_seg(run_id)}", what=f"run {run_id}")
+        return self._get_json(f"{self._pipelines}/PipelineRuns/{path_segment(run_id)}", what=f"run {run_id}")
 
     def query_runs(
         self,
@@ -205,14 +209,14 @@ class AzureMLClient:
         try:
             response = self._send(
                 "POST",
-                f"{self._history}/experiments/{_seg(experiment)}/runs:query",
+                f"{self._history}/experiments/{path_segment(experiment)}/runs:query",
                 json_body={"filter": filter_expression, "orderby": orderby, "top": top},
                 what=f"runs of experiment {experiment}",
                 budget=budget,
             )
         except NotFound:
             return []
-        body = _json(response, "the run query")
+        body = json_body(response, "the run query")
         if isinstance(body, list):
             runs = body
         elif isinstance(body, dict):
@@ -225,13 +229,13 @@ class AzureMLClient:
         """Run history's camelCase RunDto of a run. Its `status` moves to `CancelRequested` as soon as a
         cancel is asked for, while the pipelines service still says `Running`."""
         return self._get_json(
-            f"{self._history}/experiments/{_seg(experiment)}/runs/{_seg(run_id)}",
+            f"{self._history}/experiments/{path_segment(experiment)}/runs/{path_segment(run_id)}",
             what=f"run {run_id} in run history",
         )
 
     def get_step_runs(self, experiment: str, run_id: str) -> list[dict[str, Any]]:
         """The run-history children (step runs) of a pipeline run, camelCase RunDto dicts."""
-        url = f"{self._history}/experiments/{_seg(experiment)}/runs/{_seg(run_id)}/children"
+        url = f"{self._history}/experiments/{path_segment(experiment)}/runs/{path_segment(run_id)}/children"
         params: dict[str, str] = {"$orderby": "StartTimeUtc desc", "$top": "500"}
         children: list[dict[str, Any]] = []
         for _page in range(10):
@@ -250,30 +254,15 @@ class AzureMLClient:
         azureml-core's `Run.set_tags` sends); the run's other tags stay."""
         self._send(
             "PATCH",
-            f"{self._history}/experiments/{_seg(experiment)}/runs/{_seg(run_id)}",
+            f"{self._history}/experiments/{path_segment(experiment)}/runs/{path_segment(run_id)}",
             json_body={"runId": run_id, "tags": {str(k): str(v) for k, v in tags.items()}},
             what=f"tags of run {run_id}",
         )
 
     def cancel_run(self, run_id: str) -> None:
-        self._send("DELETE", f"{self._pipelines}/PipelineRuns/{_seg(run_id)}/Execution", what=f"run {run_id}")
-
-
-def _json(response: requests.Response, what: str) -> Any:
-    """The JSON body of a successful answer (None when empty); ServiceError when it is not JSON."""
-    if not response.content:
-        return None
-    try:
-        return response.json()
-    except ValueError:
-        raise ServiceError(
-            f"Azure ML answered with something that is not JSON for {what}", status=response.status_code
-        ) from None
-
-
-def _seg(value: str) -> str:
-    """One URL path segment; ids and names are validated elsewhere, this is belt and braces."""
-    return quote(str(value), safe="")
+        self._send(
+            "DELETE", f"{self._pipelines}/PipelineRuns/{path_segment(run_id)}/Execution", what=f"run {run_id}"
+        )
 
 
 __all__ = ["MAX_QUERY_TOP", "SUBMISSION_TAG", "AzureMLClient"]

@@ -30,6 +30,8 @@ LATEST_PATH = f"{DATASTORE_PREFIX}latest_predictions"
 HISTORY_PATH = f"{DATASTORE_PREFIX}history"
 # BuildValue("run_id"): only the step run knows its pipeline run; aml_v1 reads it from the run context.
 RUN_CONTEXT_PARENT = "run-context:parent"
+# BuildValue("dataset_version"): the version of the registered dataset the step reads, known only then.
+REGISTERED_VERSION = "registered-dataset:version"
 
 # The SDK's state is process-wide (environment variables, tempfile's directory, a default argument): one
 # publish at a time may aim it at its private folder.
@@ -133,11 +135,14 @@ def build_pipeline(
     }
     fixed = {
         "dataset": settings.dataset_name,
+        "dataset_name": settings.dataset_name,
+        "dataset_version": REGISTERED_VERSION,
         "model": settings.model_name,
         "latest": LATEST_PATH,
         "history": HISTORY_PATH,
         "run_id": RUN_CONTEXT_PARENT,
         "fingerprint": fingerprint,
+        **settings.gate_values,  # literal arguments of the published step: in the fingerprint
     }
     data: dict[str, Any] = {}
     run_config = _run_configuration(Path(folder))

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import requests
 from urllib3.exceptions import MaxRetryError, NewConnectionError
@@ -457,7 +458,26 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
+def json_body(response: requests.Response, what: str) -> Any:
+    """The JSON body of a successful answer (None when empty); ServiceError when it is not JSON."""
+    if not response.content:
+        return None
+    try:
+        return response.json()
+    except ValueError:
+        raise ServiceError(
+            f"Azure ML answered with something that is not JSON for {what}", status=response.status_code
+        ) from None
+
+
+def path_segment(value: str) -> str:
+    """One URL path segment; ids and names are validated elsewhere, this is belt and braces."""
+    return quote(str(value), safe="")
+
+
 __all__ = [
+    "json_body",
+    "path_segment",
     "ARM_SCOPE",
     "MAX_ATTEMPTS",
     "ML_SCOPE",

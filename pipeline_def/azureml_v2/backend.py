@@ -17,7 +17,7 @@ from typing import Any
 from pipeline_def.azureml.odata import ACTIVE_HISTORY_STATUSES, runs_filter
 from pipeline_def.azureml_v2 import components, publisher
 from pipeline_def.azureml_v2.client import AzureMLV2Client, is_already_exists
-from pipeline_def.backend import LookBack, OccurrenceRun, Progress, Published, Target
+from pipeline_def.backend import LookBack, OccurrenceRun, Progress, Published, Target, follow_run
 from pipeline_def.errors import (
     AzureMLError,
     InvalidRequest,
@@ -34,6 +34,7 @@ from pipeline_def.runs import (
     is_valid_run_id,
     normalize_status,
     with_failed_step,
+    with_predictions,
 )
 from pipeline_def.settings import STEP_SCRIPTS_DIR, Settings
 from pipeline_def.steps import STEPS, Step
@@ -129,9 +130,14 @@ class AzureMLV2Backend:
         name = self.job_name(tags)
         model_name, model_version, model_id = self._resolve_model(parameters.get("model_version"))
         data_version, data_id = self._resolve_data()
-        literals = {"model_version": model_version, "run_id": name, "fingerprint": version.version}
-        if "sample_size" in parameters:
-            literals["sample_size"] = parameters["sample_size"]
+        literals = {
+            "dataset_name": self.settings.dataset_name,
+            "dataset_version": data_version,
+            "model_version": model_version,
+            "run_id": name,
+            "fingerprint": version.version,
+        }
+        literals.update({k: parameters[k] for k in ("sample_size", "accept_drift") if k in parameters})
         all_tags = {
             **tags,
             PIPELINE_TAG: self.settings.endpoint_name,
@@ -194,19 +200,9 @@ class AzureMLV2Backend:
         tags: dict[str, str],
         progress: Progress | None = None,
     ) -> RunInfo:
-        """Submit, then read the job every `poll_seconds` until it ends, telling `progress` of each change."""
-        say = progress or (lambda _line: None)
+        """Submit, then follow the run every `poll_seconds` until it ends (backend.follow_run)."""
         run = self.submit(target, parameters, tags)
-        said: dict[str, str] = {}
-        while True:
-            for key, line in _progress_lines(run):
-                if said.get(key) != line:
-                    said[key] = line
-                    say(line)
-            if run.terminal:
-                return run
-            self._sleep(self._poll_seconds)
-            run = self.get_run(run.run_id)
+        return follow_run(run, self.get_run, self._sleep, self._poll_seconds, progress)
 
     # ----- reading runs
 
@@ -229,7 +225,8 @@ class AzureMLV2Backend:
             children = self.client.get_step_runs(experiment, run_id)
         except NotFound:
             children = []
-        return with_failed_step(self._job_info(job, history, self._steps(children)))
+        info = self._job_info(job, history, self._steps(children))
+        return with_failed_step(with_predictions(info, children, self.settings.datastore_url))
 
     def list_runs(self, limit: int) -> list[RunInfo]:
         """The newest `limit` jobs of this endpoint (tagged batchpred_pipeline), newest first: one bounded
@@ -356,14 +353,6 @@ def _pipeline_version(target: Target) -> publisher.PipelineVersion:
     if not isinstance(target.handle, publisher.PipelineVersion):
         raise TypeError(f"not a target of the Azure ML v2 backend: {target!r}")
     return target.handle
-
-
-def _progress_lines(run: RunInfo) -> list[tuple[str, str]]:
-    lines = [("", f"run {run.run_id}: {run.status}")]
-    for step in run.steps or []:
-        detail = f": {step.error}" if step.status == "failed" and step.error else ""
-        lines.append((step.name, f"  {step.name:<18} {step.status}{detail}"))
-    return lines
 
 
 __all__ = ["DATA_TAG", "FINGERPRINT_TAG", "MODEL_TAG", "PIPELINE_TAG", "AzureMLV2Backend"]

@@ -12,7 +12,14 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import requests
 
-from pipeline_def.azureml.transport import ML_SCOPE, CallBudget, TokenCache, Transport
+from pipeline_def.azureml.transport import (
+    ML_SCOPE,
+    CallBudget,
+    TokenCache,
+    Transport,
+    json_body,
+    path_segment,
+)
 from pipeline_def.errors import AzureMLError, NotFound, ServiceError
 from pipeline_def.settings import Settings
 
@@ -73,7 +80,7 @@ class AzureMLV2Client:
             what=what,
             budget=budget,
         )
-        return _json(response, what)
+        return json_body(response, what)
 
     def _get_or_none(self, path: str, *, what: str, params: dict[str, str] | None = None) -> Any:
         try:
@@ -89,27 +96,27 @@ class AzureMLV2Client:
     def get_version(self, kind: str, name: str, version: str) -> dict[str, Any] | None:
         """A version of an environment, code, component, data or model asset; None when there is none."""
         return self._get_or_none(
-            f"/{kind}/{_seg(name)}/versions/{_seg(version)}", what=f"{kind} {name}:{version}"
+            f"/{kind}/{path_segment(name)}/versions/{path_segment(version)}", what=f"{kind} {name}:{version}"
         )
 
     def put_version(self, kind: str, name: str, version: str, body: dict[str, Any]) -> dict[str, Any]:
         """Create a version (an identical re-PUT is harmless; versions are immutable)."""
         return self._arm(
             "PUT",
-            f"/{kind}/{_seg(name)}/versions/{_seg(version)}",
+            f"/{kind}/{path_segment(name)}/versions/{path_segment(version)}",
             body=body,
             what=f"{kind} {name}:{version}",
         )
 
     def get_container(self, kind: str, name: str) -> dict[str, Any] | None:
         """An asset's container (`properties.latestVersion`); None when there is none."""
-        return self._get_or_none(f"/{kind}/{_seg(name)}", what=f"{kind} {name}")
+        return self._get_or_none(f"/{kind}/{path_segment(name)}", what=f"{kind} {name}")
 
     def find_code_by_hash(self, name: str, content_hash: str, hash_version: int) -> dict[str, Any] | None:
         """A code version registered with this content hash, under any name (as azure-ai-ml looks one up)."""
         found = self._arm(
             "GET",
-            f"/codes/{_seg(name)}/versions",
+            f"/codes/{path_segment(name)}/versions",
             params={"hash": content_hash, "hashVersion": str(hash_version)},
             what="code versions by hash",
         )
@@ -120,7 +127,7 @@ class AzureMLV2Client:
         """A temporary container of the workspace storage to upload a code version into: (blob URI, SAS URI)."""
         found = self._arm(
             "POST",
-            f"/codes/{_seg(name)}/versions/{_seg(version)}/startPendingUpload",
+            f"/codes/{path_segment(name)}/versions/{path_segment(version)}/startPendingUpload",
             body={"pendingUploadType": "TemporaryBlobReference"},
             what=f"an upload of code {name}:{version}",
         )
@@ -155,7 +162,7 @@ class AzureMLV2Client:
     def latest_model(self, name: str) -> dict[str, Any] | None:
         """The most recently created version of a model (how azure-ai-ml resolves `@latest`); None if none."""
         found = self._get_or_none(
-            f"/models/{_seg(name)}/versions",
+            f"/models/{path_segment(name)}/versions",
             params={"$orderBy": "createdtime desc", "$top": "1"},
             what=f"versions of model {name}",
         )
@@ -175,23 +182,23 @@ class AzureMLV2Client:
         what = f"the submission of job {name}"
         response = self._send(
             "PUT",
-            f"{self.workspace_url}/jobs/{_seg(name)}",
+            f"{self.workspace_url}/jobs/{path_segment(name)}",
             params={"api-version": API_VERSION},
             json_body=body,
             headers={"x-azureml-token": token},
             what=what,
             budget=budget,
         )
-        return _json(response, what), response.status_code == 201
+        return json_body(response, what), response.status_code == 201
 
     def get_job(self, name: str, budget: CallBudget | None = None) -> dict[str, Any]:
-        return self._arm("GET", f"/jobs/{_seg(name)}", what=f"job {name}", budget=budget)
+        return self._arm("GET", f"/jobs/{path_segment(name)}", what=f"job {name}", budget=budget)
 
     def cancel_job(self, name: str) -> None:
         """Ask for a cancel (202 + Location); the job's status tells the rest."""
         self._send(
             "POST",
-            f"{self.workspace_url}/jobs/{_seg(name)}/cancel",
+            f"{self.workspace_url}/jobs/{path_segment(name)}/cancel",
             params={"api-version": API_VERSION},
             what=f"job {name}",
         )
@@ -206,13 +213,13 @@ class AzureMLV2Client:
         try:
             response = self._send(
                 "POST",
-                f"{self._history}/experiments/{_seg(experiment)}/runs:query",
+                f"{self._history}/experiments/{path_segment(experiment)}/runs:query",
                 json_body={"filter": filter_expression, "orderby": "CreatedUtc desc", "top": top},
                 what=f"runs of experiment {experiment}",
             )
         except NotFound:
             return []
-        body = _json(response, "the run query")
+        body = json_body(response, "the run query")
         runs = (
             body if isinstance(body, list) else (body or {}).get("value") if isinstance(body, dict) else None
         )
@@ -221,10 +228,10 @@ class AzureMLV2Client:
         return [run for run in runs if isinstance(run, dict)][:top]
 
     def get_history_run(self, experiment: str, run_id: str) -> dict[str, Any]:
-        return _json(
+        return json_body(
             self._send(
                 "GET",
-                f"{self._history}/experiments/{_seg(experiment)}/runs/{_seg(run_id)}",
+                f"{self._history}/experiments/{path_segment(experiment)}/runs/{path_segment(run_id)}",
                 what=f"run {run_id} in run history",
             ),
             "the run",
@@ -232,12 +239,13 @@ class AzureMLV2Client:
 
     def get_step_runs(self, experiment: str, run_id: str) -> list[dict[str, Any]]:
         """The run-history children of a pipeline job: one per node (the steps)."""
-        url = f"{self._history}/experiments/{_seg(experiment)}/runs/{_seg(run_id)}/children"
+        url = f"{self._history}/experiments/{path_segment(experiment)}/runs/{path_segment(run_id)}/children"
         params: dict[str, str] = {"$orderby": "StartTimeUtc desc", "$top": "500"}
         children: list[dict[str, Any]] = []
         for _page in range(10):
             body = (
-                _json(self._send("GET", url, params=params, what=f"steps of run {run_id}"), "the steps") or {}
+                json_body(self._send("GET", url, params=params, what=f"steps of run {run_id}"), "the steps")
+                or {}
             )
             if isinstance(body, list):
                 return children + body
@@ -259,21 +267,6 @@ def _blob_url(sas_uri: str, blob_name: str, extra_query: str = "") -> str:
     path = parts.path.rstrip("/") + "/" + quote(blob_name, safe="/")
     query = "&".join(q for q in (extra_query, parts.query) if q)
     return urlunsplit((parts.scheme, parts.netloc, path, query, ""))
-
-
-def _json(response: requests.Response, what: str) -> Any:
-    if not response.content:
-        return None
-    try:
-        return response.json()
-    except ValueError:
-        raise ServiceError(
-            f"Azure ML answered with something that is not JSON for {what}", status=response.status_code
-        ) from None
-
-
-def _seg(value: str) -> str:
-    return quote(str(value), safe="")
 
 
 __all__ = ["API_VERSION", "AzureMLV2Client", "is_already_exists"]

@@ -40,6 +40,8 @@ class Port:
 # of the same name, wired through `${{parent.jobs.<producer>.outputs.<name>}}`.
 BINDINGS: dict[Argument, Port] = {
     BuildValue("dataset"): Port("inputs", "dataset", {"type": "uri_file"}),
+    BuildValue("dataset_name"): Port("inputs", "dataset_name", {"type": "string"}),
+    BuildValue("dataset_version"): Port("inputs", "dataset_version", {"type": "string"}),
     BuildValue("model"): Port("inputs", "model", {"type": "custom_model"}),
     BuildValue("run_id"): Port("inputs", "run_id", {"type": "string"}),
     BuildValue("fingerprint"): Port("inputs", "fingerprint", {"type": "string"}),
@@ -47,6 +49,13 @@ BINDINGS: dict[Argument, Port] = {
     BuildValue("history"): Port("outputs", "history", {"type": "uri_folder", "mode": "rw_mount"}),
     Param("sample_size"): Port("inputs", "sample_size", {"type": "integer", "min": "0"}),
     Param("model_version"): Port("inputs", "model_version", {"type": "string"}),
+    Param("accept_drift"): Port("inputs", "accept_drift", {"type": "string"}),
+    # the quality gate's thresholds: literal inputs whose defaults (Settings.gate_values) are registered with
+    # the components, so a changed threshold is a new component version, as on v1 a new published pipeline
+    BuildValue("gate_range_margin"): Port("inputs", "gate_range_margin", {"type": "number"}),
+    BuildValue("gate_drift_psi"): Port("inputs", "gate_drift_psi", {"type": "number"}),
+    BuildValue("gate_drift_min_rows"): Port("inputs", "gate_drift_min_rows", {"type": "integer", "min": "1"}),
+    BuildValue("gate_missing_tolerance"): Port("inputs", "gate_missing_tolerance", {"type": "number"}),
 }
 # Where the pipeline's outputs land in the default datastore (as save_predictions writes them on v1 and locally).
 DATASTORE_PATHS = {"latest": "latest_predictions/", "history": "history/"}
@@ -166,11 +175,22 @@ def _with_defaults(
     }
 
 
+def _defaults(settings: Settings, version: str) -> dict[str, str]:
+    """The inputs' defaults registered with the components: the sample size, the fingerprint, accept_drift
+    (false unless a run says otherwise) and the quality gate's thresholds."""
+    return {
+        "sample_size": str(settings.sample_size),
+        "fingerprint": version,
+        "accept_drift": "false",
+        **settings.gate_values,
+    }
+
+
 def command_component_body(
     step: Step, names: Names, settings: Settings, version: str, code_id: str, environment_id: str
 ) -> dict[str, Any]:
     ports = _ports(step)
-    defaults = {"sample_size": str(settings.sample_size), "fingerprint": version}
+    defaults = _defaults(settings, version)
     return {
         "properties": {
             "componentSpec": {
@@ -229,7 +249,7 @@ def pipeline_component_body(
             node["outputs"] = node_outputs
         node["componentId"] = f"{workspace_path}/components/{names.steps[step.name]}/versions/{version}"
         jobs[step.name] = node
-    defaults = {"sample_size": str(settings.sample_size), "fingerprint": version}
+    defaults = _defaults(settings, version)
     return {
         "properties": {
             "componentSpec": {

@@ -21,7 +21,12 @@ from typing import Any
 
 from pipeline_def.backend import LookBack, OccurrenceRun, Published, Target
 from pipeline_def.errors import LocalRunError, RunNotFound
-from pipeline_def.local.commands import settings_to_record, step_command
+from pipeline_def.local.commands import (
+    PREDICTIONS_FILE,
+    destination_folder,
+    settings_to_record,
+    step_command,
+)
 from pipeline_def.local.processes import PID_FILE, is_running, read_pid, write_pid
 from pipeline_def.local.records import (
     CANCEL_FILE,
@@ -37,7 +42,14 @@ from pipeline_def.local.records import (
     write_record,
 )
 from pipeline_def.local.runner import Progress, execute_run
-from pipeline_def.runs import RunInfo, StepStatus, is_valid_run_id
+from pipeline_def.runs import (
+    Predictions,
+    RunInfo,
+    StepStatus,
+    is_valid_run_id,
+    predictions_from_tags,
+    with_urls,
+)
 from pipeline_def.settings import PROJECT_ROOT, Settings
 from pipeline_def.steps import STEPS
 
@@ -280,7 +292,22 @@ class LocalBackend:
             trigger=record.tags.get("trigger") or None,
             failed_step=failed.name if status == "failed" and failed is not None else None,
             predictions_path=(record.output_path or None) if status == "completed" else None,
+            predictions=self._predictions(record),
         )
+
+    def _predictions(self, record: RunRecord) -> Predictions | None:
+        """Where the run's predictions went, from the summary its save step recorded; the URLs are files: the
+        latest CSV when the run replaced it, else its history copy's, and the gate's report."""
+        found = predictions_from_tags(record.summary)
+        if found is None:
+            return None
+        root = destination_folder(self.settings)
+
+        def file_url(path: str) -> str:
+            target = root / path
+            return (target / PREDICTIONS_FILE.name if not target.suffix else target).resolve().as_uri()
+
+        return with_urls(found, file_url)
 
 
 def _first_line(text: Any) -> str | None:

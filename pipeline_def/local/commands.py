@@ -35,11 +35,14 @@ def resolve_argument(
     if isinstance(argument, BuildValue):
         values = {
             "dataset": str(settings.local_dataset_path),
+            "dataset_name": settings.local_dataset_path.name,
+            "dataset_version": "",  # a file has no registered version
             "model": str(model_folder(settings)),
             "latest": str(destination_folder(settings) / "latest_predictions"),
             "history": str(destination_folder(settings) / "history"),
             "run_id": run_dir.name,
             "fingerprint": fingerprint,
+            **settings.gate_values,
         }
         if argument.name not in values:
             raise LocalRunError(f"steps.py uses a setting the local backend does not know: {argument.name!r}")

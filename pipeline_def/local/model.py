@@ -27,11 +27,19 @@ if TYPE_CHECKING:  # pandas and scikit-learn are imported inside the functions t
     import pandas as pd
 
 TARGET = "SalePrice"
-ID_COLUMNS = ("Order", "PID")  # row number and parcel id: identify a sale, say nothing about its price
+# Row ids (a Kaggle-style `Id`, Ames' `Order`) and the parcel id: they identify a sale and say nothing about its
+# price, so a model that split on them would learn the file's order, not houses.
+ID_COLUMNS = ("Id", "Order", "PID")
 HOLDOUT_FRACTION = 0.2
 MODEL_FILE = "model.joblib"
 METADATA_FILE = "metadata.json"
 DEFAULT_SEED = 42
+
+# The quality gate's reference (docs/quality-gate.md): the key in metadata.json, and how many bins of equal share of
+# the training rows' predictions the drift check compares (deciles: enough to see a shift of a tenth of the
+# price, few enough that 200 rows fill every bin).
+QUALITY_REFERENCE_KEY = "quality_reference"
+PREDICTION_BINS = 10
 
 # Chosen on the shipped data (holdout R² about 0.93 to 0.94 over seeds) while training in about 2 seconds.
 _LEARNING_RATE = 0.05
@@ -137,6 +145,7 @@ def train(frame: pd.DataFrame, seed: int = DEFAULT_SEED) -> tuple[Any, dict[str,
     model = build_model(categorical, numeric, seed)
     model.fit(train_rows[features], train_rows[TARGET].to_numpy(dtype=float))
     metrics = evaluate(model, holdout_rows)
+    reference = quality_reference(model, train_rows, features)
     facts = {
         "features": list(model.feature_names_in_),
         "categorical_features": categorical,
@@ -145,8 +154,40 @@ def train(frame: pd.DataFrame, seed: int = DEFAULT_SEED) -> tuple[Any, dict[str,
         "train_rows": len(train_rows),
         "holdout_rows": len(holdout_rows),
         **{f"holdout_{name}": value for name, value in metrics.items()},
+        QUALITY_REFERENCE_KEY: reference,
     }
     return model, facts
+
+
+def quality_reference(model: Any, train_rows: pd.DataFrame, features: list[str]) -> dict[str, Any]:
+    """What the quality gate compares a run with, taken from the rows the model was fitted on: the target's
+    range, each feature's share of missing values, and the distribution of the model's own predictions of
+    those rows over PREDICTION_BINS bins of equal share (the drift check's first reference).
+
+    A value falls in bin `searchsorted(edges, value, side="right")`: the step side bins the same way
+    (step_scripts/batchpred_steps/quality.py), so the shares here and there are comparable."""
+    import numpy as np
+
+    target = train_rows[TARGET].to_numpy(dtype=float)
+    predicted = np.asarray(model.predict(train_rows[features]), dtype=float)
+    quantiles = np.linspace(0, 1, PREDICTION_BINS + 1)[1:-1]
+    # rounded before counting: the step side bins with the edges as written to metadata.json
+    edges = np.unique(np.round(np.quantile(predicted, quantiles), 2))
+    counts = np.bincount(np.searchsorted(edges, predicted, side="right"), minlength=len(edges) + 1)
+    missing = train_rows[features].isna().mean()
+    return {
+        "target": TARGET,
+        "target_min": float(target.min()),
+        "target_max": float(target.max()),
+        "training_rows": len(train_rows),
+        "missing_share": {name: round(float(missing[name]), 6) for name in features},
+        "predictions": {
+            "source": "the model's predictions of its training rows",
+            "rows": len(predicted),
+            "edges": [float(edge) for edge in edges],
+            "shares": [round(float(count) / len(predicted), 6) for count in counts],
+        },
+    }
 
 
 # --- the registry: thin file I/O ---------------------------------------------------------------------------
@@ -245,16 +286,32 @@ def train_and_register(settings: Settings, seed: int = DEFAULT_SEED) -> dict[str
 
 
 def ensure_model(settings: Settings) -> Path:
-    """`<registry>/<model_name>`, after training version 1 into it if it holds no version yet."""
+    """`<registry>/<model_name>`, after training the baseline into it when it holds no version yet, or when its
+    newest version predates the quality gate (no `quality_reference` in its metadata.json: save_predictions
+    could never publish with it, so the baseline is trained again as the next version)."""
     model_dir = model_folder(settings)
-    if registered_versions(model_dir):
+    if not why_train(model_dir):
         return model_dir
     model_dir.mkdir(parents=True, exist_ok=True)
     with _exclusive(model_dir / ".train.lock"):
         # a concurrent caller may have trained while this one waited for the lock
-        if not registered_versions(model_dir):
+        if why_train(model_dir):
             train_and_register(settings)
     return model_dir
+
+
+def why_train(model_dir: Path) -> str | None:
+    """Why the local registry needs the baseline trained now (a sentence for the log), or None."""
+    versions = registered_versions(model_dir)
+    if not versions:
+        return "no model yet"
+    try:
+        metadata = json.loads((model_dir / str(versions[-1]) / METADATA_FILE).read_text())
+    except (OSError, ValueError):
+        metadata = {}
+    if not isinstance(metadata, dict) or QUALITY_REFERENCE_KEY not in metadata:
+        return f"version {versions[-1]} predates the quality gate (no {QUALITY_REFERENCE_KEY})"
+    return None
 
 
 @contextlib.contextmanager

@@ -21,6 +21,9 @@ RUNS_DIR = "runs"
 RECORD_FILE = "run.json"
 CANCEL_FILE = "cancel.requested"
 LOGS_DIR = "logs"
+# Where save_predictions records the run's summary (its BATCHPRED_SUMMARY_FILE): the runner copies it into the
+# record as `summary`, the local counterpart of the step-run tags Azure ML keeps.
+SUMMARY_FILE = "summary.json"
 
 # Written only once they have a value, as before these classes existed.
 _OPTIONAL_STEP_KEYS = ("seconds", "note")
@@ -74,6 +77,7 @@ class RunRecord:
     steps: list[StepRecord] = field(default_factory=list)
     error: str | None = None
     output_path: str | None = None
+    summary: dict[str, str] | None = None
     created_at: str | None = None
     started_at: str | None = None
     ended_at: str | None = None
@@ -91,6 +95,8 @@ class RunRecord:
     def to_json(self) -> dict[str, Any]:
         raw = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         raw["steps"] = [step.to_json() for step in self.steps]
+        if raw["summary"] is None:
+            del raw["summary"]  # a run that never saved keeps the record shape of earlier versions
         return raw
 
     def running_step(self) -> StepRecord | None:

@@ -5,6 +5,7 @@ LocalBackend.submit) or in the CLI's own process (LocalBackend.run).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,10 +17,11 @@ from typing import Any
 
 from pipeline_def.errors import LocalRunError
 from pipeline_def.local.commands import PREDICTIONS_FILE, destination_folder, settings_from_record
-from pipeline_def.local.model import ensure_model, model_folder, registered_versions
+from pipeline_def.local.model import ensure_model, model_folder, why_train
 from pipeline_def.local.processes import write_pid
 from pipeline_def.local.records import (
     CANCEL_FILE,
+    SUMMARY_FILE,
     RunRecord,
     StepRecord,
     finish_record,
@@ -29,6 +31,8 @@ from pipeline_def.local.records import (
 )
 from pipeline_def.settings import PROJECT_ROOT, STEP_SCRIPTS_DIR, Settings
 
+# The variable that tells save_predictions where to record the run's summary (batchpred_steps/run_summary.py).
+SUMMARY_VARIABLE = "BATCHPRED_SUMMARY_FILE"
 # How often a running step looks for a cancel request made by another process.
 CANCEL_POLL_SECONDS = 0.25
 
@@ -85,8 +89,9 @@ def _run_steps(run_dir: Path, record: RunRecord, settings: Settings, say: Progre
 def _prepare_model(run_dir: Path, record: RunRecord, settings: Settings, say: Progress) -> bool:
     """Train the baseline model if none is registered yet; False (the run is then failed) if that fails."""
     try:
-        if not registered_versions(model_folder(settings)):
-            say(f"run {record.id}: no {settings.model_name} model yet, training the baseline model once")
+        why = why_train(model_folder(settings))
+        if why:
+            say(f"run {record.id}: {settings.model_name}: {why}; training the baseline model")
         ensure_model(settings)
     except Exception as error:
         finish_record(run_dir, record, "failed", f"the model could not be prepared: {error}")
@@ -108,6 +113,7 @@ def _run_step(run_dir: Path, record: RunRecord, step: StepRecord, say: Progress)
         _terminate(process)  # when the wait was cut short by a cancel or an error
     step.ended_at, step.exit_code = utc_now(), code
     step.seconds = round(time.monotonic() - started, 3)
+    record.summary = _read_summary(run_dir) or record.summary
     if code != 0:
         step.status, step.error = "failed", _step_error(run_dir / step.log, code)
         say(f"  {step.name:<18} failed: {step.error}")
@@ -117,6 +123,15 @@ def _run_step(run_dir: Path, record: RunRecord, step: StepRecord, say: Progress)
     write_record(run_dir, record)
     say(f"  {step.name:<18} completed in {step.seconds:.1f} s")
     return True
+
+
+def _read_summary(run_dir: Path) -> dict[str, str] | None:
+    """The tags save_predictions recorded in the run's summary file, if it wrote one (a failed gate does too)."""
+    try:
+        tags = json.loads((run_dir / SUMMARY_FILE).read_text(encoding="utf-8")).get("tags")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return {str(k): str(v) for k, v in tags.items()} if isinstance(tags, dict) else None
 
 
 def _raise_if_canceled(run_dir: Path) -> None:
@@ -142,6 +157,7 @@ def _end_running_step(record: RunRecord, status: str, error: str | None = None) 
 def _start_step(run_dir: Path, step: StepRecord) -> subprocess.Popen:
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
+    env[SUMMARY_VARIABLE] = str(run_dir / SUMMARY_FILE)
     # The steps run as they would on Azure ML: from their own folder, without pipeline_def on the path.
     paths = [
         p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).resolve() != PROJECT_ROOT

@@ -113,12 +113,17 @@ def drop_target_column(table: pa.Table, target: str = TARGET_COLUMN) -> pa.Table
     return table.drop_columns([target]) if target in table.column_names else table
 
 
-def fetch_metadata(dataset: str, source_rows: int, rows: int, sample_size: int, seed: int) -> dict[str, Any]:
+def fetch_metadata(
+    dataset: str, source_rows: int, rows: int, sample_size: int, seed: int, dataset_version: str | None = None
+) -> dict[str, Any]:
     """What predict and save_predictions learn about this step's output."""
     return {
         "dataset": dataset,
+        "dataset_version": dataset_version,
         "dataset_rows": source_rows,
         "rows": rows,
+        # kept under its own name through predict (which records its own `rows`): the quality gate's count check
+        "fetched_rows": rows,
         "sample_size": sample_size,
         "seed": seed,
     }

@@ -74,6 +74,7 @@ def build_manifest(
         "pipeline_fingerprint": fingerprint,
         "created_at": now.astimezone(UTC).isoformat().replace("+00:00", "Z"),
         "dataset": input_metadata.get("dataset"),
+        "dataset_version": input_metadata.get("dataset_version"),
         "sample_size": input_metadata.get("sample_size"),
         "seed": input_metadata.get("seed"),
         "predictions_file": predictions_file,

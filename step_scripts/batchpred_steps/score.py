@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 MODEL_FILE = "model.joblib"
 MODEL_METADATA_FILE = "metadata.json"
 MODEL_SUFFIXES = (".joblib", ".pkl", ".pickle")
+# What the model's metadata.json records for the quality gate, handed on to save_predictions (quality.py).
+QUALITY_REFERENCE_KEY = "quality_reference"
 
 
 # --- computation -----------------------------------------------------------------------------------------
@@ -99,15 +101,22 @@ def choose_version(available: list[int], requested: str) -> int:
 
 
 def output_metadata(
-    input_metadata: dict[str, Any], model_name: str, model_version: int | None, rows: int
+    input_metadata: dict[str, Any],
+    model_name: str,
+    model_version: int | None,
+    rows: int,
+    model_metadata: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """What save_predictions learns about this step's output: the input's notes plus the model and rows."""
+    """What save_predictions learns about this step's output: the input's notes plus the model and rows, and
+    the quality gate's reference the model recorded at training (its metadata.json's, when it has one)."""
+    reference = (model_metadata or {}).get(QUALITY_REFERENCE_KEY)
     return {
         **input_metadata,
         "model_name": model_name,
         "model_version": model_version,
         "rows": rows,
         "prediction_column": PREDICTION_COLUMN,
+        **({QUALITY_REFERENCE_KEY: reference} if reference is not None else {}),
     }
 
 

@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo demo-azureml test test-fast step-env step-env-v2 lint format bench clean
+.PHONY: demo demo-azureml test test-fast step-env step-env-v2 lint format bench bigdata clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -67,6 +67,12 @@ bench: $(STAMP)
 	$(PY) bench/cold_start.py
 	$(PY) bench/package_size.py
 	$(PY) bench/history_growth.py
+
+# A large Ames-like table for the scale benchmarks (bench/bigdata.py): `make bigdata ROWS=1000000 [OUT=path]`,
+# Parquet by default (.csv.gz by the name), default OUT .local/bench/ames-<ROWS>.parquet.
+ROWS ?= 1000000
+bigdata: $(STAMP)
+	$(PY) bench/bigdata.py --rows $(ROWS) $(if $(OUT),--out $(OUT))
 
 clean:
 	rm -rf $(VENV) node_modules .local .pytest_cache

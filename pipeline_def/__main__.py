@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline_def.errors import PipelineError
@@ -57,6 +58,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         default=None,
         help="publish even if the quality gate's drift check fails (never despite its other checks)",
+    )
+    run.add_argument(
+        "--node-count",
+        type=int,
+        help="nodes of the parallel predict on Azure ML (default PIPELINE_NODE_COUNT)",
     )
     run.add_argument("--show", type=int, default=0, metavar="N", help="print the first N predicted rows")
     waiting = run.add_mutually_exclusive_group()
@@ -111,6 +117,8 @@ def _run(cli: _Invocation) -> int:
         parameters["sample_size"] = args.sample_size
     if args.model_version is not None:
         parameters["model_version"] = args.model_version
+    if args.node_count is not None:
+        parameters["node_count"] = args.node_count
     if args.accept_drift:
         parameters["accept_drift"] = True
     # A local run waits by default: it runs in this process, as `make demo` shows.
@@ -195,10 +203,15 @@ COMMANDS: dict[str, Callable[[_Invocation], int]] = {
 
 
 def preview(path: str | os.PathLike[str], n: int) -> str:
-    """The first `n` predicted rows, a few telling columns wide (for `run --show`)."""
+    """The first `n` predicted rows, a few telling columns wide (for `run --show`): of the CSV, or of the first
+    Parquet part a large run's manifest names."""
     import pandas as pd
 
-    frame = pd.read_csv(path, nrows=max(n, 0))
+    if str(path).endswith(".json"):
+        first = json.loads(Path(path).read_text(encoding="utf-8"))["files"][0]["path"]
+        frame = pd.read_parquet(Path(path).parent / first).head(max(n, 0))
+    else:
+        frame = pd.read_csv(path, nrows=max(n, 0))
     columns = [c for c in PREVIEW_COLUMNS if c in frame.columns]
     if "PredictedSalePrice" in frame.columns:
         frame["PredictedSalePrice"] = frame["PredictedSalePrice"].round(0)

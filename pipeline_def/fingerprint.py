@@ -57,6 +57,13 @@ def compute_fingerprint(
         "dataset": settings.dataset_name,
         "model": settings.model_name,
         "parameters": settings.parameter_defaults,
+        "parallel": {
+            "mini_batch_size": settings.parallel_mini_batch_size,
+            "process_count_per_node": settings.parallel_process_count_per_node,
+            "run_invocation_timeout": settings.parallel_run_invocation_timeout,
+            "run_max_try": settings.parallel_run_max_try,
+            "error_threshold": settings.parallel_error_threshold,
+        },
         "quality_gate": settings.gate_values,
     }
     if platform is not None:

@@ -22,6 +22,10 @@ DEFAULT_WORK_DIR = PROJECT_ROOT / ".local"
 DEFAULT_SCHEDULE = "0 30 1,13 * * *"
 DEFAULT_ENDPOINT_NAME = "house-price-batch-predictions"
 DEFAULT_SAMPLE_SIZE = 10
+# The parallel predict (issue #13): a mini-batch is one Parquet part of fetch_data's output, whose target size
+# is the mini-batch size (step_scripts/batchpred_steps/fetch.py, DEFAULT_PART_BYTES, is the same 16 MB).
+DEFAULT_MINI_BATCH_SIZE = "16MB"
+_BYTE_SIZE = re.compile(r"(\d+)\s*([kmg]?)b?", re.IGNORECASE)
 BACKENDS = ("azureml", "azureml-v2", "local")
 # The backends on an Azure ML workspace: SDK v1's services, and v2's ARM routes (plain REST).
 AZUREML_BACKENDS = ("azureml", "azureml-v2")
@@ -74,6 +78,13 @@ class Settings:
     request_timeout: float = 30.0
     retry_budget: float = 120.0
     http_budget: float = 25.0
+    node_count: int = 1
+    parallel_mini_batch_size: int = 16 * 1024 * 1024
+    parallel_process_count_per_node: int = 2
+    parallel_run_invocation_timeout: int = 300
+    parallel_run_max_try: int = 3
+    parallel_error_threshold: int = 0
+    local_parallel_workers: int = 0  # 0: one a core (os.cpu_count())
 
     @property
     def arm_scope(self) -> str:
@@ -95,6 +106,7 @@ class Settings:
             "sample_size": str(self.sample_size),
             "model_version": self.model_version,
             "accept_drift": "false",
+            "node_count": str(self.node_count),
         }
 
     @property
@@ -161,6 +173,25 @@ def _whole_number(minimum: int) -> Callable[[str], int]:
         return int(raw)
 
     return parse
+
+
+def _whole_number_in(low: int, high: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        text = raw[1:] if raw.startswith("-") else raw
+        if not (text.isascii() and text.isdigit()) or not low <= int(raw) <= high:
+            raise _Invalid(f"must be a whole number from {low} to {high}")
+        return int(raw)
+
+    return parse
+
+
+def _byte_size(raw: str) -> int:
+    """Bytes as Azure ML's parallel run takes them: a number with an optional KB, MB or GB (powers of 1024)."""
+    match = _BYTE_SIZE.fullmatch(raw)
+    size = int(match.group(1)) * 1024 ** " kmg".index(match.group(2).lower() or " ") if match else 0
+    if not 64 * 1024 <= size <= 2 * 1024**3:
+        raise _Invalid("must be a size such as 16MB, from 64KB to 2GB")
+    return size
 
 
 def _seconds(low: float, high: float) -> Callable[[str], float]:
@@ -251,6 +282,20 @@ SETTINGS_TABLE: tuple[_Setting, ...] = (
     _Setting("AML_MODEL_NAME", "model_name", "HousePrices", _aml_name),
     _Setting("AML_MODEL_VERSION", "model_version", "latest", _model_version),
     _Setting("PIPELINE_SAMPLE_SIZE", "sample_size", str(DEFAULT_SAMPLE_SIZE), _whole_number(0)),
+    _Setting("PIPELINE_NODE_COUNT", "node_count", "1", _whole_number_in(1, 100)),
+    _Setting("PARALLEL_MINI_BATCH_SIZE", "parallel_mini_batch_size", DEFAULT_MINI_BATCH_SIZE, _byte_size),
+    _Setting(
+        "PARALLEL_PROCESS_COUNT_PER_NODE", "parallel_process_count_per_node", "2", _whole_number_in(1, 64)
+    ),
+    _Setting(
+        "PARALLEL_RUN_INVOCATION_TIMEOUT",
+        "parallel_run_invocation_timeout",
+        "300",
+        _whole_number_in(1, 86400),
+    ),
+    _Setting("PARALLEL_RUN_MAX_TRY", "parallel_run_max_try", "3", _whole_number_in(1, 100)),
+    # Failed mini-batch items (part files) a run tolerates; -1: any number.
+    _Setting("PARALLEL_ERROR_THRESHOLD", "parallel_error_threshold", "0", _whole_number_in(-1, 1_000_000)),
     # The quality gate before predictions replace the latest (docs/quality-gate.md gives each default's reason).
     _Setting("GATE_RANGE_MARGIN", "gate_range_margin", "0.5", _number(0.0, 100.0)),
     _Setting("GATE_DRIFT_PSI", "gate_drift_psi", "0.25", _number(0.0, 100.0)),
@@ -290,6 +335,8 @@ SETTINGS_TABLE: tuple[_Setting, ...] = (
         backends=_LOCAL,
     ),
     _Setting("LOCAL_WORK_DIR", "local_work_dir", str(DEFAULT_WORK_DIR), _path),
+    # The local backend's pool for a parallel step; 0: one worker a core.
+    _Setting("LOCAL_PARALLEL_WORKERS", "local_parallel_workers", "0", _whole_number_in(0, 256)),
     _Setting("AZURE_CLIENT_ID", "azure_client_id", parse=lambda raw: raw or None),
 )
 

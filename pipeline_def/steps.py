@@ -48,12 +48,27 @@ Argument = str | Param | BuildValue | DataIn | DataOut
 
 
 @dataclass(frozen=True)
+class ParallelRun:
+    """A step the platform's parallel runtime runs: `entry_script` (init()/run(mini_batch), Azure ML's
+    parallel-run contract) over the files of the data `items` (one part file a mini-batch item), writing into
+    the data `output`. The step's own script and arguments stay the single-process way to run it; a backend
+    that runs the step in parallel gives the entry script the step's arguments without the `items` and
+    `output` folders (the entry script's output folder is the runtime's)."""
+
+    entry_script: str
+    items: str
+    output: str
+
+
+@dataclass(frozen=True)
 class Step:
     name: str
     script: str
     arguments: tuple[Argument, ...]
     # Whether Azure ML may reuse an earlier run's output when the step's inputs and arguments are unchanged.
     reusable: bool = True
+    # Set when the platform may run the step in parallel over its input's parts.
+    parallel: ParallelRun | None = None
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -86,6 +101,7 @@ STEPS: tuple[Step, ...] = (
             "--model-version", Param("model_version"),
             "--output", DataOut("predictions"),
         ),
+        parallel=ParallelRun("score_parallel.py", items="new_data", output="predictions"),
     ),
     Step(
         name="save_predictions",
@@ -108,8 +124,9 @@ STEPS: tuple[Step, ...] = (
 
 # The BuildValues of the quality gate's thresholds: each platform binds them to Settings.gate_values.
 GATE_VALUES = ("gate_range_margin", "gate_drift_psi", "gate_drift_min_rows", "gate_missing_tolerance")
-PARAMETER_NAMES = ("sample_size", "model_version", "accept_drift")
+PARAMETER_NAMES = ("sample_size", "model_version", "accept_drift", "node_count")
 MAX_SAMPLE_SIZE = 10_000_000
+MAX_NODE_COUNT = 100
 
 
 def validate_parameters(raw: Any) -> dict[str, str]:
@@ -145,6 +162,13 @@ def validate_parameters(raw: Any) -> dict[str, str]:
             result["model_version"] = str(int(value))
         else:
             raise InvalidRequest("'model_version' must be a positive whole number or 'latest'")
+    if "node_count" in raw:
+        value = raw["node_count"]
+        if isinstance(value, str) and value.isascii() and value.isdigit():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_NODE_COUNT:
+            raise InvalidRequest(f"'node_count' must be a whole number from 1 to {MAX_NODE_COUNT}")
+        result["node_count"] = str(value)
     if "accept_drift" in raw:
         # publish despite the quality gate's drift check, never despite its other checks (HTTP and CLI runs)
         value = raw["accept_drift"]
@@ -152,6 +176,22 @@ def validate_parameters(raw: Any) -> dict[str, str]:
             raise InvalidRequest("'accept_drift' must be true or false")
         result["accept_drift"] = "true" if value else "false"
     return result
+
+
+def entry_script_arguments(step: Step) -> tuple[Argument, ...]:
+    """What the parallel entry script of `step` takes: the step's arguments without the option and folder of
+    its `items` input and of its `output` (the runtime hands the items over as mini-batches and says where
+    the output goes)."""
+    if step.parallel is None:
+        raise ValueError(f"step {step.name} does not run in parallel")
+    dropped = {DataIn(step.parallel.items), DataOut(step.parallel.output)}
+    kept: list[Argument] = []
+    for argument in step.arguments:
+        if argument in dropped:
+            kept.pop()  # its option, just before it
+        else:
+            kept.append(argument)
+    return tuple(kept)
 
 
 # The environment the steps run in on Azure ML. Its pip packages are step_scripts/requirements.txt (hashed

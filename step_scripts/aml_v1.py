@@ -7,16 +7,18 @@ turns the v1 names among the step's arguments into the local paths the step take
   folder (a version that does not exist fails here); the registry's name and version are recorded;
 - save_predictions `--latest-dir default-datastore:<path> --history-dir default-datastore:<path>
   --run-id run-context:parent`: the step publishes into local staging folders, which are then uploaded to the
-  workspace's default datastore in the same order (history, latest CSV, latest manifest), each blob upload
-  atomic; the run id is the pipeline run's (the parent of this step run). The latest CSV and manifest are
-  downloaded first, for the quality gate; a failed gate uploads the history folder only. The run's summary
-  (rows, folders, the gate's verdict) becomes tags of this step run.
+  workspace's default datastore in the same order (history, latest CSV or parts, latest manifest), each blob
+  upload atomic, and then the latest parts and CSV the new manifest supersedes are deleted; the run id is the
+  pipeline run's (the parent of this step run). The latest CSV and manifest are downloaded first, for the
+  quality gate; a failed gate uploads the history folder only. The run's summary (rows, folders, the gate's
+  verdict) becomes tags of this step run.
 
 Transitional: used only while the v1 backend exists.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import tempfile
@@ -28,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from batchpred_steps.cli import fail, run_step
 from batchpred_steps.errors import StepError
 from batchpred_steps.gate import QualityGateFailed
+from batchpred_steps.partitioned import PARTS_DIR
 from batchpred_steps.publish import CSV_NAME, MANIFEST_NAME, Folders
 from batchpred_steps.run_summary import summary_of
 
@@ -105,6 +108,7 @@ def fetch_data(argv: list[str]) -> None:
                 args.output,
                 dataset_name=args.dataset_name or args.dataset,
                 dataset_version=version,
+                part_bytes=args.part_bytes,
             )
 
     run_step(body, io_failure="cannot write the output")
@@ -164,7 +168,7 @@ class BlobFolder:
         """One blob upload: the blob is committed whole or not at all."""
         from azure.storage.blob import ContentSettings
 
-        kind = CONTENT_TYPES.get(Path(name).suffix, "application/json")
+        kind = CONTENT_TYPES.get(Path(name).suffix, "application/octet-stream")  # Parquet parts
         with open(source, "rb") as data:
             self.container.upload_blob(
                 self.blob_name(name),
@@ -176,6 +180,19 @@ class BlobFolder:
     def blob_name(self, name: str) -> str:
         return f"{self.prefix}/{name}" if self.prefix else name
 
+    def names(self, starting_with: str) -> list[str]:
+        """The blobs under `starting_with`, as names relative to this folder."""
+        cut = len(self.blob_name(""))
+        return [
+            b.name[cut:] for b in self.container.list_blobs(name_starts_with=self.blob_name(starting_with))
+        ]
+
+    def delete(self, name: str) -> None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        with contextlib.suppress(ResourceNotFoundError):  # removed meanwhile: what was wanted
+            self.container.delete_blob(self.blob_name(name))
+
 
 def datastore_path(value: str, option: str) -> str:
     """The datastore path of `default-datastore:<path>`."""
@@ -184,19 +201,35 @@ def datastore_path(value: str, option: str) -> str:
     return value[len(DATASTORE_PREFIX) :].strip("/")
 
 
-def upload_plan(staged: Folders, latest_path: str, history_path: str) -> list[tuple[str, Path]]:
+def _join(root: str, relative: str) -> str:
+    return f"{root}/{relative}" if root else relative
+
+
+def upload_plan(
+    staged: Folders, latest_path: str, history_path: str, *, latest: bool = True
+) -> list[tuple[str, Path]]:
     """(blob name, staged file) in the order that keeps the latest predictions whole: every file of the
-    history copy (CSV before manifest), then the latest CSV, then the latest manifest."""
-    history = sorted(
-        (p for p in staged.history.rglob("*") if p.is_file()),
-        key=lambda p: (p.parent.as_posix(), p.name != CSV_NAME, p.name),
-    )
-    join = lambda root, rel: f"{root}/{rel}" if root else rel  # noqa: E731
-    return [
-        *((join(history_path, p.relative_to(staged.history).as_posix()), p) for p in history),
-        (join(latest_path, CSV_NAME), staged.latest / CSV_NAME),
-        (join(latest_path, MANIFEST_NAME), staged.latest / MANIFEST_NAME),
-    ]
+    history copy (its CSV or parts and report before its manifest), then (unless `latest` is False: a failed
+    gate) the latest CSV or parts, then the latest manifest."""
+
+    def files(folder: Path, root: str) -> list[tuple[str, Path]]:
+        found = sorted(
+            (p for p in folder.rglob("*") if p.is_file()),
+            key=lambda p: (p.name == MANIFEST_NAME, p.relative_to(folder).as_posix()),
+        )
+        return [(_join(root, p.relative_to(folder).as_posix()), p) for p in found]
+
+    return [*files(staged.history, history_path), *(files(staged.latest, latest_path) if latest else [])]
+
+
+def superseded_blobs(names: list[str], latest_path: str, manifest: dict[str, Any]) -> list[str]:
+    """Of the blobs `names` under the latest folder, those the new `manifest` supersedes: parts in folders it
+    does not name, and the CSV when it names none."""
+    kept = {_join(latest_path, str(Path(entry["path"]).parent.as_posix())) for entry in manifest["files"]}
+    parts = _join(latest_path, f"{PARTS_DIR}/")
+    stale = [n for n in names if n.startswith(parts) and str(Path(n).parent.as_posix()) not in kept]
+    csv = _join(latest_path, CSV_NAME)
+    return stale + ([csv] if manifest.get("predictions_file") is None and csv in names else [])
 
 
 def download_latest(source: BlobFolder, latest_path: str, folder: Path) -> None:
@@ -271,13 +304,16 @@ def save_predictions(argv: list[str]) -> None:
                     args.pipeline_fingerprint,
                     prediction_column=args.prediction_column,
                     gate=step.gate_settings(args),
+                    csv_max_rows=args.csv_max_rows,
                 )
             except QualityGateFailed as failed:
                 # the history copy and its report are kept; the latest blobs are not touched
-                upload_in_order(destination, upload_plan(staged, latest_path, history_path)[:-2])
+                upload_in_order(destination, upload_plan(staged, latest_path, history_path, latest=False))
                 tag_step_run(summary_of(failed.manifest, latest=None))
                 raise
             upload_in_order(destination, upload_plan(staged, latest_path, history_path))
+        for name in superseded_blobs(destination.names(_join(latest_path, "")), latest_path, manifest):
+            destination.delete(name)
         tag_step_run(summary_of(manifest, latest=latest_path))
         log.info("uploaded to %s/%s", destination.container.url, latest_path)
 

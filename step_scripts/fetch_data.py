@@ -1,8 +1,12 @@
 """Pipeline step 1 of 3, fetch_data: take the new rows to score (a sample of the dataset, without its target)
-and hand them to predict as Parquet with a small `_metadata.json`.
+and hand them to predict as Parquet parts `part-NNNNN.parquet` of about `--part-bytes` with a small
+`_metadata.json`; each part is one mini-batch of the parallel predict.
 
 `--dataset` is a CSV, CSV.gz or Parquet file, or a folder holding exactly one such file (what Azure ML v2
 materialises for some inputs). On Azure ML v1, aml_v1.py reads the registered dataset into such a file first.
+The file is streamed in chunks: memory stays bounded by a chunk however many rows it holds. A sample of N rows
+takes two passes (count, then pick the rows at positions drawn for the seed); a CSV is counted anyway, to
+settle its columns' types.
 """
 
 from __future__ import annotations
@@ -14,8 +18,17 @@ from pathlib import Path
 
 from batchpred_steps.cli import run_step, step_parser
 from batchpred_steps.errors import StepError
-from batchpred_steps.fetch import check_sample_size, drop_target, fetch_metadata, read_table, sample_rows
-from batchpred_steps.handoff import write_frame, write_metadata
+from batchpred_steps.fetch import (
+    DEFAULT_PART_BYTES,
+    PartWriter,
+    Table,
+    check_sample_size,
+    drop_target_column,
+    fetch_metadata,
+    sample_positions,
+    take_sample,
+)
+from batchpred_steps.handoff import clear_parts, write_metadata
 
 log = logging.getLogger("fetch_data")
 
@@ -33,7 +46,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--sample-size", type=int, required=True, help="rows to sample; 0 means every row")
     parser.add_argument("--seed", type=int, help="random seed of the sample (default: drawn and recorded)")
-    parser.add_argument("--output", required=True, help="folder to write the rows to (Parquet)")
+    parser.add_argument("--output", required=True, help="folder to write the rows to (Parquet parts)")
+    parser.add_argument(
+        "--part-bytes",
+        type=int,
+        default=DEFAULT_PART_BYTES,
+        help=f"target size of a Parquet part on disk (default {DEFAULT_PART_BYTES}: 16 MB)",
+    )
     return parser.parse_args(argv)
 
 
@@ -45,27 +64,32 @@ def fetch(
     *,
     dataset_name: str | None = None,
     dataset_version: str | None = None,
+    part_bytes: int = DEFAULT_PART_BYTES,
 ) -> None:
-    """Sample `sample_size` rows of `dataset` into `output`; the metadata names the dataset `dataset_name`
-    (the registered name), else by the path given, and its registered `dataset_version` when there is one."""
+    """Sample `sample_size` rows of `dataset` into Parquet parts of `output`; the metadata names the dataset
+    `dataset_name` (the registered name), else by the path given, and its registered `dataset_version` when
+    there is one."""
     check_sample_size(sample_size, "--sample-size")
     seed = seed if seed is not None else secrets.randbelow(2**31)
     name = dataset_name or str(dataset)
-    frame = read_table(dataset)
-    if len(frame) == 0:
+    table = Table(dataset)
+    if table.rows == 0:
         raise StepError(f"dataset {name!r} holds no rows")
-    if sample_size > len(frame):
+    if sample_size > table.rows:
         log.info(
-            "sample size %d is larger than the dataset (%d rows): taking every row", sample_size, len(frame)
+            "sample size %d is larger than the dataset (%d rows): taking every row", sample_size, table.rows
         )
-    rows = drop_target(sample_rows(frame, sample_size, seed))
-    write_frame(output, rows)
+    clear_parts(output)
+    writer = PartWriter(output, part_bytes)
+    for chunk in take_sample(table.chunks(), sample_positions(table.rows, sample_size, seed)):
+        writer.write(drop_target_column(chunk))
+    parts = writer.close()
     write_metadata(
-        output, fetch_metadata(name, len(frame), len(rows), sample_size, seed, dataset_version or None)
+        output, fetch_metadata(name, table.rows, writer.rows, sample_size, seed, dataset_version or None)
     )
     log.info(
-        "fetched %d of %d rows of %s (sample size %d, seed %d) into %s",
-        len(rows), len(frame), name, sample_size, seed, output,
+        "fetched %d of %d rows of %s (sample size %d, seed %d) into %d part(s) of %s",
+        writer.rows, table.rows, name, sample_size, seed, len(parts), output,
     )  # fmt: skip
 
 
@@ -79,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
             args.output,
             dataset_name=args.dataset_name or None,
             dataset_version=args.dataset_version or None,
+            part_bytes=args.part_bytes,
         ),
         io_failure="cannot write the output",
     )

@@ -1,10 +1,14 @@
-"""Pipeline step 3 of 3, save_predictions: publish the predictions as CSV in the latest folder (where other
-apps read them) and keep every run's copy under `<history>/<YYYY-MM-DD>/<run_id>/`, each with a manifest.
+"""Pipeline step 3 of 3, save_predictions: publish the predictions in the latest folder (where other apps read
+them) and keep every run's copy under `<history>/<YYYY-MM-DD>/<run_id>/`, each with a manifest.json naming
+every file and its rows: one predictions.csv up to `--csv-max-rows` rows (default 1,000,000), else Parquet
+parts under `parts/<time>-<run_id>/` and no CSV.
 
-A failure half-way never leaves the latest folder partial or empty: the history copy is written first, then
-the latest CSV, then the latest manifest, each through a temporary file renamed into place. `--destination
-ROOT` is short for `--latest-dir ROOT/latest_predictions --history-dir ROOT/history`. On Azure ML v1,
-aml_v1.py publishes into local folders and uploads them to the default datastore in the same order.
+The input is streamed (the CSV batch by batch; parts are copied as files). A failure half-way never leaves
+the latest folder partial or empty: the history copy is written first, then the latest CSV (or the new parts,
+in a folder no manifest names yet), then the latest manifest, each through a temporary file renamed into
+place; only then are the parts and CSV it superseded removed. `--destination ROOT` is short for
+`--latest-dir ROOT/latest_predictions --history-dir ROOT/history`. On Azure ML v1, aml_v1.py publishes into
+local folders and uploads them to the default datastore in the same order.
 
 Before anything replaces the latest predictions, the quality gate judges them (batchpred_steps/quality.py):
 its report (quality.json) and picture (distribution.svg) go into the run's history folder either way; a
@@ -17,14 +21,24 @@ import argparse
 import json
 import logging
 import tempfile
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from batchpred_steps.cli import run_step, step_parser
 from batchpred_steps.gate import QualityGateFailed, run_gate
 from batchpred_steps.handoff import METADATA_FILE, PREDICTION_COLUMN, read_metadata
+from batchpred_steps.partitioned import (
+    Part,
+    copy_parts,
+    fresh_parts_folder,
+    input_parts,
+    remove_superseded,
+    write_json,
+)
 from batchpred_steps.publish import (
     CSV_NAME,
+    LATEST_CSV_MAX_ROWS,
     LATEST_DIR,
     MANIFEST_NAME,
     Folders,
@@ -49,6 +63,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--destination", help="ROOT: short for ROOT/latest_predictions and ROOT/history")
     parser.add_argument("--run-id", required=True, help="the pipeline run, for the manifest and history")
     parser.add_argument("--pipeline-fingerprint", help="the published pipeline's version, for the manifest")
+    parser.add_argument(
+        "--csv-max-rows",
+        type=int,
+        default=LATEST_CSV_MAX_ROWS,
+        help=f"the most rows published as predictions.csv; more: Parquet parts only (default {LATEST_CSV_MAX_ROWS})",
+    )
     parser.add_argument("--prediction-column", default=PREDICTION_COLUMN, help=argparse.SUPPRESS)
     add_gate_arguments(parser)
     args = parser.parse_args(argv)
@@ -106,6 +126,7 @@ def save(
     prediction_column: str = PREDICTION_COLUMN,
     now: datetime | None = None,
     gate: GateSettings | None = None,
+    csv_max_rows: int = LATEST_CSV_MAX_ROWS,
 ) -> dict:
     """Publish the predictions in `source` to `folders` if the quality gate passes; return the manifest
     written. A failed gate writes the history copy and its report only, then raises QualityGateFailed."""
@@ -114,36 +135,93 @@ def save(
     metadata = read_metadata(source)
     if not metadata:
         log.warning("%s has no %s; the manifest will not name the model", source, METADATA_FILE)
+    parts, columns = input_parts(source, prediction_column)
+    rows = sum(part.rows for part in parts)
+    place = run_folder(run_id, now)
+    facts = {
+        "rows": rows,
+        "columns": columns,
+        "run_id": run_id,
+        "fingerprint": fingerprint,
+        "input_metadata": metadata,
+        "now": now,
+        "history": history_path(place),
+    }
     with tempfile.TemporaryDirectory(prefix="save_predictions.") as scratch:
-        csv_file = Path(scratch) / CSV_NAME
-        rows, columns = write_predictions_csv(source, csv_file, prediction_column)
-        place = run_folder(run_id, now)
         outcome = run_gate(
             source, folders.latest, CSV_NAME, metadata, gate,
             run_id=run_id, prediction_column=prediction_column, scratch=Path(scratch), now=now,
         )  # fmt: skip
-        manifest = build_manifest(
-            rows=rows,
-            columns=columns,
-            run_id=run_id,
-            fingerprint=fingerprint,
-            input_metadata=metadata,
-            now=now,
-            history=history_path(place),
+        gated = Gated(
+            passed=outcome.passed,
+            fields=outcome.manifest_fields(history_path(place), gate.accept_drift),
+            # the report beside the history copy, whatever the verdict
+            report=[
+                (folders.history / place / f.name, f) for f in (outcome.report_file, outcome.picture_file)
+            ],
         )
-        manifest |= outcome.manifest_fields(history_path(place), gate.accept_drift)
-        manifest_file = Path(scratch) / MANIFEST_NAME
-        manifest_file.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-        plan = publish_plan(folders, place, csv_file, manifest_file)
-        # the report beside the history copy; on a failed gate nothing of the latest folder is touched
-        report = [(folders.history / place / f.name, f) for f in (outcome.report_file, outcome.picture_file)]
-        publish(report + [(t, f) for t, f in plan if outcome.passed or t.parent != folders.latest])
+        if rows <= csv_max_rows:
+            manifest = save_csv(source, folders, place, prediction_column, facts, gated, Path(scratch))
+        else:
+            parts_folder = fresh_parts_folder(folders.latest, run_id, now)
+            manifest = save_parts(parts, folders, place, parts_folder, facts, gated)
     if not outcome.passed:
         raise QualityGateFailed(outcome.verdict.line(), manifest)
+    removed = remove_superseded(folders.latest, manifest, CSV_NAME)
     log.info(
-        "saved %d predictions of run %s (model %s version %s) to %s",
-        rows, run_id, metadata.get("model_name"), metadata.get("model_version"), folders.latest / CSV_NAME,
+        "saved %d predictions of run %s (model %s version %s) to %s as %s%s",
+        rows, run_id, metadata.get("model_name"), metadata.get("model_version"), folders.latest,
+        manifest["format"], f"; removed the superseded {', '.join(removed)}" if removed else "",
     )  # fmt: skip
+    return manifest
+
+
+@dataclass(frozen=True)
+class Gated:
+    """What the quality gate decided for the writes: whether the latest folder may change, what the manifest
+    says of the gate, and the report files to put beside the history copy ((target, source) pairs)."""
+
+    passed: bool
+    fields: dict
+    report: list[tuple[Path, Path]]
+
+
+def save_csv(
+    source: Path,
+    folders: Folders,
+    place: str,
+    prediction_column: str,
+    facts: dict,
+    gated: Gated,
+    scratch: Path,
+) -> dict:
+    """The predictions as one CSV (streamed batch by batch): history copy and report, then (gate passed) the
+    latest CSV, then the latest manifest."""
+    csv_file = scratch / CSV_NAME
+    write_predictions_csv(source, csv_file, prediction_column)
+    manifest = build_manifest(**facts) | gated.fields
+    manifest_file = scratch / MANIFEST_NAME
+    manifest_file.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    plan = publish_plan(folders, place, csv_file, manifest_file)
+    # on a failed gate nothing of the latest folder is touched
+    publish(gated.report + [(t, f) for t, f in plan if gated.passed or t.parent != folders.latest])
+    return manifest
+
+
+def save_parts(
+    parts: list[Part], folders: Folders, place: str, parts_folder: str, facts: dict, gated: Gated
+) -> dict:
+    """The predictions as Parquet parts in `parts_folder` (copied as files): the history copy (parts, report,
+    then manifest), then (gate passed) the latest parts in that folder, which no manifest names yet, then the
+    latest manifest, which switches readers to them."""
+    history = folders.history / place
+    files = copy_parts(parts, history, parts_folder)
+    manifest = build_manifest(**facts, files=files, predictions_file=None) | gated.fields
+    publish(gated.report)
+    write_json(history / MANIFEST_NAME, manifest)
+    if gated.passed:
+        copy_parts(parts, folders.latest, parts_folder)
+        write_json(folders.latest / MANIFEST_NAME, manifest)
     return manifest
 
 
@@ -158,6 +236,7 @@ def save_and_record(args: argparse.Namespace) -> dict:
             args.pipeline_fingerprint,
             prediction_column=args.prediction_column,
             gate=gate_settings(args),
+            csv_max_rows=args.csv_max_rows,
         )
     except QualityGateFailed as failed:
         record_summary(summary_of(failed.manifest, latest=None))

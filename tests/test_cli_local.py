@@ -69,6 +69,25 @@ def test_a_bad_sample_size_is_refused_before_anything_runs(local_env: dict[str, 
     assert not (Path(local_env["LOCAL_WORK_DIR"]) / "runs").exists()
 
 
+def test_a_node_count_out_of_range_is_refused_before_anything_runs(local_env: dict[str, str]) -> None:
+    done = cli("run", "--backend", "local", "--node-count", "101")
+
+    assert done.returncode == 1
+    assert "error: 'node_count' must be a whole number from 1 to 100" in done.stderr
+    assert not (Path(local_env["LOCAL_WORK_DIR"]) / "runs").exists()
+
+
+def test_node_count_is_a_run_parameter_checked_like_the_others() -> None:
+    from pipeline_def.errors import InvalidRequest
+    from pipeline_def.steps import validate_parameters
+
+    assert validate_parameters({"node_count": 4}) == {"node_count": "4"}
+    assert validate_parameters({"node_count": "16"}) == {"node_count": "16"}
+    for bad in (0, 101, -1, True, 2.5, "four"):
+        with pytest.raises(InvalidRequest, match="'node_count' must be a whole number from 1 to 100"):
+            validate_parameters({"node_count": bad})
+
+
 def test_status_of_an_unknown_run_says_so(local_env: dict[str, str]) -> None:
     done = cli("status", "local_20260101T000000_abcdef")
 

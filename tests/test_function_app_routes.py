@@ -263,7 +263,12 @@ def test_aml_start_run_without_a_body_uses_the_published_defaults(app, aml):
     response = app.start_run(b"")
     assert response.status == 202, response
     (run,) = aml.fake.runs.values()
-    assert run.parameters == {"sample_size": "10", "model_version": "latest", "accept_drift": "false"}
+    assert run.parameters == {
+        "sample_size": "10",
+        "model_version": "latest",
+        "accept_drift": "false",
+        "node_count": "1",
+    }
 
 
 def test_aml_run_status_reports_steps_and_both_status_spellings(app, aml):

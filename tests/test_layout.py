@@ -30,6 +30,7 @@ LAYERS = [
     "pipeline_def.azureml_v2.publisher",
     "pipeline_def.azureml_v2.backend",
     "pipeline_def.local.model",
+    "pipeline_def.local.parallel",
     "pipeline_def.local.commands",
     "pipeline_def.local.records",
     "pipeline_def.local.processes",

@@ -68,18 +68,31 @@ def test_every_step_of_steps_py_becomes_a_command_line_with_no_placeholder_left(
     assert list(commands) == STEP_NAMES
     for step in STEPS:
         script, *arguments = commands[step.name]
-        assert Path(script) == STEP_SCRIPTS_DIR / step.script and Path(script).is_file()
+        if step.parallel is None:
+            assert Path(script) == STEP_SCRIPTS_DIR / step.script and Path(script).is_file()
+        else:  # the local parallel runtime runs the step's entry script
+            assert Path(script) == PROJECT_ROOT / "pipeline_def" / "local" / "parallel.py"
+            assert arguments[arguments.index("--entry-script") + 1] == str(
+                STEP_SCRIPTS_DIR / step.parallel.entry_script
+            )
         assert all(isinstance(a, str) for a in arguments)
     fetch, predict, save = commands["fetch_data"], commands["predict"], commands["save_predictions"]
     assert fetch[fetch.index("--dataset") + 1] == str(settings.local_dataset_path)
     assert fetch[fetch.index("--sample-size") + 1] == "25"
-    assert predict[predict.index("--model-version") + 1] == "latest"  # the setting's default
-    assert predict[predict.index("--model") + 1] == str(settings.local_work_dir / "models" / "HousePrices")
+    runtime, entry = predict[: predict.index("--")], predict[predict.index("--") + 1 :]
+    assert runtime[runtime.index("--workers") + 1] == "0"  # one a core
+    assert runtime[runtime.index("--max-try") + 1] == "3"
+    assert runtime[runtime.index("--timeout") + 1] == "300"
+    assert runtime[runtime.index("--error-threshold") + 1] == "0"
+    assert entry[entry.index("--model-version") + 1] == "latest"  # the setting's default
+    assert entry[entry.index("--model") + 1] == str(settings.local_work_dir / "models" / "HousePrices")
+    assert "--input" not in entry and "--output" not in entry
     assert (
         fetch[fetch.index("--output") + 1]
-        == predict[predict.index("--input") + 1]
+        == runtime[runtime.index("--items") + 1]
         == str(run_dir / "data/new_data")
     )
+    assert entry[entry.index("--predictions-dir") + 1] == str(run_dir / "data/predictions")
     datastore = settings.local_work_dir / "datastore"
     assert save[save.index("--latest-dir") + 1] == str(datastore / "latest_predictions")
     assert save[save.index("--history-dir") + 1] == str(datastore / "history")

@@ -22,6 +22,7 @@ publish = load_step_module("batchpred_steps.publish")
 errors = load_step_module("batchpred_steps.errors")
 handoff = load_step_module("batchpred_steps.handoff")
 save_step = load_step_module("save_predictions")
+partitioned = load_step_module("batchpred_steps.partitioned")
 
 LATEST_FILES = ("latest_predictions/predictions.csv", "latest_predictions/manifest.json")
 
@@ -316,10 +317,10 @@ def test_the_upload_plan_puts_history_first_and_the_latest_manifest_last(
     plan = aml_v1.upload_plan(staged, "latest_predictions", "history")
 
     assert [name for name, _ in plan] == [
-        f"history/{day}/r1/predictions.csv",
         f"history/{day}/r1/distribution.svg",  # the quality gate's picture and report, beside the copy
-        f"history/{day}/r1/manifest.json",
+        f"history/{day}/r1/predictions.csv",
         f"history/{day}/r1/quality.json",
+        f"history/{day}/r1/manifest.json",  # every manifest after the files it names
         "latest_predictions/predictions.csv",
         "latest_predictions/manifest.json",
     ]
@@ -407,3 +408,185 @@ def test_aml_v1_outside_an_azure_ml_run_says_so_in_one_line(
     assert done.stderr.splitlines()[-1] == (
         "error: aml_v1.py runs only inside an Azure ML step run (no run context found)"
     )
+
+
+# --- large runs: Parquet parts under a fresh folder, the manifest naming every file, written last ---------
+
+
+def save_in_process(source: Path, dest: Path, run_id: str, csv_max_rows: int, minute: int = 0) -> dict:
+    now = datetime(2026, 3, 1, 12, minute, tzinfo=UTC)
+    return save_step.save(
+        source, publish.Folders.under(dest), run_id, "fp", now=now, csv_max_rows=csv_max_rows
+    )
+
+
+def test_a_run_above_the_csv_limit_publishes_parts_named_with_their_rows_and_no_csv(
+    ames: pd.DataFrame, tmp_path: Path
+) -> None:
+    source = make_predictions(tmp_path / "in", ames, rows=50, parts=3)
+    dest = tmp_path / "datastore"
+
+    manifest = save_in_process(source, dest, "big_run", csv_max_rows=49)
+
+    latest = dest / "latest_predictions"
+    assert manifest == json.loads((latest / "manifest.json").read_text())
+    assert (manifest["format"], manifest["predictions_file"], manifest["rows"]) == ("parquet", None, 50)
+    folder = "parts/20260301T120000000000Z-big_run"
+    assert manifest["files"] == [
+        {"path": f"{folder}/part-00000.parquet", "rows": 17},
+        {"path": f"{folder}/part-00001.parquet", "rows": 17},
+        {"path": f"{folder}/part-00002.parquet", "rows": 16},
+    ]
+    assert not (latest / "predictions.csv").exists()
+    published = pd.concat([pd.read_parquet(latest / f["path"]) for f in manifest["files"]], ignore_index=True)
+    expected = pd.concat([pd.read_parquet(p) for p in sorted(source.glob("*.parquet"))], ignore_index=True)
+    pd.testing.assert_frame_equal(published, expected)
+    history = dest / manifest["history_folder"]
+    assert json.loads((history / "manifest.json").read_text()) == manifest
+    assert all(
+        (history / f["path"]).read_bytes() == (latest / f["path"]).read_bytes() for f in manifest["files"]
+    )
+
+
+def test_each_run_switches_the_latest_set_and_removes_what_it_superseded(
+    ames: pd.DataFrame, tmp_path: Path
+) -> None:
+    dest = tmp_path / "datastore"
+    latest = dest / "latest_predictions"
+    small = make_predictions(tmp_path / "small", ames, rows=5)
+    big = make_predictions(tmp_path / "big", ames, rows=40, parts=2)
+
+    save_in_process(small, dest, "r1", csv_max_rows=10, minute=1)
+    first = save_in_process(big, dest, "r2", csv_max_rows=10, minute=2)
+    assert sorted(p.name for p in latest.iterdir()) == ["manifest.json", "parts"]  # r1's CSV removed
+    second = save_in_process(big, dest, "r3", csv_max_rows=10, minute=3)
+    assert [p.name for p in (latest / "parts").iterdir()] == ["20260301T120300000000Z-r3"]  # r2's parts gone
+    assert first["files"] != second["files"]
+    third = save_in_process(small, dest, "r4", csv_max_rows=10, minute=4)
+
+    assert sorted(p.name for p in latest.iterdir()) == ["manifest.json", "predictions.csv"]
+    assert third["files"] == [{"path": "predictions.csv", "rows": 5}] and third["format"] == "csv"
+    assert sorted(p.name for p in (dest / "history" / "2026-03-01").iterdir()) == ["r1", "r2", "r3", "r4"]
+
+
+def test_a_retried_run_writes_its_parts_beside_the_set_readers_use(
+    ames: pd.DataFrame, tmp_path: Path
+) -> None:
+    dest = tmp_path / "datastore"
+    big = make_predictions(tmp_path / "big", ames, rows=40, parts=2)
+    first = save_in_process(big, dest, "r1", csv_max_rows=10)
+
+    again = save_in_process(big, dest, "r1", csv_max_rows=10)  # the same run id at the same time
+
+    assert {Path(f["path"]).parent.name for f in again["files"]} == {"20260301T120000000000Z-r1-2"}
+    assert [p.name for p in (dest / "latest_predictions" / "parts").iterdir()] == [
+        "20260301T120000000000Z-r1-2"
+    ]
+    assert first["rows"] == again["rows"] == 40
+
+
+def test_a_failure_while_writing_the_new_parts_leaves_the_previous_latest_whole(
+    ames: pd.DataFrame, tmp_path: Path
+) -> None:
+    dest = tmp_path / "datastore"
+    latest = dest / "latest_predictions"
+    save_in_process(make_predictions(tmp_path / "first", ames, rows=30, parts=2), dest, "r1", csv_max_rows=10)
+    # The new set's folder cannot be made (a file stands there): the write fails after the history copy.
+    (latest / "parts" / "blocked").write_text("in the way")
+    before = {p.relative_to(latest): p.read_bytes() for p in latest.rglob("*") if p.is_file()}
+    second = make_predictions(tmp_path / "second", ames, rows=40, parts=2, price=2.0)
+    parts, columns = partitioned.input_parts(second, "PredictedSalePrice")
+    facts = {"rows": 40, "columns": columns, "run_id": "r2", "fingerprint": None, "input_metadata": {},
+             "now": datetime.now(UTC), "history": "history/2026-03-01/r2"}  # fmt: skip
+
+    passed = save_step.Gated(passed=True, fields={}, report=[])
+
+    with pytest.raises(OSError):
+        save_step.save_parts(
+            parts, publish.Folders.under(dest), "2026-03-01/r2", "parts/blocked", facts, passed
+        )
+
+    assert {p.relative_to(latest): p.read_bytes() for p in latest.rglob("*") if p.is_file()} == before
+    assert json.loads((latest / "manifest.json").read_text())["run_id"] == "r1"
+    assert (dest / "history" / "2026-03-01" / "r2" / "manifest.json").is_file()  # the history copy went first
+    save_in_process(
+        make_predictions(tmp_path / "third", ames, rows=20), dest, "r3", csv_max_rows=10, minute=5
+    )
+    assert [p.name for p in (latest / "parts").iterdir()] == [
+        "20260301T120500000000Z-r3"
+    ]  # leftovers removed
+
+
+def test_the_save_step_streams_a_large_input_into_parts_within_bounded_memory(
+    run_step, ames: pd.DataFrame, tmp_path: Path
+) -> None:
+    source = make_predictions(tmp_path / "in", ames, rows=2930, parts=4)
+
+    done = run_step(
+        "save_predictions.py", "--input", source, "--destination", tmp_path / "d", "--run-id", "r",
+        "--csv-max-rows", "1000",
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((tmp_path / "d" / "latest_predictions" / "manifest.json").read_text())
+    assert sum(f["rows"] for f in manifest["files"]) == 2930 and len(manifest["files"]) == 4
+    assert "as parquet" in done.stderr
+
+
+def test_the_upload_plan_of_a_parts_run_and_the_blobs_it_supersedes(
+    ames: pd.DataFrame, tmp_path: Path
+) -> None:
+    staged = publish.Folders(tmp_path / "s" / "latest", tmp_path / "s" / "history")
+    manifest = save_step.save(
+        make_predictions(tmp_path / "in", ames, rows=30, parts=2), staged, "r9", csv_max_rows=10,
+        now=datetime(2026, 3, 1, tzinfo=UTC),
+    )  # fmt: skip
+    folder = "parts/20260301T000000000000Z-r9"
+
+    plan = [name for name, _ in aml_v1.upload_plan(staged, "latest_predictions", "history")]
+
+    assert plan == [
+        "history/2026-03-01/r9/distribution.svg",
+        f"history/2026-03-01/r9/{folder}/part-00000.parquet",
+        f"history/2026-03-01/r9/{folder}/part-00001.parquet",
+        "history/2026-03-01/r9/quality.json",
+        "history/2026-03-01/r9/manifest.json",
+        f"latest_predictions/{folder}/part-00000.parquet",
+        f"latest_predictions/{folder}/part-00001.parquet",
+        "latest_predictions/manifest.json",
+    ]
+    existing = [
+        "latest_predictions/manifest.json",
+        "latest_predictions/predictions.csv",
+        "latest_predictions/parts/20260101T000000000000Z-r1/part-00000.parquet",
+        f"latest_predictions/{folder}/part-00000.parquet",
+        f"latest_predictions/{folder}/part-00001.parquet",
+    ]
+    assert aml_v1.superseded_blobs(existing, "latest_predictions", manifest) == [
+        "latest_predictions/parts/20260101T000000000000Z-r1/part-00000.parquet",
+        "latest_predictions/predictions.csv",
+    ]
+
+
+def test_a_parts_run_uploaded_after_a_csv_run_leaves_only_its_own_set(
+    container, ames: pd.DataFrame, tmp_path: Path
+) -> None:
+    destination = aml_v1.BlobFolder(container, "root")
+    first = staged_save(make_predictions(tmp_path / "first", ames, rows=5), tmp_path / "a", "r1")
+    aml_v1.upload_in_order(destination, aml_v1.upload_plan(first, "latest_predictions", "history"))
+    second = publish.Folders(tmp_path / "b" / "latest", tmp_path / "b" / "history")
+    manifest = save_step.save(
+        make_predictions(tmp_path / "in", ames, rows=30, parts=2), second, "r2", csv_max_rows=10
+    )
+
+    aml_v1.upload_in_order(destination, aml_v1.upload_plan(second, "latest_predictions", "history"))
+    for name in aml_v1.superseded_blobs(
+        destination.names("latest_predictions/"), "latest_predictions", manifest
+    ):
+        destination.delete(name)
+
+    latest = sorted(destination.names("latest_predictions/"))
+    assert latest == sorted(
+        ["latest_predictions/manifest.json", *(f"latest_predictions/{f['path']}" for f in manifest["files"])]
+    )
+    assert json.loads(blob_bytes(container, "root/latest_predictions/manifest.json")) == manifest

@@ -42,6 +42,7 @@ def test_defaults_follow_the_product_contract():
         "sample_size": "10",
         "model_version": "latest",
         "accept_drift": "false",
+        "node_count": "1",
     }
     assert settings.azure_client_id is None
     assert settings.gate_values == {
@@ -169,7 +170,12 @@ def test_numbers_and_client_id_are_parsed():
         }
     )
     assert settings.sample_size == 0
-    assert settings.parameter_defaults == {"sample_size": "0", "model_version": "3", "accept_drift": "false"}
+    assert settings.parameter_defaults == {
+        "sample_size": "0",
+        "model_version": "3",
+        "accept_drift": "false",
+        "node_count": "1",
+    }
     assert settings.request_timeout == 2.5
     assert settings.retry_budget == 0.0
     assert settings.azure_client_id == "11111111-2222-3333-4444-555555555555"
@@ -211,3 +217,42 @@ def test_every_app_setting_is_in_the_sample_local_settings():
 def test_the_settings_required_for_azureml_are_those_the_table_requires_and_the_region():
     required = {entry.env for entry in SETTINGS_TABLE if entry.required and "azureml" in entry.backends}
     assert required | {"AML_REGION"} == set(REQUIRED_FOR_AZUREML)
+
+
+def test_the_parallel_settings_default_to_the_contract_and_are_checked():
+    settings = load_settings(GOOD)
+    assert settings.node_count == 1
+    assert settings.parallel_mini_batch_size == 16 * 1024 * 1024
+    assert settings.parallel_process_count_per_node == 2
+    assert settings.parallel_run_invocation_timeout == 300
+    assert settings.parallel_run_max_try == 3
+    assert settings.parallel_error_threshold == 0
+    assert settings.local_parallel_workers == 0
+    tuned = load_settings(
+        {
+            **GOOD,
+            "PIPELINE_NODE_COUNT": "4",
+            "PARALLEL_MINI_BATCH_SIZE": "32mb",
+            "PARALLEL_ERROR_THRESHOLD": "-1",
+            "LOCAL_PARALLEL_WORKERS": "3",
+        }
+    )
+    assert tuned.parameter_defaults["node_count"] == "4"
+    assert (tuned.parallel_mini_batch_size, tuned.parallel_error_threshold) == (32 * 1024 * 1024, -1)
+    assert tuned.local_parallel_workers == 3
+    with pytest.raises(ConfigError) as caught:
+        load_settings(
+            {
+                **GOOD,
+                "PIPELINE_NODE_COUNT": "101",
+                "PARALLEL_MINI_BATCH_SIZE": "16 parsecs",
+                "PARALLEL_RUN_MAX_TRY": "0",
+                "PARALLEL_ERROR_THRESHOLD": "-2",
+            }
+        )
+    assert caught.value.problems == [
+        "PIPELINE_NODE_COUNT must be a whole number from 1 to 100",
+        "PARALLEL_MINI_BATCH_SIZE must be a size such as 16MB, from 64KB to 2GB",
+        "PARALLEL_RUN_MAX_TRY must be a whole number from 1 to 100",
+        "PARALLEL_ERROR_THRESHOLD must be a whole number from -1 to 1000000",
+    ]

@@ -122,6 +122,28 @@ def test_the_steps_run_in_their_venv_offline_on_a_model_trained_in_the_dev_venv(
     assert (manifest["rows"], manifest["model_name"], manifest["model_version"]) == (20, "HousePrices", 1)
 
 
+@pytest.mark.step_env
+def test_the_parallel_predict_runs_in_the_steps_venv_through_the_local_runtime(
+    step_env: Path, trained_registry: Path, ames_csv: Path, tmp_path: Path
+):
+    env = offline_env(tmp_path / "home")
+    (tmp_path / "home").mkdir()
+    new_data, predictions = tmp_path / "A", tmp_path / "B"
+    run_in(step_env, STEP_SCRIPTS_DIR / "fetch_data.py", "--dataset", ames_csv, "--sample-size", "0",
+           "--output", new_data, "--part-bytes", "60000", env=env, cwd=tmp_path)  # fmt: skip
+
+    run_in(step_env, PROJECT_ROOT / "pipeline_def" / "local" / "parallel.py",
+           "--entry-script", STEP_SCRIPTS_DIR / "score_parallel.py", "--items", new_data, "--workers", "2", "--",
+           "--model", trained_registry / "HousePrices", "--predictions-dir", predictions, env=env, cwd=tmp_path)  # fmt: skip
+
+    rows, scored = read_parts(new_data), read_parts(predictions)
+    assert len(list(new_data.glob("part-*.parquet"))) >= 2
+    assert list(scored["Order"]) == list(rows["Order"]) and len(scored) == 2930
+    model = joblib.load(trained_registry / "HousePrices" / "1" / "model.joblib")
+    expected = predict_step.predict_frame(model, rows, list(model.feature_names_in_))["PredictedSalePrice"]
+    np.testing.assert_allclose(scored["PredictedSalePrice"].to_numpy(), expected.to_numpy(), rtol=1e-9)
+
+
 @pytest.fixture
 def served_csv(ames_csv: Path, tmp_path: Path) -> Iterator[str]:
     """The shipped Ames CSV, uncompressed, over plain HTTP on 127.0.0.1."""

@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from pipeline_def.errors import LocalRunError
+from pipeline_def.local import parallel
 from pipeline_def.local.model import model_folder
 from pipeline_def.settings import STEP_SCRIPTS_DIR, Settings
-from pipeline_def.steps import BuildValue, DataIn, DataOut, Param, Step
+from pipeline_def.steps import BuildValue, DataIn, DataOut, Param, Step, entry_script_arguments
 
 PREDICTIONS_FILE = Path("latest_predictions") / "predictions.csv"
 
@@ -54,9 +55,27 @@ def resolve_argument(
 def step_command(
     step: Step, settings: Settings, parameters: Mapping[str, str], run_dir: Path, fingerprint: str
 ) -> list[str]:
-    """The script and arguments of `step` (the interpreter is added when it runs)."""
-    arguments = [resolve_argument(a, settings, parameters, run_dir, fingerprint) for a in step.arguments]
-    return [str(STEP_SCRIPTS_DIR / step.script), *arguments]
+    """The script and arguments of `step` (the interpreter is added when it runs). A step with `parallel` runs
+    its entry script in the local parallel runtime (pipeline_def/local/parallel.py) over the parts of its
+    items folder, with the PARALLEL_* settings and LOCAL_PARALLEL_WORKERS processes (0: one a core)."""
+
+    def resolve(argument: Any) -> str:
+        return resolve_argument(argument, settings, parameters, run_dir, fingerprint)
+
+    if step.parallel is None:
+        return [str(STEP_SCRIPTS_DIR / step.script), *map(resolve, step.arguments)]
+    return [
+        str(Path(parallel.__file__).resolve()),
+        "--entry-script", str(STEP_SCRIPTS_DIR / step.parallel.entry_script),
+        "--items", resolve(DataIn(step.parallel.items)),
+        "--workers", str(settings.local_parallel_workers),
+        "--max-try", str(settings.parallel_run_max_try),
+        "--timeout", str(settings.parallel_run_invocation_timeout),
+        "--error-threshold", str(settings.parallel_error_threshold),
+        "--",
+        *map(resolve, entry_script_arguments(step)),
+        "--predictions-dir", resolve(DataOut(step.parallel.output)),
+    ]  # fmt: skip
 
 
 def settings_to_record(settings: Settings) -> dict[str, Any]:

@@ -80,7 +80,9 @@ def _run_steps(run_dir: Path, record: RunRecord, settings: Settings, say: Progre
     for step in record.steps:
         if not _run_step(run_dir, record, step, say):
             return
-    record.output_path = str(destination_folder(settings) / PREDICTIONS_FILE)
+    # The CSV; a run above the CSV's row limit published Parquet parts only, named by the manifest.
+    output = destination_folder(settings) / PREDICTIONS_FILE
+    record.output_path = str(output if output.is_file() else output.with_name("manifest.json"))
     finish_record(run_dir, record, "completed", None)
 
 

@@ -40,16 +40,23 @@ def run_step(body: Callable[[], T], *, io_failure: str, azure_failure: str = "an
         return body()
     except StepFailed:
         raise
-    except StepError as error:
-        fail(str(error), error)
-    except OSError as error:
-        fail(f"{io_failure}: {error}", error)
     except Exception as error:
-        if _is_azure_error(error):
-            first_line = next(iter(str(error).splitlines()), "")
-            fail(f"{azure_failure}: {type(error).__name__}: {first_line}", error)
-        log.exception("the step failed")
-        fail(f"{type(error).__name__}: {error}", error)
+        if not isinstance(error, StepError | OSError) and not _is_azure_error(error):
+            log.exception("the step failed")
+        fail(failure_message(error, io_failure=io_failure, azure_failure=azure_failure), error)
+
+
+def failure_message(error: Exception, *, io_failure: str, azure_failure: str = "an Azure call failed") -> str:
+    """What a step says about `error` (see run_step): a StepError its message, an OSError
+    `<io_failure>: ...`, an azure-core error `<azure_failure>: <type>: <first line>`, else `<type>: <message>`."""
+    if isinstance(error, StepError):
+        return str(error)
+    if isinstance(error, OSError):
+        return f"{io_failure}: {error}"
+    if _is_azure_error(error):
+        first_line = next(iter(str(error).splitlines()), "")
+        return f"{azure_failure}: {type(error).__name__}: {first_line}"
+    return f"{type(error).__name__}: {error}"
 
 
 def fail(message: str, cause: BaseException | None = None) -> NoReturn:

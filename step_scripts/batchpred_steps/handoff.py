@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,6 +51,15 @@ def write_frame(folder: str | os.PathLike, frame: pd.DataFrame, index: int = 0) 
     return target
 
 
+def clear_parts(folder: str | os.PathLike) -> None:
+    """Remove the parts and metadata an earlier attempt left in `folder`, so they cannot mix with this one's."""
+    path = Path(folder)
+    if path.is_dir():
+        for part in path.glob("part-*.parquet"):
+            part.unlink()
+        (path / METADATA_FILE).unlink(missing_ok=True)
+
+
 def read_metadata(folder: str | os.PathLike) -> dict[str, Any]:
     """What the previous steps recorded beside their rows in `folder`; {} when they recorded nothing.
     StepError when the file is there but unreadable or not a JSON object."""
@@ -68,3 +78,20 @@ def read_metadata(folder: str | os.PathLike) -> dict[str, Any]:
 def write_metadata(folder: str | os.PathLike, metadata: dict[str, Any]) -> None:
     """Record `metadata` beside the rows in `folder`, for the steps after this one."""
     (Path(folder) / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+
+
+def write_metadata_once(folder: str | os.PathLike, metadata: dict[str, Any]) -> bool:
+    """write_metadata for many writers of the same `metadata` (the parallel predict's processes): written once,
+    through a temporary file renamed into place, so a reader never sees half of it; False when it was there."""
+    target = Path(folder) / METADATA_FILE
+    if target.is_file():
+        return False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=f".{METADATA_FILE}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(json.dumps(metadata, indent=2) + "\n")
+        os.replace(temp, target)
+    finally:
+        Path(temp).unlink(missing_ok=True)
+    return True

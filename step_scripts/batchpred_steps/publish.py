@@ -1,6 +1,8 @@
 """save_predictions' logic: one CSV and a manifest, published to a latest folder and a history folder in the
 order that keeps the latest predictions whole: the run's history copy first, then the latest CSV, then the
-latest manifest, each written to a temporary file in its folder and renamed into place."""
+latest manifest, each written to a temporary file in its folder and renamed into place. Above
+LATEST_CSV_MAX_ROWS rows the predictions are Parquet parts instead (partitioned.py); the manifest names every
+file either way."""
 
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ HISTORY_DIR = "history"
 CSV_NAME = "predictions.csv"
 MANIFEST_NAME = "manifest.json"
 BATCH_ROWS = 50_000
+# The most rows published as the one predictions.csv; a larger run publishes Parquet parts only.
+LATEST_CSV_MAX_ROWS = 1_000_000
 _UNSAFE_PATH_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -54,9 +58,13 @@ def build_manifest(
     input_metadata: dict[str, Any],
     now: datetime,
     history: str,
+    files: Sequence[dict[str, Any]] | None = None,
+    predictions_file: str | None = CSV_NAME,
 ) -> dict[str, Any]:
-    """What a reader of the predictions needs to trust them: how many rows, which model, which run.
-    `history` is the run's copy as a datastore path (`history/<YYYY-MM-DD>/<run_id>`)."""
+    """What a reader of the predictions needs to trust them: how many rows, which model, which run, which
+    files. `history` is the run's copy as a datastore path (`history/<YYYY-MM-DD>/<run_id>`); `files` every
+    file of the predictions (path relative to the manifest's folder, rows), by default the one CSV;
+    `predictions_file` the CSV, None when the run published Parquet parts only."""
     return {
         "rows": rows,
         "columns": list(columns),
@@ -69,7 +77,9 @@ def build_manifest(
         "dataset_version": input_metadata.get("dataset_version"),
         "sample_size": input_metadata.get("sample_size"),
         "seed": input_metadata.get("seed"),
-        "predictions_file": CSV_NAME,
+        "predictions_file": predictions_file,
+        "format": "csv" if predictions_file else "parquet",
+        "files": list(files) if files is not None else [{"path": CSV_NAME, "rows": rows}],
         "history_folder": history,
     }
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -250,3 +254,78 @@ def score(source: Path, output: Path, model: Any, features: list[str], batch_row
         # no rows at all: still hand over the columns, the prediction column included, as an empty part
         write_frame(output, predict_frame(model, empty_input_frame(source), features), index=0)
     return rows
+
+
+# --- scoring one mini-batch item (the parallel predict) ----------------------------------------------------
+
+
+def scored_part_name(item: str | os.PathLike) -> str:
+    """The output part of the input part `item`: `part-<its stem>.parquet`. Named after the input alone, so a
+    retried mini-batch overwrites its part, never adds a second one."""
+    return f"part-{Path(item).stem}.parquet"
+
+
+def frame_part_name(frame: pd.DataFrame) -> str:
+    """The output part of a tabular mini-batch: `part-<16 hex of a hash of its content>.parquet`, the same for
+    the same rows however often they are scored."""
+    import pandas as pd
+
+    digest = hashlib.sha256(",".join(map(str, frame.columns)).encode())
+    digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return f"part-{digest.hexdigest()[:16]}.parquet"
+
+
+def score_frames(frames: Iterator[pd.DataFrame], target: Path, model: Any, features: list[str]) -> int:
+    """Score `frames` into the one Parquet file `target`, written whole or not at all (a temporary file in its
+    folder, renamed into place); returns the rows. No frame at all leaves no file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    rows, writer = 0, None
+    try:
+        for frame in frames:
+            table = pa.Table.from_pandas(predict_frame(model, frame, features), preserve_index=False)
+            if writer is None:
+                writer = pq.ParquetWriter(temp, table.schema)
+            writer.write_table(table.cast(writer.schema) if table.schema != writer.schema else table)
+            rows += len(frame)
+        if writer is not None:
+            writer.close()
+            writer = None
+            os.replace(temp, target)
+    finally:
+        if writer is not None:
+            writer.close()
+        Path(temp).unlink(missing_ok=True)
+    return rows
+
+
+def score_part(source: Path, target: Path, model: Any, features: list[str], batch_rows: int) -> int:
+    """Score every row of the Parquet part `source` into `target`, `batch_rows` at a time; returns the rows."""
+    import pyarrow.parquet as pq
+
+    def frames() -> Iterator[pd.DataFrame]:
+        with pq.ParquetFile(source) as parquet:
+            if parquet.metadata.num_rows == 0:
+                yield parquet.schema_arrow.empty_table().to_pandas()
+                return
+            for batch in parquet.iter_batches(batch_size=batch_rows):
+                yield batch.to_pandas()
+
+    try:
+        return score_frames(frames(), target, model, features)
+    except (StepError, OSError):
+        raise
+    except Exception as error:  # pyarrow reports a corrupt part with several exception types
+        raise StepError(
+            f"cannot read the input part {str(source)!r}: {type(error).__name__}: {error}"
+        ) from error
+
+
+def score_frame(frame: pd.DataFrame, target: Path, model: Any, features: list[str], batch_rows: int) -> int:
+    """Score the rows of `frame` into `target`, `batch_rows` at a time; returns the rows."""
+    starts = range(0, len(frame), batch_rows) if len(frame) else range(1)
+    return score_frames((frame.iloc[start : start + batch_rows] for start in starts), target, model, features)

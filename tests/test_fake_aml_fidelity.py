@@ -268,9 +268,8 @@ def test_project_definition_publishes_through_the_fake_with_a_managed_identity_t
     )
 
     entity = fake_aml.pipelines[published.id]
-    # node_count reaches a v1 pipeline with the parallel predict's NodeCount (par-platform)
-    defaults = {k: v for k, v in settings.parameter_defaults.items() if k != "node_count"}
-    assert entity["ParameterAssignments"] == defaults
+    # every run parameter is a pipeline parameter: node_count through the parallel predict's NodeCount
+    assert entity["ParameterAssignments"] == settings.parameter_defaults
     assert [name for _node, name in fake_aml.pipeline_steps[published.id]] == [s.name for s in STEPS]
     (snapshot_id,) = fake_aml.snapshots
     assert {f"{s.script}" for s in STEPS} <= set(fake_aml.snapshot_files(snapshot_id))
@@ -329,8 +328,8 @@ def _ids_by_first_use(value, names: dict[str, str]):
     return value
 
 
-def _published_graph(fake: FakeAzureML, step_class) -> dict:
-    """Publish the project's pipeline into `fake` with the given step class; return what went on the wire:
+def _published_graph(fake: FakeAzureML, step_class, parallel_classes=None) -> dict:
+    """Publish the project's pipeline into `fake` with the given step classes; return what went on the wire:
     the Modules bodies (by step name: the SDK creates them from a thread pool) and the Pipelines/Create body."""
     from azure.identity import DefaultAzureCredential
 
@@ -340,7 +339,9 @@ def _published_graph(fake: FakeAzureML, step_class) -> dict:
     settings = dataclasses.replace(load_settings(), api_base=fake.base_url)
     with definition.private_sdk_state():  # fresh SDK caches: the second publish must not reuse the first's
         workspace = definition.connect_workspace(settings, DefaultAzureCredential())
-        pipeline = definition.build_pipeline(workspace, settings, "fp-same", step_class=step_class)
+        pipeline = definition.build_pipeline(
+            workspace, settings, "fp-same", step_class=step_class, parallel_classes=parallel_classes
+        )
         pipeline.publish(name=settings.endpoint_name, version="fp-same", continue_on_step_failure=False)
     modules = sorted((r.json() for r in fake.calls("POST", "/Modules")), key=lambda body: body["Name"])
     (create,) = fake.calls("POST", "/Pipelines/Create")
@@ -351,20 +352,41 @@ def _published_graph(fake: FakeAzureML, step_class) -> dict:
 def test_steps_built_without_azureml_pipeline_steps_publish_what_its_python_script_step_would(
     fake_aml, fake_identity, aml_env, loopback_only
 ):
-    """definition.py builds its steps from azureml-pipeline-core's base class so the deployed app can do without
-    azureml-pipeline-steps; the service must receive exactly what the SDK's PythonScriptStep sends."""
-    from azureml.pipeline.steps import PythonScriptStep
+    """definition.py builds its steps from azureml-pipeline-core's base classes so the deployed app can do
+    without azureml-pipeline-steps; the service must receive exactly what the SDK's PythonScriptStep, and for
+    the parallel predict its ParallelRunStep and ParallelRunConfig, send."""
+    import sys
 
+    from azureml.pipeline.steps import ParallelRunConfig, ParallelRunStep, PythonScriptStep
+
+    path_before = list(sys.path)
     ours = _published_graph(fake_aml, None)
+    assert sys.path == path_before  # the parallel step's build adds the step folder; it is put back
     with FakeAzureML(fake_aml.subscription_id, fake_aml.resource_group, fake_aml.workspace_name) as other:
-        sdk = _published_graph(other, PythonScriptStep)
+        sdk = _published_graph(other, PythonScriptStep, (ParallelRunStep, ParallelRunConfig))
 
     for graph in (ours, sdk):
         names: dict[str, str] = {}
         graph["modules"] = _ids_by_first_use(graph["modules"], names)
         graph["create"] = _ids_by_first_use(graph["create"], names)
-    assert [m["StepType"] for m in ours["modules"]] == ["PythonScriptStep"] * 3
+    kinds = {m["Name"]: (m["StepType"], m.get("ModuleType")) for m in ours["modules"]}
+    assert kinds == {
+        "fetch_data": ("PythonScriptStep", None),
+        "predict": ("ParallelRunStep", "BatchInferencing"),
+        "save_predictions": ("PythonScriptStep", None),
+    }
     assert len(ours["create"]["Graph"]["ModuleNodes"]) == 3
+    (predict,) = [
+        node
+        for node in ours["create"]["Graph"]["ModuleNodes"]
+        if {"Name": "Script", "Value": "driver/amlbi_main.py", "ValueType": "0"} in node["ModuleParameters"]
+    ]
+    parameters = {p["Name"]: p for p in predict["ModuleParameters"]}
+    assert (parameters["NodeCount"]["ValueType"], parameters["NodeCount"]["Value"]) == ("1", "node_count")
+    assert parameters["Target"]["Value"] == "cpu-cluster"
+    metadata = {p["Name"]: p["Value"] for p in predict["ModuleMetadataParameters"]}
+    assert json.loads(metadata["BatchInferencingMetaData"])["EntryScript"] == "score_parallel.py"
+    assert json.loads(predict["Runconfig"])["environmentVariables"] == {"OMP_NUM_THREADS": "1"}
     assert json.dumps(ours["modules"], sort_keys=True) == json.dumps(sdk["modules"], sort_keys=True)
     assert json.dumps(ours["create"], sort_keys=True) == json.dumps(sdk["create"], sort_keys=True)
     assert ours["wire"] == sdk["wire"]

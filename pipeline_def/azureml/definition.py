@@ -114,6 +114,7 @@ def build_pipeline(
     folder: Path = STEP_SCRIPTS_DIR,
     *,
     step_class: type | None = None,
+    parallel_classes: tuple[type, type] | None = None,
 ) -> Pipeline:
     """PythonScriptSteps from steps.STEPS, joined by PipelineData, with the run parameters as
     PipelineParameters whose defaults are the settings'. Each step runs `aml_v1.py <step> <arguments>`, its
@@ -122,11 +123,18 @@ def build_pipeline(
     The steps are azureml-pipeline-core's `_PythonScriptStepBase`: azureml-pipeline-steps' `PythonScriptStep`
     is that class with nothing added (its methods only call the base), and the base names its step type
     "PythonScriptStep" all the same. Leaving azureml-pipeline-steps out spares the deployed app the AutoML
-    client and dataprep it depends on. `step_class` lets the fidelity test build the SDK's own class."""
+    client and dataprep it depends on. `step_class` lets the fidelity test build the SDK's own class.
+
+    A step of steps.py with `parallel` (predict) is a ParallelRunStep over the files its `items` data holds (the
+    producing step's PipelineData promoted to a FileDataset, mounted), built from pipeline-core's
+    `_ParallelRunStepBase`/`_ParallelRunConfigBase` for the same reason (`parallel_classes`: the SDK's
+    ParallelRunStep and ParallelRunConfig, for the fidelity test); see `_parallel_step`. The build changes
+    `sys.path` (the base class adds the source directory to it): it is put back before returning."""
     from azureml.pipeline.core import Pipeline, PipelineData, PipelineParameter
     from azureml.pipeline.core._python_script_step_base import _PythonScriptStepBase
 
     PythonScriptStep = step_class or _PythonScriptStepBase
+    saved_path = list(sys.path)
 
     defaults = settings.parameter_defaults
     parameters = {
@@ -148,42 +156,113 @@ def build_pipeline(
     run_config = _run_configuration(Path(folder))
     # A (name, type) tuple names the compute without the ARM lookup a bare name would cost.
     compute = (settings.compute_name, "AmlCompute")
+    # The data a parallel step takes as items: its producer's PipelineData is promoted to a FileDataset.
+    items = {step.parallel.items for step in step_description.STEPS if step.parallel is not None}
+
+    def value(argument: Any, step: step_description.Step) -> Any:
+        if isinstance(argument, str):
+            return argument
+        if isinstance(argument, step_description.Param):
+            return parameters[argument.name]
+        if isinstance(argument, step_description.BuildValue):
+            return fixed[argument.name]
+        if isinstance(argument, step_description.DataIn | step_description.DataOut):
+            return data[argument.name]
+        raise TypeError(f"unknown argument {argument!r} in step {step.name}")
 
     built = []
-    for step in step_description.STEPS:
-        arguments: list[Any] = [Path(step.script).stem]  # aml_v1.py's first argument: which step
-        inputs: list[Any] = []
-        outputs: list[Any] = []
-        for argument in step.arguments:
-            if isinstance(argument, str):
-                arguments.append(argument)
-            elif isinstance(argument, step_description.Param):
-                arguments.append(parameters[argument.name])
-            elif isinstance(argument, step_description.BuildValue):
-                arguments.append(fixed[argument.name])
-            elif isinstance(argument, step_description.DataOut):
-                data[argument.name] = PipelineData(argument.name, is_directory=True)
-                arguments.append(data[argument.name])
-                outputs.append(data[argument.name])
-            elif isinstance(argument, step_description.DataIn):
-                arguments.append(data[argument.name])
-                inputs.append(data[argument.name])
-            else:
-                raise TypeError(f"unknown argument {argument!r} in step {step.name}")
-        built.append(
-            PythonScriptStep(
-                script_name=V1_ENTRY_SCRIPT,
-                name=step.name,
-                arguments=arguments,
-                inputs=inputs,
-                outputs=outputs,
-                compute_target=compute,
-                runconfig=run_config,
-                source_directory=str(folder),
-                allow_reuse=step.reusable,
+    try:
+        for step in step_description.STEPS:
+            for argument in step.arguments:
+                if isinstance(argument, step_description.DataOut):
+                    made = PipelineData(argument.name, is_directory=True)
+                    data[argument.name] = made.as_dataset() if argument.name in items else made
+            if step.parallel is not None:
+                built.append(
+                    _parallel_step(
+                        step, settings, folder, run_config, parameters, data, value, parallel_classes
+                    )
+                )
+                continue
+            arguments: list[Any] = [Path(step.script).stem]  # aml_v1.py's first argument: which step
+            arguments += [value(argument, step) for argument in step.arguments]
+            if items & set(step.outputs):
+                # it writes a parallel step's items: Parquet parts of the mini-batch size, one a mini-batch
+                arguments += [PART_BYTES_OPTION, str(settings.parallel_mini_batch_size)]
+            built.append(
+                PythonScriptStep(
+                    script_name=V1_ENTRY_SCRIPT,
+                    name=step.name,
+                    arguments=arguments,
+                    inputs=[data[name] for name in step.inputs],
+                    outputs=[data[name] for name in step.outputs],
+                    compute_target=compute,
+                    runconfig=run_config,
+                    source_directory=str(folder),
+                    allow_reuse=step.reusable,
+                )
             )
-        )
-    return Pipeline(workspace=workspace, steps=built, description=_description(fingerprint))
+        return Pipeline(workspace=workspace, steps=built, description=_description(fingerprint))
+    finally:
+        sys.path[:] = saved_path
+
+
+# A parallel step's workers: one OpenMP thread each (process_count_per_node processes share a node's cores).
+PARALLEL_ENVIRONMENT_VARIABLES = {"OMP_NUM_THREADS": "1"}
+# Its items are the Parquet parts the producing step wrote, each about PARALLEL_MINI_BATCH_SIZE bytes (the
+# producing step cuts them that size): a FileDataset's mini-batch size is a number of files, so one part each.
+PARALLEL_FILES_PER_MINI_BATCH = "1"
+PART_BYTES_OPTION = "--part-bytes"
+
+
+def _parallel_step(
+    step: step_description.Step,
+    settings: Settings,
+    folder: Path,
+    run_config: Any,
+    parameters: dict[str, Any],
+    data: dict[str, Any],
+    value: Any,
+    parallel_classes: tuple[type, type] | None,
+) -> Any:
+    """The ParallelRunStep of a steps.py step with `parallel`: entry script `parallel.entry_script` from the
+    step folder, over the files of the `items` FileDataset (mounted), writing to the `output` PipelineData
+    (the runtime's `--output`, which the entry script reads as AZUREML_BI_OUTPUT_PATH), with the step's
+    arguments less items and output (steps.entry_script_arguments; `--output` is reserved by the SDK).
+    NodeCount is the `node_count` pipeline parameter; processes per node, invocation timeout, tries and the
+    error threshold are the settings'; the environment is the other steps' with OMP_NUM_THREADS=1. The compute
+    is its plain name: the base class turns a string into (name, "AmlCompute") itself, so there is no ARM
+    lookup, while a tuple crashes its metadata (docs' parallel-run notes 1.7)."""
+    from azureml.pipeline.core._parallel_run_config_base import _ParallelRunConfigBase
+    from azureml.pipeline.core._parallel_run_step_base import _ParallelRunStepBase
+
+    ParallelRunStep, ParallelRunConfig = parallel_classes or (_ParallelRunStepBase, _ParallelRunConfigBase)
+    parallel = step.parallel
+    assert parallel is not None
+    config = ParallelRunConfig(
+        environment=run_config.environment,
+        entry_script=parallel.entry_script,
+        error_threshold=settings.parallel_error_threshold,
+        output_action="summary_only",  # the entry script writes its own Parquet parts
+        compute_target=settings.compute_name,
+        node_count=parameters["node_count"],
+        process_count_per_node=settings.parallel_process_count_per_node,
+        mini_batch_size=PARALLEL_FILES_PER_MINI_BATCH,
+        source_directory=str(folder),
+        run_invocation_timeout=settings.parallel_run_invocation_timeout,
+        run_max_try=settings.parallel_run_max_try,
+        environment_variables=dict(PARALLEL_ENVIRONMENT_VARIABLES),
+    )
+    # (the SDK checks the environment's pip lines by name: requirements.txt's azureml-core and
+    # azureml-dataset-runtime[fuse], what a mounted FileDataset needs, satisfy it without a warning)
+    return ParallelRunStep(
+        name=step.name,
+        parallel_run_config=config,
+        inputs=[data[parallel.items]],
+        output=data[parallel.output],
+        arguments=[value(a, step) for a in step_description.entry_script_arguments(step)],
+        allow_reuse=step.reusable,
+    )
 
 
 def _description(fingerprint: str) -> str:
@@ -205,6 +284,7 @@ def private_sdk_state() -> Iterator[Path]:
     during a publish makes it in the folder and loses it with the folder; nothing in this app does."""
     with _SDK_STATE_LOCK:
         saved_env = {name: os.environ.get(name) for name in _STATE_ENV}
+        saved_path = list(sys.path)  # a ParallelRunStep's build adds its source directory to sys.path
         tempfile.gettempdir()  # resolve (and cache) the system's temporary folder before pointing it at ours
         saved_tempdir = tempfile.tempdir
         discovery_loaded = "azureml._base_sdk_common.service_discovery" in sys.modules
@@ -232,6 +312,7 @@ def private_sdk_state() -> Iterator[Path]:
             if discovery_init is not None:
                 discovery_init.__defaults__ = saved_defaults
             tempfile.tempdir = saved_tempdir
+            sys.path[:] = saved_path
             for name, value in saved_env.items():
                 if value is None:
                     os.environ.pop(name, None)

@@ -130,6 +130,7 @@ def _sdk_register_and_submit(fake: FakeAzureML, settings, backend, fingerprint: 
     definitions, the objects and their REST bodies built by the SDK."""
     from azure.ai.ml import Input, Output, dsl
     from azure.ai.ml.entities import CommandComponent, Environment, PipelineJob
+    from azure.ai.ml.parallel import RunFunction, parallel_run_function
 
     from pipeline_def.azureml_v2 import components
 
@@ -182,6 +183,35 @@ def _sdk_register_and_submit(fake: FakeAzureML, settings, backend, fingerprint: 
         for name, value in gate_defaults.items():
             if name in inputs:
                 inputs[name] = gate_input(ports["inputs"][name], value)
+        if step.parallel is not None:
+            registered[step.name] = client.components.create_or_update(
+                parallel_run_function(
+                    name=names.steps[step.name],
+                    version=fingerprint,
+                    display_name=step.name,
+                    is_deterministic=step.reusable,
+                    inputs=inputs,
+                    outputs={n: port(s, Output) for n, s in ports["outputs"].items()},
+                    input_data=f"${{{{inputs.{step.parallel.items}}}}}",
+                    instance_count=settings.node_count,
+                    max_concurrency_per_instance=settings.parallel_process_count_per_node,
+                    mini_batch_size="1",
+                    mini_batch_error_threshold=-1,
+                    error_threshold=settings.parallel_error_threshold,
+                    logging_level="INFO",
+                    retry_settings={
+                        "max_retries": settings.parallel_run_max_try - 1,
+                        "timeout": settings.parallel_run_invocation_timeout,
+                    },
+                    task=RunFunction(
+                        code=str(backend.step_folder),
+                        entry_script=step.parallel.entry_script,
+                        environment=environment,
+                        program_arguments=components.program_arguments(step, settings),
+                    ),
+                ).component
+            )
+            continue
         registered[step.name] = client.components.create_or_update(
             CommandComponent(
                 name=names.steps[step.name],
@@ -199,6 +229,7 @@ def _sdk_register_and_submit(fake: FakeAzureML, settings, backend, fingerprint: 
     def batch(  # the pipeline component's inputs, as the app registers them
         dataset, dataset_name, dataset_version, model, sample_size, model_version, run_id, fingerprint,
         accept_drift, gate_range_margin, gate_drift_psi, gate_drift_min_rows, gate_missing_tolerance,
+        node_count,
     ):  # fmt: skip
         gate = {
             "accept_drift": accept_drift,
@@ -216,6 +247,8 @@ def _sdk_register_and_submit(fake: FakeAzureML, settings, backend, fingerprint: 
         predict = registered["predict"](
             new_data=fetch_data.outputs.new_data, model=model, model_version=model_version
         )
+        predict.resources.instance_count = node_count
+        predict.environment_variables = {"OMP_NUM_THREADS": "1"}
         save_predictions = registered["save_predictions"](
             predictions=predict.outputs.predictions, run_id=run_id, fingerprint=fingerprint, **gate
         )
@@ -234,6 +267,7 @@ def _sdk_register_and_submit(fake: FakeAzureML, settings, backend, fingerprint: 
         "run_id": Input(type="string"),
         "fingerprint": Input(type="string", default=fingerprint),
         **{name: gate_input(ports_of_save[name], value) for name, value in gate_defaults.items()},
+        "node_count": Input(type="integer", default=settings.node_count),
     }
     pipeline = client.components.create_or_update(
         dsl.pipeline(name=names.pipeline, version=fingerprint, display_name=settings.endpoint_name)(batch)

@@ -139,7 +139,13 @@ class AzureMLV2Backend:
             "run_id": name,
             "fingerprint": version.version,
         }
-        literals.update({k: parameters[k] for k in ("sample_size", "accept_drift") if k in parameters})
+        literals.update(
+            {
+                k: parameters[k]
+                for k in ("sample_size", "accept_drift", components.NODE_COUNT_INPUT)
+                if k in parameters
+            }
+        )
         all_tags = {
             **tags,
             PIPELINE_TAG: self.settings.endpoint_name,

@@ -14,14 +14,24 @@ from pathlib import Path
 from typing import Any
 
 from pipeline_def.settings import Settings
-from pipeline_def.steps import STEP_ENVIRONMENT, STEPS, Argument, BuildValue, DataIn, DataOut, Param, Step
+from pipeline_def.steps import (
+    STEP_ENVIRONMENT,
+    STEPS,
+    Argument,
+    BuildValue,
+    DataIn,
+    DataOut,
+    Param,
+    Step,
+    entry_script_arguments,
+)
 
 # The environment the steps run in on v2: v1's image and channels, and requirements-v2.txt (no azureml).
 STEP_ENVIRONMENT_V2: dict[str, Any] = {
     "base_image": STEP_ENVIRONMENT["base_image"],
     "python_version": STEP_ENVIRONMENT["python_version"],
     "conda_channels": STEP_ENVIRONMENT["conda_channels"],
-    "conda_packages": ("pip>=25.3",),
+    "conda_packages": STEP_ENVIRONMENT["conda_packages"],  # pip, setuptools<81: the parallel-run runtime
     "requirements_file": "requirements-v2.txt",
 }
 
@@ -64,6 +74,15 @@ EXTRA_ARGUMENTS: dict[str, Callable[[Settings], tuple[str, ...]]] = {
     "predict": lambda settings: ("--model-name", settings.model_name),
 }
 DEFAULT_DATASTORE_URI = "azureml://datastores/${{default_datastore}}/paths/"
+# A parallel step (steps.py `parallel`) on v2: a `parallel` component over the files of its items input (one
+# Parquet part a mini-batch: the producing step cuts them PARALLEL_MINI_BATCH_SIZE bytes each), its entry
+# script given the step's arguments less items and output plus `--predictions-dir ${{outputs.<output>}}`; the
+# node count is the pipeline input `node_count` (a run parameter), bound to the node's resources.
+PARALLEL_FILES_PER_MINI_BATCH = 1
+PART_BYTES_OPTION = "--part-bytes"
+PARALLEL_OUTPUT_OPTION = "--predictions-dir"
+NODE_COUNT_INPUT = "node_count"
+PARALLEL_ENVIRONMENT_VARIABLES = {"OMP_NUM_THREADS": "1"}
 # Component names: what azure-ai-ml accepts (lower-case letters, digits and '_', starting with a letter).
 _COMPONENT_NAME = re.compile(r"[a-z][a-z0-9_]{0,199}")
 
@@ -154,7 +173,92 @@ def command(step: Step, settings: Settings) -> str:
             port = _port(argument)
             words.append(f"${{{{{port.side}.{port.name}}}}}")
     words += [shlex.quote(word) for word in EXTRA_ARGUMENTS.get(step.name, lambda _s: ())(settings)]
+    words += [shlex.quote(word) for word in part_size_arguments(step, settings)]
     return " ".join(words)
+
+
+def part_size_arguments(step: Step, settings: Settings, steps: tuple[Step, ...] = STEPS) -> tuple[str, ...]:
+    """`--part-bytes <PARALLEL_MINI_BATCH_SIZE>` for the step that writes a parallel step's items: it cuts its
+    Parquet parts that size, and a parallel mini-batch is one part (PARALLEL_FILES_PER_MINI_BATCH)."""
+    items = {s.parallel.items for s in steps if s.parallel is not None}
+    if items & set(step.outputs):
+        return (PART_BYTES_OPTION, str(settings.parallel_mini_batch_size))
+    return ()
+
+
+def program_arguments(step: Step, settings: Settings) -> str:
+    """A parallel step's entry-script arguments with every placeholder as `${{inputs.x}}`, then where its
+    output goes (`--predictions-dir ${{outputs.<output>}}`) and the step's v2 extras."""
+    assert step.parallel is not None
+    words = []
+    for argument in entry_script_arguments(step):
+        if isinstance(argument, str):
+            words.append(shlex.quote(argument))
+        else:
+            port = _port(argument)
+            words.append(f"${{{{{port.side}.{port.name}}}}}")
+    words += [PARALLEL_OUTPUT_OPTION, f"${{{{outputs.{step.parallel.output}}}}}"]
+    words += [shlex.quote(word) for word in EXTRA_ARGUMENTS.get(step.name, lambda _s: ())(settings)]
+    return " ".join(words)
+
+
+def parallel_settings(step: Step, settings: Settings, code_id: str, environment_id: str) -> dict[str, Any]:
+    """The fields of a parallel component that azure-ai-ml copies into its pipeline node too."""
+    assert step.parallel is not None
+    return {
+        "mini_batch_error_threshold": -1,  # failed items count (error_threshold), not failed mini-batches
+        "max_concurrency_per_instance": settings.parallel_process_count_per_node,
+        "task": {
+            "type": "run_function",
+            "code": f"azureml:{code_id}",
+            "entry_script": step.parallel.entry_script,
+            "program_arguments": program_arguments(step, settings),
+            "environment": f"azureml:{environment_id}",
+        },
+        "input_data": f"${{{{inputs.{step.parallel.items}}}}}",
+        "retry_settings": {
+            "timeout": settings.parallel_run_invocation_timeout,
+            "max_retries": settings.parallel_run_max_try - 1,  # retries after the first try
+        },
+    }
+
+
+def parallel_component_body(
+    step: Step, names: Names, settings: Settings, version: str, code_id: str, environment_id: str
+) -> dict[str, Any]:
+    """The parallel component of a steps.py step with `parallel`, as azure-ai-ml's parallel_run_function
+    registers it (tests/test_v2_fidelity.py)."""
+    ports = _ports(step)
+    return {
+        "properties": {
+            "componentSpec": {
+                "name": names.steps[step.name],
+                "version": version,
+                "display_name": step.name,
+                "is_deterministic": step.reusable,
+                "inputs": _with_defaults(ports["inputs"], _defaults(settings, version)),
+                "outputs": ports["outputs"],
+                "type": "parallel",
+                "resources": {"instance_count": settings.node_count},
+                "logging_level": "INFO",
+                "mini_batch_size": str(PARALLEL_FILES_PER_MINI_BATCH),
+                "error_threshold": settings.parallel_error_threshold,
+                **parallel_settings(step, settings, code_id, environment_id),
+            },
+            "isAnonymous": False,
+            "isArchived": False,
+            "properties": {},
+            "tags": {},
+        }
+    }
+
+
+def component_body(
+    step: Step, names: Names, settings: Settings, version: str, code_id: str, environment_id: str
+) -> dict[str, Any]:
+    """A step's component: a parallel one for a step with `parallel`, else a command one."""
+    make = parallel_component_body if step.parallel is not None else command_component_body
+    return make(step, names, settings, version, code_id, environment_id)
 
 
 def _ports(step: Step) -> dict[str, dict[str, dict[str, str]]]:
@@ -214,7 +318,14 @@ def command_component_body(
 
 
 def pipeline_component_body(
-    names: Names, settings: Settings, version: str, workspace_path: str, steps: tuple[Step, ...] = STEPS
+    names: Names,
+    settings: Settings,
+    version: str,
+    workspace_path: str,
+    steps: tuple[Step, ...] = STEPS,
+    *,
+    code_id: str = "",
+    environment_id: str = "",
 ) -> dict[str, Any]:
     """The pipeline component: its inputs and outputs are the steps' BuildValues and Params, and each node
     (named after its step) binds them, and the outputs of the node before, by `${{parent...}}`."""
@@ -245,11 +356,24 @@ def pipeline_component_body(
             else:
                 node_outputs[port.name] = {"value": value, "type": "literal"}
         node: dict[str, Any] = {"name": step.name, "type": "command", "inputs": node_inputs}
+        if step.parallel is not None:
+            # what azure-ai-ml copies from a registered parallel component into its node, the node count bound
+            # to the pipeline input, and the node's environment variables
+            inputs[NODE_COUNT_INPUT] = {"type": "integer"}
+            node = {
+                "type": "parallel",
+                "resources": {"instance_count": f"${{{{parent.inputs.{NODE_COUNT_INPUT}}}}}"},
+                "environment_variables": dict(PARALLEL_ENVIRONMENT_VARIABLES),
+                **parallel_settings(step, settings, code_id, environment_id),
+                "name": step.name,
+                "inputs": node_inputs,
+                "mini_batch_size": PARALLEL_FILES_PER_MINI_BATCH,
+            }
         if node_outputs:
             node["outputs"] = node_outputs
         node["componentId"] = f"{workspace_path}/components/{names.steps[step.name]}/versions/{version}"
         jobs[step.name] = node
-    defaults = _defaults(settings, version)
+    defaults = {**_defaults(settings, version), NODE_COUNT_INPUT: str(settings.node_count)}
     return {
         "properties": {
             "componentSpec": {
@@ -326,6 +450,10 @@ __all__ = [
     "code_body",
     "command",
     "command_component_body",
+    "component_body",
+    "parallel_component_body",
+    "part_size_arguments",
+    "program_arguments",
     "conda_file",
     "environment_body",
     "job_body",

@@ -95,11 +95,17 @@ def ensure_published(
     )
     code_id = ensure_code(client, folder)
     for step in steps:
-        body = components.command_component_body(
-            step, names, settings, fingerprint, code_id, str(environment["id"])
-        )
+        body = components.component_body(step, names, settings, fingerprint, code_id, str(environment["id"]))
         _ensure(client, "components", names.steps[step.name], fingerprint, body)
-    body = components.pipeline_component_body(names, settings, fingerprint, settings.workspace_path, steps)
+    body = components.pipeline_component_body(
+        names,
+        settings,
+        fingerprint,
+        settings.workspace_path,
+        steps,
+        code_id=code_id,
+        environment_id=str(environment["id"]),
+    )
     _put(client, "components", names.pipeline, fingerprint, body)
     log.info("pipeline %s version %s is registered", names.pipeline, fingerprint)
     return version, True

@@ -205,7 +205,9 @@ STEP_ENVIRONMENT: dict[str, Any] = {
     # conda-forge only: the anaconda/defaults channels carry commercial terms, and non-interactive builds stop
     # on their terms of service. `nodefaults` keeps conda from adding the image's configured default channels.
     "conda_channels": ("conda-forge", "nodefaults"),
-    # azureml-dataprep 5.5 requires pip>=25.3; the rest comes from pip.
-    "conda_packages": ("pip>=25.3",),
+    # azureml-dataprep 5.5 requires pip>=25.3; the rest comes from pip. Azure ML's parallel-run runtime (the
+    # parallel predict) shells out to `python -m pip` and imports pkg_resources, which setuptools 81 removed: without
+    # either it exits 42 before init() (docs' parallel-run notes 1.6).
+    "conda_packages": ("pip>=25.3", "setuptools<81"),
     "requirements_file": "requirements.txt",
 }

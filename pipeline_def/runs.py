@@ -110,17 +110,16 @@ def parallel_step_error(path: str, text: str) -> str | None:
                 reason = line.split(":", 1)[1].strip() if ":" in line else line.strip()
                 return reason or None
         return None
-    in_traceback = False
-    for index, line in enumerate(lines):
-        if line.startswith("Traceback (most recent call last):"):
-            in_traceback = True
+    # each traceback: its frames (indented), then its exception's first line; one that another was raised from
+    # is followed by a chaining line before the next traceback
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last):")]
+    for number, start in enumerate(starts):
+        end = starts[number + 1] if number + 1 < len(starts) else len(lines)
+        block = lines[start + 1 : end]
+        error = next((line for line in block if line.strip() and not line[0].isspace()), None)
+        if error is None or any(line.startswith(_CHAINED) for line in block):
             continue
-        if not in_traceback or not line.strip() or line[0].isspace() or line.startswith(_CHAINED):
-            continue
-        following = next((later for later in lines[index + 1 :] if later.strip()), "")
-        if following.startswith(_CHAINED):
-            continue  # an exception another one was raised from: the error is the one after it
-        return _OWN_ERRORS.sub("", line.strip())
+        return _OWN_ERRORS.sub("", error.strip())
     return None
 
 

@@ -85,13 +85,22 @@ def test_a_timer_tick_publishes_and_its_run_writes_sample_size_predictions_to_th
     assert pipeline["EntityStatus"] == "Active"
 
 
-def test_an_http_run_scores_every_row_with_a_pinned_model_version(emulated_azure, trained_registry, ames_csv):
+def test_an_http_run_scores_every_row_with_a_pinned_model_version_on_two_nodes_of_two_processes(
+    emulated_azure, trained_registry, ames_csv, monkeypatch
+):
+    """The parallel predict (a ParallelRunStep) at node_count 2 x 2 processes, over parts of the smallest
+    mini-batch size, scores every row once, as the model scores the shipped file in one process."""
+    from pipeline_def.service import reset_service
+
     azure = emulated_azure
+    monkeypatch.setenv("PARALLEL_MINI_BATCH_SIZE", "64KB")  # fetch_data cuts parts this size: several
+    monkeypatch.setenv("PARALLEL_PROCESS_COUNT_PER_NODE", "2")
+    reset_service()
     app = LoadedApp()
     _publish(app)
     # a newer version exists, so only the pin makes the run use version 1
     azure.register_model_version(trained_registry / MODEL_NAME / "1")
-    response = app.start_run({"parameters": {"sample_size": 0, "model_version": 1}})
+    response = app.start_run({"parameters": {"sample_size": 0, "model_version": 1, "node_count": 2}})
     assert response.status == 202, response
     run_id = response.json["run_id"]
     body = _wait(azure, app, run_id)
@@ -107,8 +116,31 @@ def test_an_http_run_scores_every_row_with_a_pinned_model_version(emulated_azure
     # scores exactly as the same model scores the shipped file read by pandas.
     expected = _model_predictions(trained_registry / MODEL_NAME / "1", ames_csv)
     got = {int(row["Order"]): float(row["PredictedSalePrice"]) for row in rows}
+    assert len(got) == len(rows)  # every row once
     assert got.keys() == expected.keys()
     assert all(abs(got[order] - expected[order]) <= 1e-6 * expected[order] for order in expected)
+    # the parallel run: the run parameter reached NodeCount, several mini-batches, workers on both nodes
+    predict = azure.fake.runs[run_id].step("predict").run_id
+    master = _artifact(azure, predict, "logs/sys/master_role.txt")
+    assert "2 node(s) x 2 process(es)" in master
+    result = _artifact(azure, predict, "logs/job_result.txt")
+    assert result.startswith("Job succeeded.")
+    batches = int(result.split(" mini batches")[0].rsplit(maxsplit=1)[-1])
+    assert batches > 2, result
+    nodes = {
+        a.split("/logs/user/stdout/")[1].split("/")[0]
+        for a in azure.fake.artifacts
+        if predict in a and "/stdout/" in a
+    }
+    assert nodes == {"0", "1"}
+    reset_service()
+
+
+def _artifact(azure: EmulatedAzure, step_run_id: str, path: str) -> str:
+    data = azure.fake.blob_store.container_client("azureml").download_blob(
+        f"ExperimentRun/dcid.{step_run_id}/{path}"
+    )
+    return data.readall().decode()
 
 
 def _model_predictions(model_folder: Path, data_file: Path) -> dict[int, float]:
@@ -148,23 +180,22 @@ def test_a_model_version_that_does_not_exist_fails_the_run_at_predict_and_keeps_
         ("predict", "failed"),
     ]
     assert body["steps"][2]["status"] not in ("running", "completed", "failed")
-    # the failed step run says why in run history (what Azure ML's studio shows for the step), as azureml-core's
-    # run context around the script recorded the StepFailed that left it
+    # predict is a ParallelRunStep: its entry script's init() fails on every process, the parallel-run driver
+    # exits 42, and azureml-core's run context records that exit as the step run's error (all run history says)
     predict = azure.fake.runs[run_id].step("predict")
     assert predict.error is not None and predict.error["code"] == "UserError", predict.error
-    step_error = predict.error["message"]
-    assert step_error.startswith(
-        f"User program failed with StepFailed: cannot get registered model {MODEL_NAME}:99"
-    ), step_error
-    assert f"Model with id {MODEL_NAME}:99 not found" in step_error
-    log = azure.fake.step_log(run_id, "predict")
-    predict_run = azure.fake.runs[run_id].step("predict").run_id
-    assert f"ExperimentRun/dcid.{predict_run}/azureml-logs/70_driver_log.txt" in azure.fake.artifacts
-    assert f"error: cannot get registered model {MODEL_NAME}:99" in log
+    assert predict.error["message"] == "User program failed with SystemExit: 42"
+    # the entry script's own error is in the step run's logs, as on Azure ML
+    errors = _artifact(azure, predict.run_id, "logs/user/error.txt")
+    assert f"StepError: cannot get registered model {MODEL_NAME}:99" in errors
+    assert f"Model with id {MODEL_NAME}:99 not found" in errors
+    assert _artifact(azure, predict.run_id, "logs/job_result.txt").startswith("Job failed: init() failed")
+    assert f"ExperimentRun/dcid.{predict.run_id}/azureml-logs/70_driver_log.txt" in azure.fake.artifacts
     assert azure.fake.step_log(run_id, "save_predictions") == ""
     for name, data in previous.items():
         assert azure.read_datastore(name) == data
-    # ... and GET /api/runs/{id} says which step failed and why, in the step's own words
+    # ... and GET /api/runs/{id} says which step failed and why, in the entry script's own words (read from
+    # the step's logs/user/error.txt: run history only says exit 42)
     assert body["error"].startswith(f"step predict failed: cannot get registered model {MODEL_NAME}:99")
     assert body["steps"][1]["error"].startswith(f"cannot get registered model {MODEL_NAME}:99")
 

@@ -96,6 +96,20 @@ def _show_rows(csv_path: Path, count: int) -> None:
     print(f"  ({len(body)} rows, {len(header)} columns)", flush=True)
 
 
+def _show_parallel_predict(azure: EmulatedAzure, run_id: str) -> None:
+    """What the emulated parallel-run driver says of the predict step (its logs, the step run's artifacts)."""
+    predict = azure.fake.runs[run_id].step("predict").run_id
+    logs = azure.fake.blob_store.container_client("azureml")
+    for path in ("logs/sys/master_role.txt", "logs/job_result.txt"):
+        try:
+            text = logs.download_blob(f"ExperimentRun/dcid.{predict}/{path}").readall().decode()
+        except Exception:  # not a parallel step (an older pipeline): nothing to show
+            return
+        for line in text.splitlines():
+            if "node(s) x" in line or "mini batches" in line:
+                _say(f"  predict (parallel run): {line.split('|')[-1].strip()}")
+
+
 def _every_row_once(csv_path: Path) -> bool:
     """With sample_size 0: every row of the shipped data predicted exactly once (by its Order number)."""
     import gzip
@@ -228,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         manifest = json.loads(files["manifest.json"].read_text())
         print("  " + json.dumps({k: v for k, v in sorted(manifest.items()) if k != "columns"}))
         _show_rows(files["predictions.csv"], SHOW_ROWS)
+        _show_parallel_predict(azure, run_id)
         if args.sample_size == 0 and not _every_row_once(files["predictions.csv"]):
             return 1
         _say("done")

@@ -152,9 +152,7 @@ def test_publish_when_missing_through_the_sdk(settings, client, fake_aml, finger
     body = create.json()
     assert body["ContinueRunOnStepFailure"] is False
     defaults = {p["Name"]: p["DefaultValue"] for p in body["GraphInterface"]["Parameters"]}
-    assert defaults == {
-        k: v for k, v in settings.parameter_defaults.items() if k != "node_count"
-    }  # node_count reaches a v1 pipeline with the parallel predict's NodeCount (par-platform)
+    assert defaults == settings.parameter_defaults  # node_count through the parallel predict's NodeCount
     # a second check is the steady state: no further publish
     fake_aml.clear_requests()
     again, published_again = ensure_published(settings, client, fingerprint)
@@ -195,10 +193,20 @@ def test_the_published_graph_follows_steps_py(settings, client, fake_aml, finger
         for p in node["ModuleParameters"]
         if p["Name"] == "Script" and p.get("Value")
     }
-    assert scripts == {V1_ENTRY_SCRIPT}  # every v1 step runs the adapter, its first argument naming the step
+    # every v1 step runs the adapter, its first argument naming the step; a parallel one (predict) is a
+    # ParallelRunStep, whose Script is the parallel-run runtime's driver and whose entry script is its own
+    assert scripts == {V1_ENTRY_SCRIPT, "driver/amlbi_main.py"}
     modules = [c.json() for c in fake_aml.calls(method="POST", path_contains="/Modules")]
-    first_arguments = {m["StructuredInterface"]["Arguments"][0]["Value"] for m in modules}
-    assert first_arguments == {step.script.removesuffix(".py") for step in STEPS}
+    first_arguments = {
+        m["Name"]: m["StructuredInterface"]["Arguments"][0]["Value"]
+        for m in modules
+        if m.get("ModuleType") != "BatchInferencing"
+    }
+    assert first_arguments == {s.name: s.script.removesuffix(".py") for s in STEPS if s.parallel is None}
+    (parallel,) = [m for m in modules if m.get("ModuleType") == "BatchInferencing"]
+    arguments = [a["Value"] for a in parallel["StructuredInterface"]["Arguments"]]
+    entry_scripts = {s.parallel.entry_script for s in STEPS if s.parallel is not None}
+    assert arguments[arguments.index("--scoring_module_name") + 1] in entry_scripts
     targets = {p.get("Value") for node in nodes for p in node["ModuleParameters"] if p["Name"] == "Target"}
     assert targets == {settings.compute_name}
     assert len(create.json()["Graph"]["Edges"]) >= 2  # fetch_data -> predict -> save_predictions

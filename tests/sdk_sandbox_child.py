@@ -118,6 +118,7 @@ def main() -> None:
         settings = load_settings()
         credential = DefaultAzureCredential()
         before = set(os.listdir(sandbox))  # what the preimport left, not the publishes
+        path_before = list(sys.path)
         guard = WriteGuard(sandbox)
         sys.addaudithook(guard)
 
@@ -151,6 +152,10 @@ def main() -> None:
             "home_after": os.environ.get("HOME"),
             "tmpdir_after": os.environ.get("TMPDIR"),
             "tempfile_after": tempfile.gettempdir(),
+            # the parallel predict's ParallelRunStep is built from pipeline-core's base classes, and its build
+            # adds the step folder to sys.path: the package is never loaded, the path is put back
+            "pipeline_steps_loaded": sorted(m for m in sys.modules if m.startswith("azureml.pipeline.steps")),
+            "sys_path_changed": sys.path != path_before,
         }
     print(json.dumps(result))
 

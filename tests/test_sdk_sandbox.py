@@ -48,6 +48,8 @@ def test_publish_writes_only_inside_its_private_folder_and_removes_it(tmp_path: 
     assert any("/.azureml/.projectcontent/" in path for path in result["allowed"])
     assert result["left_in_tmpdir"] == []
     assert result["left_in_home"] == []
+    assert result["pipeline_steps_loaded"] == []  # the app publishes without azureml-pipeline-steps
+    assert result["sys_path_changed"] is False
     # and the process's own HOME and temporary folder are back as they were
     assert result["home_after"] == str(home)
     assert result["tmpdir_after"] == result["tempfile_after"] == str(tmpdir)

@@ -164,7 +164,12 @@ def test_steady_state_tick_submits_once_with_timer_tags_in_at_most_five_calls(lo
     assert run.tags["trigger"] == "timer"
     assert run.tags["past_due"] == "false"
     assert run.tags["scheduled_for"] in before | after
-    assert run.parameters == {"sample_size": "10", "model_version": "latest", "accept_drift": "false"}
+    assert run.parameters == {
+        "sample_size": "10",
+        "model_version": "latest",
+        "accept_drift": "false",
+        "node_count": "1",
+    }
     assert run.tags["batchpred_occurrence"] == f"{aml.settings.endpoint_name}@{run.tags['scheduled_for']}"
     # endpoint, default pipeline, the look back, the submit, the occurrence check
     assert len(aml.fake.requests) <= 5, [f"{r.method} {r.path}" for r in aml.fake.requests]

@@ -85,46 +85,6 @@ def test_a_timer_tick_registers_and_its_job_writes_sample_size_predictions_to_th
     assert azure.read_datastore(f"{manifest['history_folder']}/manifest.json") is not None
 
 
-def test_an_http_run_scores_every_row_with_a_pinned_model_version_on_two_nodes_of_two_processes(
-    emulated_azure_v2, trained_registry, ames_csv, monkeypatch
-):
-    """The parallel predict (a parallel node) at node_count 2 x 2 processes over 64KB parts: every row once,
-    as the model scores the shipped file in one process."""
-    from pipeline_def.service import reset_service
-    from tests.test_azureml_end_to_end import _model_predictions
-
-    azure = emulated_azure_v2
-    monkeypatch.setenv("PARALLEL_MINI_BATCH_SIZE", "64KB")
-    monkeypatch.setenv("PARALLEL_PROCESS_COUNT_PER_NODE", "2")
-    reset_service()
-    app = LoadedApp()
-    _service().publish()
-    azure.register_model_version(trained_registry / MODEL_NAME / "1")  # a newer version: only the pin says 1
-
-    response = app.start_run({"parameters": {"sample_size": 0, "model_version": 1, "node_count": 2}})
-
-    assert response.status == 202, response
-    run_id = response.json["run_id"]
-    body = _wait(azure, app, run_id)
-    assert body["status"] == "completed", (body, _logs(azure, run_id))
-    assert body["trigger"] == "http"
-    rows = _rows(azure.read_datastore("latest_predictions/predictions.csv"))
-    assert len(rows) == AMES_ROWS
-    manifest = azure.latest_manifest()
-    assert (manifest["run_id"], str(manifest["model_version"]), manifest["rows"]) == (run_id, "1", AMES_ROWS)
-    expected = _model_predictions(trained_registry / MODEL_NAME / "1", ames_csv)
-    got = {int(row["Order"]): float(row["PredictedSalePrice"]) for row in rows}
-    assert len(got) == len(rows) and got.keys() == expected.keys()  # every row once
-    assert all(abs(got[order] - expected[order]) <= 1e-6 * expected[order] for order in expected)
-    predict = azure.fake.runs[run_id].step("predict").run_id
-    logs = azure.fake.blob_store.container_client("azureml")
-    master = logs.download_blob(f"ExperimentRun/dcid.{predict}/logs/sys/master_role.txt").readall().decode()
-    assert "2 node(s) x 2 process(es)" in master
-    result = logs.download_blob(f"ExperimentRun/dcid.{predict}/logs/job_result.txt").readall().decode()
-    assert result.startswith("Job succeeded.") and int(result.split(" mini batches")[0].split()[-1]) > 2
-    reset_service()
-
-
 def test_a_model_version_that_is_not_registered_answers_400_naming_it_and_submits_nothing(emulated_azure_v2):
     azure = emulated_azure_v2
     app = LoadedApp()
@@ -212,3 +172,45 @@ def test_every_http_answer_comes_within_30_seconds_on_a_persistent_500(emulated_
     finally:
         azure.fake.clear_faults()
         reset_service()
+
+
+def test_an_http_run_scores_every_row_with_a_pinned_model_version_on_two_nodes_of_two_processes(
+    emulated_azure_v2, trained_registry, ames_csv, monkeypatch
+):
+    """The parallel predict (a parallel node) at node_count 2 x 2 processes over 64KB parts: every row once,
+    as the model scores the shipped file in one process. Last in the module: its settings register a pipeline
+    version of their own, which then is the workspace's most recently created one (what a stale HTTP run
+    falls back to in the tests above)."""
+    from pipeline_def.service import reset_service
+    from tests.test_azureml_end_to_end import _model_predictions
+
+    azure = emulated_azure_v2
+    monkeypatch.setenv("PARALLEL_MINI_BATCH_SIZE", "64KB")
+    monkeypatch.setenv("PARALLEL_PROCESS_COUNT_PER_NODE", "2")
+    reset_service()
+    app = LoadedApp()
+    _service().publish()
+    azure.register_model_version(trained_registry / MODEL_NAME / "1")  # a newer version: only the pin says 1
+
+    response = app.start_run({"parameters": {"sample_size": 0, "model_version": 1, "node_count": 2}})
+
+    assert response.status == 202, response
+    run_id = response.json["run_id"]
+    body = _wait(azure, app, run_id)
+    assert body["status"] == "completed", (body, _logs(azure, run_id))
+    assert body["trigger"] == "http"
+    rows = _rows(azure.read_datastore("latest_predictions/predictions.csv"))
+    assert len(rows) == AMES_ROWS
+    manifest = azure.latest_manifest()
+    assert (manifest["run_id"], str(manifest["model_version"]), manifest["rows"]) == (run_id, "1", AMES_ROWS)
+    expected = _model_predictions(trained_registry / MODEL_NAME / "1", ames_csv)
+    got = {int(row["Order"]): float(row["PredictedSalePrice"]) for row in rows}
+    assert len(got) == len(rows) and got.keys() == expected.keys()  # every row once
+    assert all(abs(got[order] - expected[order]) <= 1e-6 * expected[order] for order in expected)
+    predict = azure.fake.runs[run_id].step("predict").run_id
+    logs = azure.fake.blob_store.container_client("azureml")
+    master = logs.download_blob(f"ExperimentRun/dcid.{predict}/logs/sys/master_role.txt").readall().decode()
+    assert "2 node(s) x 2 process(es)" in master
+    result = logs.download_blob(f"ExperimentRun/dcid.{predict}/logs/job_result.txt").readall().decode()
+    assert result.startswith("Job succeeded.") and int(result.split(" mini batches")[0].split()[-1]) > 2
+    reset_service()

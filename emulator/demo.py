@@ -49,15 +49,16 @@ def _say(message: str) -> None:
 
 
 def _baseline_model() -> Path:
-    """The baseline model's version 1 folder in the local registry (.local/models/HousePrices/1), trained on
-    the shipped data the first time (as `make demo` does; later runs reuse it)."""
-    from pipeline_def.local.model import ensure_model
+    """The newest version folder of the baseline model in the local registry (.local/models/HousePrices/<n>),
+    trained on the shipped data when there is none, or none the quality gate can use (as `make demo` does)."""
+    from pipeline_def.local.model import ensure_model, registered_versions
     from pipeline_def.settings import DEFAULT_DATASET_PATH, Settings
 
     settings = Settings(
         backend="local", local_dataset_path=DEFAULT_DATASET_PATH, local_work_dir=REPO_ROOT / ".local"
     )
-    return ensure_model(settings) / "1"
+    model_dir = ensure_model(settings)
+    return model_dir / str(registered_versions(model_dir)[-1])
 
 
 def _follow(app, run_id: str, timeout: float) -> dict:

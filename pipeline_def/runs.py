@@ -4,8 +4,9 @@ from every status spelling Azure ML uses (pipelines service, run history, graph 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -335,3 +336,31 @@ def with_failed_step(run: RunInfo) -> RunInfo:
         return run
     said = f"step {failed.name} failed" + (f": {failed.error}" if failed.error else "")
     return dataclasses.replace(run, error=said, failed_step=failed.name)
+
+
+def step_statuses(
+    children: list[dict[str, Any]], read_log: Callable[[str, str], str | None], order: Sequence[str]
+) -> list[StepStatus]:
+    """The steps of a pipeline run from its run-history children (camelCase RunDtos, the same on Azure ML v1
+    and v2), in `order` (unknown names last): each named by its display name (else its node id or run id),
+    with a failed step's error in its own words; a failed parallel step whose run history holds only the
+    driver's exit 42 gets its error from its logs, `read_log(step_run_id, path)`."""
+    found = []
+    for child in children:
+        tags = child.get("tags") or {}
+        name = (
+            child.get("displayName") or child.get("name") or tags.get("azureml.nodeid") or child.get("runId")
+        )
+        status = normalize_status(child.get("status"))
+        error = history_error(child.get("error")) if status == "failed" else None
+        if is_parallel_exit(error) and child.get("runId"):
+            error = read_parallel_error(functools.partial(read_log, str(child["runId"]))) or error
+        found.append(StepStatus(str(name), status, error))
+    rank = {name: index for index, name in enumerate(order)}
+    return sorted(found, key=lambda s: (rank.get(s.name, len(rank)), s.name))
+
+
+def run_tag(tags: Any, name: str) -> str | None:
+    """One tag of a run (its trigger, the submission id...), when it has it."""
+    value = tags.get(name) if isinstance(tags, dict) else None
+    return str(value) if value else None

@@ -52,9 +52,9 @@ from pipeline_def.runs import (
     RunInfo,
     StepStatus,
     history_error,
-    is_parallel_exit,
     normalize_status,
-    read_parallel_error,
+    run_tag,
+    step_statuses,
     with_failed_step,
     with_predictions,
 )
@@ -74,7 +74,7 @@ DUPLICATE_OF_TAG = "batchpred_duplicate_of"
 _CANCELED = ("canceling", "canceled")
 _INSTANT = re.compile(r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d+))?(Z|[+-]\d{2}:\d{2})?")
 
-_STEP_ORDER = {step.name: index for index, step in enumerate(STEPS)}
+_STEP_NAMES = tuple(step.name for step in STEPS)
 # How often `run` reads a run it waits for.
 POLL_SECONDS = 15.0
 
@@ -243,7 +243,11 @@ class AzureMLBackend:
             children = self.client.get_step_runs(experiment, run_id)
         except NotFound:
             children = []  # run history has not seen the run yet (just submitted)
-        info = self._run_info(entity, steps=self._steps(children), history_status=history_status)
+        info = self._run_info(
+            entity,
+            steps=step_statuses(children, self.client.get_step_log, _STEP_NAMES),
+            history_status=history_status,
+        )
         return with_failed_step(with_predictions(info, children, self.settings.datastore_url))
 
     def list_runs(self, limit: int) -> list[RunInfo]:
@@ -285,7 +289,9 @@ class AzureMLBackend:
             children = self.client.get_step_runs(self.settings.experiment_name, run.run_id)
         except NotFound:
             return run
-        return with_failed_step(dataclasses.replace(run, steps=self._steps(children)))
+        return with_failed_step(
+            dataclasses.replace(run, steps=step_statuses(children, self.client.get_step_log, _STEP_NAMES))
+        )
 
     # ----- mapping Azure ML entities to RunInfo
 
@@ -303,8 +309,8 @@ class AzureMLBackend:
             ended_at=dto.get("endTimeUtc") or None,
             portal_url=self.settings.portal_url(dto["runId"]),
             error=history_error(dto.get("error")) if normalized == "failed" else None,
-            trigger=_tag(dto.get("tags"), "trigger"),
-            submission_id=_tag(dto.get("tags"), SUBMISSION_TAG),
+            trigger=run_tag(dto.get("tags"), "trigger"),
+            submission_id=run_tag(dto.get("tags"), SUBMISSION_TAG),
         )
 
     def _run_info(
@@ -338,36 +344,9 @@ class AzureMLBackend:
             portal_url=self.settings.portal_url(entity["Id"]),
             error=str(detail)[:500] if normalized == "failed" and detail else None,
             aml_history_status=history_status,
-            trigger=_tag(tags, "trigger"),
-            submission_id=_tag(tags, SUBMISSION_TAG),
+            trigger=run_tag(tags, "trigger"),
+            submission_id=run_tag(tags, SUBMISSION_TAG),
         )
-
-    def _steps(self, children: list[dict]) -> list[StepStatus]:
-        found = []
-        for child in children:
-            tags = child.get("tags") or {}
-            name = (
-                child.get("displayName")
-                or child.get("name")
-                or tags.get("azureml.nodeid")
-                or child.get("runId")
-            )
-            status = normalize_status(child.get("status"))
-            error = history_error(child.get("error")) if status == "failed" else None
-            if is_parallel_exit(error) and child.get("runId"):
-                error = self._parallel_error(str(child["runId"])) or error
-            found.append(StepStatus(str(name), status, error))
-        return sorted(found, key=lambda s: (_STEP_ORDER.get(s.name, len(_STEP_ORDER)), s.name))
-
-    def _parallel_error(self, step_run_id: str) -> str | None:
-        """A failed parallel step's error from its logs: run history holds only the driver's exit code 42."""
-        return read_parallel_error(lambda path: self.client.get_step_log(step_run_id, path))
-
-
-def _tag(tags: Any, name: str) -> str | None:
-    """One tag of a run (the trigger, or the submission id that guards against duplicates), when it has it."""
-    value = tags.get(name) if isinstance(tags, dict) else None
-    return str(value) if value else None
 
 
 def _occurrence_run(own: RunInfo, seen: list[RunInfo]) -> RunInfo:

@@ -31,10 +31,10 @@ from pipeline_def.runs import (
     RunInfo,
     StepStatus,
     history_error,
-    is_parallel_exit,
     is_valid_run_id,
     normalize_status,
-    read_parallel_error,
+    run_tag,
+    step_statuses,
     with_failed_step,
     with_predictions,
 )
@@ -51,6 +51,9 @@ DATA_TAG = "batchpred_data"
 # How often `run` reads a job it waits for.
 POLL_SECONDS = 15.0
 _MAX_STEM = 200
+
+
+_STEP_NAMES = tuple(step.name for step in STEPS)
 
 
 class AzureMLV2Backend:
@@ -74,7 +77,6 @@ class AzureMLV2Backend:
         self._sleep = sleep
         self._poll_seconds = poll_seconds
         self._new_suffix = new_suffix
-        self._step_order = {step.name: index for index, step in enumerate(STEPS)}
 
     def current_fingerprint(self) -> str:
         """The v2 fingerprint of the step folder, hashed anew on each call (a millisecond)."""
@@ -233,7 +235,7 @@ class AzureMLV2Backend:
             children = self.client.get_step_runs(experiment, run_id)
         except NotFound:
             children = []
-        info = self._job_info(job, history, self._steps(children))
+        info = self._job_info(job, history, step_statuses(children, self.client.get_step_log, _STEP_NAMES))
         return with_failed_step(with_predictions(info, children, self.settings.datastore_url))
 
     def list_runs(self, limit: int) -> list[RunInfo]:
@@ -282,7 +284,9 @@ class AzureMLV2Backend:
             children = self.client.get_step_runs(self.settings.experiment_name, run.run_id)
         except NotFound:
             return run
-        return with_failed_step(dataclasses.replace(run, steps=self._steps(children)))
+        return with_failed_step(
+            dataclasses.replace(run, steps=step_statuses(children, self.client.get_step_log, _STEP_NAMES))
+        )
 
     # ----- mapping Azure ML's answers to RunInfo
 
@@ -311,7 +315,7 @@ class AzureMLV2Backend:
             steps=steps,
             portal_url=studio or self.settings.portal_url(job["name"]),
             error=history_error(history.get("error")) if normalized == "failed" else None,
-            trigger=_tag(properties.get("tags"), "trigger"),
+            trigger=run_tag(properties.get("tags"), "trigger"),
             aml_history_status=None if not history_status else str(history_status),
         )
 
@@ -328,35 +332,8 @@ class AzureMLV2Backend:
             ended_at=dto.get("endTimeUtc") or None,
             portal_url=dto.get("portalUrl") or self.settings.portal_url(dto["runId"]),
             error=history_error(dto.get("error")) if normalized == "failed" else None,
-            trigger=_tag(dto.get("tags"), "trigger"),
+            trigger=run_tag(dto.get("tags"), "trigger"),
         )
-
-    def _steps(self, children: list[dict[str, Any]]) -> list[StepStatus]:
-        found = []
-        for child in children:
-            tags = child.get("tags") or {}
-            name = (
-                child.get("displayName")
-                or child.get("name")
-                or tags.get("azureml.nodeid")
-                or child.get("runId")
-            )
-            status = normalize_status(child.get("status"))
-            error = history_error(child.get("error")) if status == "failed" else None
-            if is_parallel_exit(error) and child.get("runId"):
-                error = self._parallel_error(str(child["runId"])) or error
-            found.append(StepStatus(str(name), status, error))
-        order = self._step_order
-        return sorted(found, key=lambda s: (order.get(s.name, len(order)), s.name))
-
-    def _parallel_error(self, step_run_id: str) -> str | None:
-        """A failed parallel node's error from its logs: run history quotes only the driver's exit code 42."""
-        return read_parallel_error(lambda path: self.client.get_step_log(step_run_id, path))
-
-
-def _tag(tags: Any, name: str) -> str | None:
-    value = tags.get(name) if isinstance(tags, dict) else None
-    return str(value) if value else None
 
 
 def _target(version: publisher.PipelineVersion) -> Target:

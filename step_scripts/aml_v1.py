@@ -1,8 +1,9 @@
 """Azure ML v1's adapter, the only step module that imports azureml: `python aml_v1.py <step> <arguments>`
 turns the v1 names among the step's arguments into the local paths the step takes, then runs the same core.
 
-- fetch_data `--dataset NAME`: the registered tabular dataset, read with `to_pandas_dataframe()` into a
-  temporary Parquet file;
+- fetch_data `--dataset NAME`: the latest version of the registered tabular dataset, written by the SDK's
+  dataset runtime as Parquet parts in a temporary folder (`to_parquet_files().download()`: it streams, so the
+  memory does not grow with the dataset, unlike `to_pandas_dataframe()`), which fetch_data reads as one table;
 - predict `--model NAME --model-version latest|N`: `Model(ws, NAME, version).download()` into a temporary
   folder (a version that does not exist fails here); the registry's name and version are recorded;
 - save_predictions `--latest-dir default-datastore:<path> --history-dir default-datastore:<path>
@@ -76,9 +77,9 @@ def pipeline_run_id(value: str) -> str:
 # --- fetch_data: a registered dataset -> a file ----------------------------------------------------------
 
 
-def dataset_to_file(name: str, folder: Path) -> tuple[Path, str | None]:
-    """The latest version of the registered tabular dataset `name`, as a Parquet file in `folder`, and that
-    version."""
+def dataset_to_folder(name: str, folder: Path) -> tuple[Path, str | None]:
+    """The latest version of the registered tabular dataset `name`, as Parquet parts in `folder`, and that
+    version. The SDK's dataset runtime writes one part per partition of the dataset, streaming."""
     from azureml.core import Dataset
 
     try:
@@ -87,10 +88,14 @@ def dataset_to_file(name: str, folder: Path) -> tuple[Path, str | None]:
         raise
     except Exception as error:
         raise StepError(f"registered dataset {name!r} not found: {error}") from error
-    file = folder / f"{name}.parquet"
-    dataset.to_pandas_dataframe().to_parquet(file, index=False)
+    try:
+        dataset.to_parquet_files().download(target_path=str(folder), overwrite=True)
+    except Exception as error:
+        raise StepError(
+            f"cannot read registered dataset {name!r}: {type(error).__name__}: {error}"
+        ) from error
     version = getattr(dataset, "version", None)
-    return file, None if version is None else str(version)
+    return folder, None if version is None else str(version)
 
 
 def fetch_data(argv: list[str]) -> None:
@@ -100,9 +105,9 @@ def fetch_data(argv: list[str]) -> None:
 
     def body() -> None:
         with tempfile.TemporaryDirectory(prefix="aml-v1-dataset-") as folder:
-            file, version = dataset_to_file(args.dataset, Path(folder))
+            parts, version = dataset_to_folder(args.dataset, Path(folder))
             step.fetch(
-                file,
+                parts,
                 args.sample_size,
                 args.seed,
                 args.output,

@@ -2,9 +2,10 @@
 and hand them to predict as Parquet parts `part-NNNNN.parquet` of about `--part-bytes` with a small
 `_metadata.json`; each part is one mini-batch of the parallel predict.
 
-`--dataset` is a CSV, CSV.gz or Parquet file, or a folder holding exactly one such file (what Azure ML v2
-materialises for some inputs). On Azure ML v1, aml_v1.py reads the registered dataset into such a file first.
-The file is streamed in chunks: memory stays bounded by a chunk however many rows it holds. A sample of N rows
+`--dataset` is a CSV, CSV.gz or Parquet file, or a folder of such files of one kind, read as one table in
+natural name order (part-2 before part-10): what Azure ML v2 materialises beside an MLTable file, or the
+Parquet parts aml_v1.py has Azure ML v1's dataset runtime write from the registered dataset.
+The files are streamed in chunks: memory stays bounded by a chunk however many rows they hold. A sample of N rows
 takes two passes (count, then pick the rows at positions drawn for the seed); a CSV is counted anyway, to
 settle its columns' types.
 """
@@ -36,7 +37,7 @@ log = logging.getLogger("fetch_data")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = step_parser(__doc__)
     parser.add_argument(
-        "--dataset", required=True, help="a CSV/CSV.gz/Parquet file, or a folder holding exactly one"
+        "--dataset", required=True, help="a CSV/CSV.gz/Parquet file, or a folder of such files"
     )
     parser.add_argument(
         "--dataset-name", help="the dataset's registered name, for the record (default: the path)"
@@ -88,8 +89,8 @@ def fetch(
         output, fetch_metadata(name, table.rows, writer.rows, sample_size, seed, dataset_version or None)
     )
     log.info(
-        "fetched %d of %d rows of %s (sample size %d, seed %d) into %d part(s) of %s",
-        writer.rows, table.rows, name, sample_size, seed, len(parts), output,
+        "fetched %d of %d rows of %s (%d file(s); sample size %d, seed %d) into %d part(s) of %s",
+        writer.rows, table.rows, name, len(table.files), sample_size, seed, len(parts), output,
     )  # fmt: skip
 
 

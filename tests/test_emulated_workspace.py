@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -18,6 +19,7 @@ import pytest
 
 from emulator.aml import FakeAzureML
 from tests.fixtures_fakes import DEVSTORE_ACCOUNT, DEVSTORE_KEY, AzuriteBlob
+from tests.fixtures_local import read_parts
 
 # Each test runs the SDK (or a step script) in a job's process: seconds each.
 pytestmark = pytest.mark.slow
@@ -47,6 +49,17 @@ def step_run(workspace: FakeAzureML) -> str:
     pipeline = workspace.add_published_pipeline("batch-prediction", "1")
     run = workspace.add_run(pipeline["Id"], experiment="batchpred", status="Running")
     return run.step("fetch_data").run_id
+
+
+def load_bigdata() -> Any:
+    """bench/bigdata.py, the generator of large Ames-like tables."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bigdata", REPO_ROOT / "bench" / "bigdata.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def job_process(
@@ -333,6 +346,39 @@ def test_aml_v1_runs_the_three_steps_in_a_job_with_the_arguments_the_v1_definiti
         "error: cannot get registered model HousePrices:9: WebserviceException: Message: ModelNotFound"
     ), missing.stderr[-3000:]
     assert "Traceback" not in missing.stderr
+
+
+def test_aml_v1_fetch_streams_a_dataset_of_several_partitions_through_the_sdks_parquet_parts(
+    workspace: FakeAzureML, step_run: str, tmp_path: Path, run_step
+) -> None:
+    """A registered dataset larger than dataprep's 20 MiB partition: aml_v1.py has the SDK write it as Parquet
+    parts (`to_parquet_files().download()`, never a DataFrame of the whole) and fetch_data reads them as one
+    table: every row once, in order, as fetch_data reads the CSV itself."""
+    bigdata = load_bigdata()
+    csv = bigdata.write(80_000, tmp_path / "ames-80000.csv")  # 26 MB: two partitions
+    workspace.register_dataset("AmesLarge", csv)
+    snapshot = tmp_path / "snapshot"
+    shutil.copytree(STEP_SCRIPTS, snapshot, ignore=shutil.ignore_patterns("__pycache__", "logs"))
+    fetched, local = tmp_path / "fetched", tmp_path / "local"
+
+    done = job_process(
+        workspace,
+        step_run,
+        tmp_path / "home",
+        [sys.executable, str(snapshot / "aml_v1.py"), "fetch_data", "--dataset", "AmesLarge",
+         "--sample-size", "0", "--seed", "1", "--output", str(fetched), "--part-bytes", str(4 * 1024 * 1024)],
+        cwd=snapshot,
+    )  # fmt: skip
+
+    assert done.returncode == 0, f"stdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-5000:]}"
+    assert "fetched 80000 of 80000 rows of AmesLarge (2 file(s);" in done.stderr, done.stderr[-3000:]
+    rows = read_parts(fetched)
+    assert rows["Order"].tolist() == list(range(1, 80_001))
+    same = run_step("fetch_data.py", "--dataset", csv, "--sample-size", 0, "--seed", 1, "--output", local)
+    assert same.returncode == 0, same.stderr
+    pd.testing.assert_frame_equal(rows, read_parts(local), check_dtype=False)
+    metadata = json.loads((fetched / "_metadata.json").read_text())
+    assert (metadata["dataset"], metadata["dataset_version"], metadata["rows"]) == ("AmesLarge", "1", 80_000)
 
 
 def test_the_v1_definition_and_aml_v1_spell_the_same_markers() -> None:

@@ -67,7 +67,7 @@ def test_read_table_reads_csv_gzip_csv_and_parquet_alike(ames: pd.DataFrame, tmp
         assert list(frame.columns) == list(ames.columns), name
 
 
-def test_a_dataset_folder_is_read_through_its_one_data_file(tmp_path: Path) -> None:
+def test_a_dataset_folder_is_read_through_its_data_files(tmp_path: Path) -> None:
     # what Azure ML v2 materialises for some inputs: the data file beside notes such as an MLTable file
     (tmp_path / "one" / "nested").mkdir(parents=True)
     (tmp_path / "one" / "MLTable").write_text("paths: []\n")
@@ -78,12 +78,12 @@ def test_a_dataset_folder_is_read_through_its_one_data_file(tmp_path: Path) -> N
     for name in ("a.csv", "b.parquet"):
         (tmp_path / "two" / name).write_bytes(b"")
 
-    assert fetch_data.data_file(tmp_path / "one") == tmp_path / "one" / "nested" / "ames.csv"
+    assert fetch_data.data_files(tmp_path / "one") == [tmp_path / "one" / "nested" / "ames.csv"]
     assert fetch_data.read_table(tmp_path / "one")["PID"].tolist() == [2]
     with pytest.raises(errors.StepError, match="holds no data file"):
-        fetch_data.data_file(tmp_path / "none")
-    with pytest.raises(errors.StepError, match=r"holds 2 data files \(a.csv, b.parquet\); expected one"):
-        fetch_data.data_file(tmp_path / "two")
+        fetch_data.data_files(tmp_path / "none")
+    with pytest.raises(errors.StepError, match=r"holds both Parquet \(b.parquet\) and CSV \(a.csv\) files"):
+        fetch_data.data_files(tmp_path / "two")
 
 
 def test_fetch_step_writes_the_sample_without_the_target_and_its_metadata(

@@ -148,3 +148,98 @@ def test_fetch_step_replaces_the_parts_an_earlier_attempt_left(
     assert done.returncode == 0, done.stderr
     assert [p.name for p in out.glob("part-*.parquet")] == ["part-00000.parquet"]
     assert len(read_parts(out)) == 5
+
+
+@pytest.fixture(scope="module")
+def split(larger: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The larger table as 11 parts (part-0 .. part-10, so name order and natural order differ), once as
+    Parquet as Azure ML v1's dataset runtime writes them (`to_parquet_files().download()`: a column all
+    empty in a part typed null, an integer column float in another part) and once as CSV.gz."""
+    import pyarrow as pa
+
+    whole = pd.read_csv(larger["csv"])
+    folder = tmp_path_factory.mktemp("split")
+    for kind in ("parquet", "csv"):
+        (folder / kind).mkdir()
+    bounds = np.linspace(0, len(whole), 12).astype(int)
+    for index, (start, end) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        piece = whole.iloc[start:end]
+        piece.to_csv(folder / "csv" / f"part-{index}.csv.gz", index=False)
+        table = pa.Table.from_pandas(piece, preserve_index=False)
+        if index == 3:  # a part where PoolQC is always empty: Parquet types it null
+            table = table.set_column(
+                table.schema.get_field_index("PoolQC"), "PoolQC", pa.nulls(len(piece), pa.null())
+            )
+        if index == 4:
+            table = table.set_column(
+                table.schema.get_field_index("LotArea"), "LotArea", table["LotArea"].cast(pa.float64())
+            )
+        pq.write_table(table, folder / "parquet" / f"part-{index}.parquet")
+    (folder / "parquet" / "MLTable").write_text("paths: []\n")
+    return {"parquet": folder / "parquet", "csv": folder / "csv", "whole": larger["csv"]}
+
+
+@pytest.mark.parametrize("kind", ["csv", "parquet"])
+def test_a_folder_of_parts_is_read_as_one_table_in_natural_order(split: dict[str, Path], kind: str) -> None:
+    table = fetch.Table(split[kind], chunk_rows=900)
+    whole = pd.read_csv(split["whole"])
+
+    chunks = list(table.chunks())
+
+    assert [f.name for f in table.files] == [
+        f"part-{i}.{'csv.gz' if kind == 'csv' else 'parquet'}" for i in range(11)
+    ]
+    assert table.rows == len(whole) == 20_510
+    assert len({chunk.schema for chunk in chunks}) == 1
+    assert all(chunk.num_rows <= 900 for chunk in chunks)
+    got = pd.concat([chunk.to_pandas() for chunk in chunks], ignore_index=True)
+    assert got["Order"].tolist() == list(range(1, 20_511))
+    expected = whole.copy()
+    if kind == "parquet":
+        expected.loc[bounds_of(3, len(whole)), "PoolQC"] = None
+    pd.testing.assert_frame_equal(got, expected, check_dtype=False)
+    # the same sample as from the one file
+    sample = pd.concat(
+        [
+            c.to_pandas()
+            for c in fetch.take_sample(table.chunks(), fetch.sample_positions(table.rows, 777, 3))
+        ],
+        ignore_index=True,
+    )
+    assert sample["Order"].tolist() == fetch.sample_rows(whole, 777, seed=3)["Order"].tolist()
+
+
+def bounds_of(index: int, total: int) -> slice:
+    bounds = np.linspace(0, total, 12).astype(int)
+    return slice(bounds[index], bounds[index + 1] - 1)  # .loc is inclusive
+
+
+def test_parts_with_other_columns_are_refused_naming_the_file(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    pd.DataFrame({"Order": [1], "PID": [2]}).to_csv(tmp_path / "d" / "part-0.csv", index=False)
+    pd.DataFrame({"Order": [3], "Pid": [4]}).to_csv(tmp_path / "d" / "part-1.csv", index=False)
+    pd.DataFrame({"PID": [2], "Order": [1]}).to_parquet(tmp_path / "p0.parquet", index=False)
+
+    with pytest.raises(
+        fetch.StepError, match=r"part-1.csv' has other columns than 'part-0.csv': missing PID; extra Pid"
+    ):
+        fetch.Table(tmp_path / "d")
+    (tmp_path / "q").mkdir()
+    pd.DataFrame({"Order": [1], "PID": [2]}).to_parquet(tmp_path / "q" / "part-0.parquet", index=False)
+    (tmp_path / "p0.parquet").rename(tmp_path / "q" / "part-1.parquet")
+    with pytest.raises(fetch.StepError, match="the same names in another order"):
+        fetch.Table(tmp_path / "q")
+
+
+def test_fetch_step_samples_a_folder_of_parts_as_it_samples_the_one_file(
+    run_step, split: dict[str, Path], tmp_path: Path
+) -> None:
+    from_parts, from_file = tmp_path / "parts", tmp_path / "file"
+    for source, out in ((split["csv"], from_parts), (split["whole"], from_file)):
+        done = run_step(
+            "fetch_data.py", "--dataset", source, "--sample-size", 5_000, "--seed", 4, "--output", out
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+
+    pd.testing.assert_frame_equal(read_parts(from_parts), read_parts(from_file))
+    assert json.loads((from_parts / "_metadata.json").read_text())["dataset_rows"] == 20_510

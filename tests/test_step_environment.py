@@ -165,13 +165,15 @@ class _QuietHandler(SimpleHTTPRequestHandler):
         pass
 
 
-TABULAR_TO_PANDAS = """
+TABULAR_TO_PARQUET = """
 import json, sys
 from azureml.core import Dataset
-frame = Dataset.Tabular.from_delimited_files(path=sys.argv[1]).to_pandas_dataframe()
+files = Dataset.Tabular.from_delimited_files(path=sys.argv[1]).to_parquet_files().download(target_path="parts")
 import pandas
+frame = pandas.concat([pandas.read_parquet(f) for f in sorted(files)], ignore_index=True)
 print(json.dumps({
     "pandas": pandas.__version__,
+    "files": len(files),
     "shape": list(frame.shape),
     "dtypes": {name: str(frame[name].dtype) for name in ("Order", "SalePrice", "LotFrontage", "MSZoning")},
     "zoning": frame["MSZoning"].tolist(),
@@ -181,16 +183,17 @@ print(json.dumps({
 
 
 @pytest.mark.step_env
-def test_dataprep_converts_a_tabular_dataset_with_the_step_venvs_pandas(
+def test_dataprep_writes_a_tabular_dataset_as_parquet_the_step_venvs_pandas_reads(
     step_env: Path, served_csv: str, ames_csv: Path, tmp_path: Path
 ):
-    # What Dataset.get_by_name(...).to_pandas_dataframe() does in fetch_data, through dataprep's Rust reader,
-    # without the [pandas] extra (which would pin pandas<2 and numpy<2).
+    # What aml_v1.py's fetch_data does with the registered dataset (to_parquet_files().download(), through
+    # dataprep's Rust runtime), without the [pandas] extra (which would pin pandas<2 and numpy<2).
     env = offline_env(tmp_path, no_proxy="127.0.0.1,localhost")
-    done = run_in(step_env, "-c", TABULAR_TO_PANDAS, served_csv, env=env, cwd=tmp_path)
+    done = run_in(step_env, "-c", TABULAR_TO_PARQUET, served_csv, env=env, cwd=tmp_path)
     result = json.loads(done.stdout.strip().splitlines()[-1])
     reference = pd.read_csv(ames_csv)
     assert result["pandas"] == pinned(DEFAULT_REQUIREMENTS)["pandas"]
+    assert result["files"] >= 1
     assert result["shape"] == list(reference.shape)
     assert result["dtypes"]["Order"] == "int64" and result["dtypes"]["LotFrontage"] == "float64"
     assert result["zoning"] == reference["MSZoning"].tolist()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,6 +21,8 @@ from emulator.aml.wire import SEG, RecordedRequest, Response, Route, ServiceErro
 
 # dataprep writes a 20 MiB partition size into every read_delimited it serialises
 _PARTITION_SIZE = 20971520
+# Rows the column types are inferred from (a guess: dataprep reads a sample too; its size is not documented).
+INFERENCE_ROWS = 10_000
 
 
 @dataclass
@@ -50,24 +53,30 @@ class DatasetService:
         column_types: dict[str, str] | None = None,
     ) -> FakeDatasetVersion:
         """Upload the CSV (bytes, or a file path) into the workspace blob store and register the next version
-        of the tabular dataset `name` (delimited files, comma, header row) reading it. Column types are
-        inferred as int, float, boolean or string (dataprep's inference at creation time does the same and
-        also finds dates); `column_types` ({column: int|float|boolean|string|datetime}) overrides."""
+        of the tabular dataset `name` (delimited files, comma, header row) reading it. A file is uploaded as a
+        stream (a generated table of millions of rows is not held in memory). Column types are inferred from
+        the first INFERENCE_ROWS rows as int, float, boolean or string (dataprep's inference at creation time
+        also reads a sample, and also finds dates); `column_types` ({column: int|float|boolean|string|
+        datetime}) overrides."""
         store = self.blob_store
         if store is None:
             raise RuntimeError("register_dataset needs a blob store: call fake.use_blob_store(...) first")
-        if isinstance(csv_data, bytes):
-            data, file_name = csv_data, f"{name}.csv"
-        else:
-            path = Path(csv_data)
-            data, file_name = path.read_bytes(), path.name
+        path = None if isinstance(csv_data, bytes) else Path(csv_data)
+        file_name = f"{name}.csv" if path is None else path.name
         with self.lock:
             versions = self.datasets.setdefault(name, [])
             version = len(versions) + 1
             registered_id = versions[0].registered_id if versions else new_id()
         blob_path = f"datasets/{name}/{version}/{file_name}"
-        store.container_client().upload_blob(blob_path, data, overwrite=True)
-        types = {**_infer_column_types(data), **(column_types or {})}
+        if path is None:
+            assert isinstance(csv_data, bytes)
+            store.container_client().upload_blob(blob_path, csv_data, overwrite=True)
+            head = csv_data
+        else:
+            with open(path, "rb") as stream:
+                store.container_client().upload_blob(blob_path, stream, overwrite=True)
+            head = _head(path)
+        types = {**_infer_column_types(head), **(column_types or {})}
         entry = FakeDatasetVersion(
             name=name,
             registered_id=registered_id,
@@ -198,11 +207,17 @@ def _mltable_yaml(uri: str, column_types: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+def _head(path: Path) -> bytes:
+    """The header and first INFERENCE_ROWS rows of a CSV file."""
+    with open(path, "rb") as stream:
+        return b"".join(itertools.islice(stream, INFERENCE_ROWS + 1))
+
+
 def _infer_column_types(data: bytes) -> dict[str, str]:
     reader = csv.reader(io.StringIO(data.decode("utf-8-sig")))
     header = next(reader, [])
     columns: list[list[str]] = [[] for _ in header]
-    for row in reader:
+    for row in itertools.islice(reader, INFERENCE_ROWS):
         for index, value in enumerate(row[: len(header)]):
             if value != "":
                 columns[index].append(value)

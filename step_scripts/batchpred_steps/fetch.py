@@ -1,10 +1,12 @@
-"""fetch_data's logic: read a table from a file (or a folder holding one) in chunks, sample it, drop the
+"""fetch_data's logic: read a table from a file (or a folder of parts) in chunks, sample it, drop the
 target, and write it as Parquet parts of about a target size; memory stays bounded by a chunk (and, for a
 sample, by nothing that grows with the dataset)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -133,24 +135,35 @@ def is_data_file(path: Path) -> bool:
     return path.is_file() and not path.name.startswith(".") and path.name.lower().endswith(DATA_SUFFIXES)
 
 
-def data_file(path: str | Path) -> Path:
-    """The data file `path` names: the file itself, or the one data file inside a folder (what Azure ML v2
-    materialises for some inputs: the file beside an MLTable or other notes)."""
+def natural_key(path: Path) -> list[Any]:
+    """Sort key of a path that orders numbered names by number: part-2 before part-10."""
+    return [int(piece) if piece.isdigit() else piece for piece in re.split(r"(\d+)", path.as_posix())]
+
+
+def data_files(path: str | Path) -> list[Path]:
+    """The data files `path` names: the file itself, or every data file inside a folder, in natural name
+    order (part-2 before part-10), all CSV (or CSV.gz) or all Parquet. A folder is what Azure ML gives: the
+    one file v2 materialises beside an MLTable file, or the parts v1's dataset writes (aml_v1.py)."""
     given = Path(path)
     if not given.exists():
         raise StepError(f"dataset {str(given)!r} does not exist")
     if given.is_file():
-        return given
+        return [given]
     if not given.is_dir():
         raise StepError(f"dataset {str(given)!r} is neither a file nor a folder")
-    found = sorted(p for p in given.rglob("*") if is_data_file(p))
-    if len(found) == 1:
-        return found[0]
-    kinds = ", ".join(DATA_SUFFIXES)
+    found = sorted(
+        (p for p in given.rglob("*") if is_data_file(p)), key=lambda p: natural_key(p.relative_to(given))
+    )
     if not found:
-        raise StepError(f"dataset folder {str(given)!r} holds no data file ({kinds})")
-    names = ", ".join(str(p.relative_to(given)) for p in found[:5])
-    raise StepError(f"dataset folder {str(given)!r} holds {len(found)} data files ({names}); expected one")
+        raise StepError(f"dataset folder {str(given)!r} holds no data file ({', '.join(DATA_SUFFIXES)})")
+    kinds = {is_parquet(p) for p in found}
+    if len(kinds) > 1:
+        parquet = next(p for p in found if is_parquet(p)).relative_to(given)
+        csv = next(p for p in found if not is_parquet(p)).relative_to(given)
+        raise StepError(
+            f"dataset folder {str(given)!r} holds both Parquet ({parquet}) and CSV ({csv}) files; expected one kind"
+        )
+    return found
 
 
 def is_parquet(file: Path) -> bool:
@@ -171,72 +184,132 @@ def merged_dtype(first: str, second: str) -> str:
 
 
 class Table:
-    """A dataset file read in chunks of Arrow tables, each with the same schema, and its row count.
+    """A dataset (a file, or a folder of parts) read in chunks of Arrow tables, each with the same schema, and
+    its row count. The files are read one after the other, as one table; every file must have the same
+    columns in the same order.
 
-    A CSV is read twice: once to count its rows and settle each column's dtype over every chunk (pandas infers
-    a dtype per chunk), then in chunks with those dtypes. A Parquet file has both in its footer."""
+    CSV is read twice: once to count the rows and settle each column's dtype over every chunk of every file
+    (pandas infers a dtype per chunk), then in chunks with those dtypes. Parquet has both in its footers: the
+    files' schemas are unified (a part whose column is all empty may type it as null, or an integer column as
+    another part's floats)."""
 
     def __init__(self, path: str | Path, chunk_rows: int = CHUNK_ROWS) -> None:
-        self.file = data_file(path)
+        self.files = data_files(path)
         self.chunk_rows = chunk_rows
+        self._columns: list[str] | None = None
         self._dtypes: dict[str, str] = {}
+        self._schema: pa.Schema | None = None
         self.rows = self._scan()
 
-    def _scan(self) -> int:
-        try:
-            if is_parquet(self.file):
-                import pyarrow.parquet as pq
+    @property
+    def parquet(self) -> bool:
+        return is_parquet(self.files[0])
 
-                with pq.ParquetFile(self.file) as parquet:
-                    return int(parquet.metadata.num_rows)
-            rows = 0
-            for chunk in self._csv_chunks():
-                rows += len(chunk)
-                for column, dtype in chunk.dtypes.items():
-                    name = "str" if str(dtype) in ("object", "string", "str") else str(dtype)
-                    known = self._dtypes.get(str(column))
-                    self._dtypes[str(column)] = name if known is None else merged_dtype(known, name)
-            return rows
-        except StepError:
-            raise
-        except Exception as error:
-            raise self._unreadable(error) from error
+    def _scan(self) -> int:
+        rows = 0
+        for file in self.files:
+            with self._reading(file):
+                rows += self._scan_parquet(file) if self.parquet else self._scan_csv(file)
+        return rows
+
+    def _scan_parquet(self, file: Path) -> int:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        with pq.ParquetFile(file) as parquet:
+            schema = _without_index(parquet.schema_arrow)
+            self._check_columns(file, schema.names)
+            self._schema = (
+                schema
+                if self._schema is None
+                else pa.unify_schemas([self._schema, schema], promote_options="permissive")
+            )
+            return int(parquet.metadata.num_rows)
+
+    def _scan_csv(self, file: Path) -> int:
+        rows = 0
+        for chunk in self._csv_chunks(file):
+            self._check_columns(file, [str(c) for c in chunk.columns])
+            rows += len(chunk)
+            for column, dtype in chunk.dtypes.items():
+                name = "str" if str(dtype) in ("object", "string", "str") else str(dtype)
+                known = self._dtypes.get(str(column))
+                self._dtypes[str(column)] = name if known is None else merged_dtype(known, name)
+        return rows
+
+    def _check_columns(self, file: Path, columns: list[str]) -> None:
+        if self._columns is None:
+            self._columns = columns
+        elif columns != self._columns:
+            first = self.files[0].name
+            raise StepError(
+                f"dataset file {str(file)!r} has other columns than {first!r}: "
+                f"{_difference(columns, self._columns)}"
+            )
 
     def chunks(self) -> Iterator[pa.Table]:
         """Every row, in order, as Arrow tables of at most `chunk_rows` rows sharing one schema."""
         import pyarrow as pa
 
-        try:
-            if is_parquet(self.file):
-                import pyarrow.parquet as pq
+        schema = self._schema
+        for file in self.files:
+            with self._reading(file):
+                if self.parquet:
+                    import pyarrow.parquet as pq
 
-                with pq.ParquetFile(self.file) as parquet:
-                    index = [c for c in (parquet.schema_arrow.pandas_metadata or {}).get("index_columns", [])
-                             if isinstance(c, str)]  # fmt: skip
-                    for batch in parquet.iter_batches(batch_size=self.chunk_rows):
-                        yield pa.Table.from_batches([batch]).drop_columns(index)
-                return
-            schema = None
-            for chunk in self._csv_chunks(self._dtypes):
-                table = pa.Table.from_pandas(chunk, schema=schema, preserve_index=False)
-                schema = table.schema
-                yield table
+                    with pq.ParquetFile(file) as parquet:
+                        index = _index_columns(parquet.schema_arrow)
+                        for batch in parquet.iter_batches(batch_size=self.chunk_rows):
+                            yield pa.Table.from_batches([batch]).drop_columns(index).cast(schema)
+                    continue
+                for chunk in self._csv_chunks(file, self._dtypes):
+                    table = pa.Table.from_pandas(chunk, schema=schema, preserve_index=False)
+                    schema = table.schema
+                    yield table
+
+    @contextlib.contextmanager
+    def _reading(self, file: Path) -> Iterator[None]:
+        """A failure to read `file` as one StepError naming it."""
+        try:
+            yield
         except StepError:
             raise
-        except Exception as error:
-            raise self._unreadable(error) from error
+        except Exception as error:  # a corrupt file shows up as many different exception types
+            raise StepError(
+                f"cannot read dataset file {str(file)!r}: {type(error).__name__}: {error}"
+            ) from error
 
-    def _csv_chunks(self, dtypes: dict[str, str] | None = None) -> Iterator[pd.DataFrame]:
+    def _csv_chunks(self, file: Path, dtypes: dict[str, str] | None = None) -> Iterator[pd.DataFrame]:
         import pandas as pd
 
         try:
-            with pd.read_csv(self.file, chunksize=self.chunk_rows, dtype=dtypes or None) as reader:
+            with pd.read_csv(file, chunksize=self.chunk_rows, dtype=dtypes or None) as reader:
                 yield from reader  # compression follows the suffix (.gz)
         except pd.errors.EmptyDataError as error:
-            raise StepError(f"dataset file {str(self.file)!r} is empty") from error
+            raise StepError(f"dataset file {str(file)!r} is empty") from error
 
-    def _unreadable(self, error: Exception) -> StepError:
-        return StepError(f"cannot read dataset file {str(self.file)!r}: {type(error).__name__}: {error}")
+
+def _index_columns(schema: pa.Schema) -> list[str]:
+    """The columns pandas stored its index in (named in the schema's pandas metadata)."""
+    return [c for c in (schema.pandas_metadata or {}).get("index_columns", []) if isinstance(c, str)]
+
+
+def _without_index(schema: pa.Schema) -> pa.Schema:
+    import pyarrow as pa
+
+    index = set(_index_columns(schema))
+    return pa.schema([f for f in schema if f.name not in index])
+
+
+def _difference(columns: list[str], expected: list[str]) -> str:
+    missing = [c for c in expected if c not in columns]
+    extra = [c for c in columns if c not in expected]
+    if not missing and not extra:
+        return "the same names in another order"
+    said = ([f"missing {', '.join(missing[:5])}"] if missing else []) + (
+        [f"extra {', '.join(extra[:5])}"] if extra else []
+    )
+    return "; ".join(said)
 
 
 # --- writing parts ---------------------------------------------------------------------------------------
@@ -307,15 +380,9 @@ class PartWriter:
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
-    """Every row of a CSV, gzip-compressed CSV or Parquet file, or of the one such file in a folder."""
+    """Every row of a CSV, gzip-compressed CSV or Parquet file, or of the data files in a folder, whole."""
     import pandas as pd
 
-    file = data_file(path)
-    try:
-        if file.name.lower().endswith((".parquet", ".pq")):
-            return pd.read_parquet(file)
-        return pd.read_csv(file)  # compression follows the suffix (.gz)
-    except pd.errors.EmptyDataError as error:
-        raise StepError(f"dataset file {str(file)!r} is empty") from error
-    except Exception as error:  # a corrupt file shows up as many different exception types
-        raise StepError(f"cannot read dataset file {str(file)!r}: {type(error).__name__}: {error}") from error
+    table = Table(path)
+    chunks = [chunk.to_pandas() for chunk in table.chunks()]
+    return pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame(columns=table._columns or [])

@@ -75,6 +75,27 @@ def run(mini_batch):
         done.append(name)
     return done
 """
+# A tabular input's mini-batch is a DataFrame: each is written under its first and last Order (open "x": a
+# mini-batch scored twice fails the test) with the worker that scored it.
+SCORE_ROWS = """
+import os, pathlib
+from azureml_user.parallel_run import EntryScript
+
+def init():
+    global out, who
+    entry = EntryScript()
+    out = pathlib.Path(entry.output_dir)
+    who = f"{os.getcwd()}|{entry.agent_name}"
+
+def run(mini_batch):
+    ids = mini_batch["Order"].tolist()
+    with open(out / f"rows-{ids[0]:05d}-{ids[-1]:05d}.out", "x") as handle:
+        handle.write(" ".join(map(str, ids)) + "|" + ",".join(mini_batch.columns) + "|" + who + "\\n")
+    return mini_batch[["Order"]]
+"""
+# 600 rows of about 30 bytes (a quoted field with a comma in each): 18 KB, cut into mini-batches of 2 KB.
+ROWS = 600
+ROWS_CSV = "Order,Name,Value\n" + "".join(f'{i},"house {i}, Ames",{i * 0.5}\n' for i in range(1, ROWS + 1))
 REPORT = """
 import argparse, pathlib
 p = argparse.ArgumentParser(); p.add_argument("--scored"); a = p.parse_args()
@@ -182,21 +203,53 @@ def v1(azurite: AzuriteBlob, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             ),
         ]
         published = Pipeline(workspace, steps=steps).publish(name="toy-parallel", version="1")
-        yield SimpleNamespace(fake=fake, pipeline_id=published.id)
+
+        from azureml.core import Dataset
+
+        (folder / "score_rows.py").write_text(SCORE_ROWS)
+        fake.register_dataset("toy-rows", ROWS_CSV.encode())
+        rows = Dataset.get_by_name(workspace, "toy-rows").as_named_input("rows")
+        by_size = ParallelRunConfig(
+            entry_script="score_rows.py",
+            mini_batch_size="2KB",
+            error_threshold=0,
+            output_action="summary_only",
+            environment=environment,
+            node_count=2,
+            process_count_per_node=2,
+            run_invocation_timeout=30,
+            **common,
+        )
+        scored_rows = PipelineData("scored_rows", is_directory=True)
+        step = ParallelRunStep(
+            name="score-rows",
+            parallel_run_config=by_size,
+            inputs=[rows],
+            output=scored_rows,
+            allow_reuse=False,
+        )
+        tabular = Pipeline(workspace, steps=[step]).publish(name="toy-parallel-rows", version="1")
+        yield SimpleNamespace(fake=fake, pipeline_id=published.id, tabular_id=tabular.id)
 
 
-def _run_v1(v1: SimpleNamespace, parameters: dict[str, str]) -> SimpleNamespace:
+def _run_v1(
+    v1: SimpleNamespace,
+    parameters: dict[str, str],
+    pipeline_id: str | None = None,
+    step_name: str = "score-items",
+    output: str = "scored",
+) -> SimpleNamespace:
     response = requests.post(
-        f"{v1.fake.pipelines_url}/PipelineRuns/PipelineSubmit/{v1.pipeline_id}",
+        f"{v1.fake.pipelines_url}/PipelineRuns/PipelineSubmit/{pipeline_id or v1.pipeline_id}",
         json={"ExperimentName": "toy-parallel", "ParameterAssignments": parameters},
         headers={"Authorization": "Bearer test-token"},
         timeout=10,
     )
     response.raise_for_status()
     run = v1.fake.wait_for_run(response.json()["Id"], RUN_TIMEOUT)
-    step = run.step("score-items")
-    output = v1.fake.execution.workdir / "runs" / run.run_id / "data" / step.node_id / "scored"
-    return SimpleNamespace(run=run, step=step, output=output, log=v1.fake.step_log(run.run_id, "score-items"))
+    step = run.step(step_name)
+    folder = v1.fake.execution.workdir / "runs" / run.run_id / "data" / step.node_id / output
+    return SimpleNamespace(run=run, step=step, output=folder, log=v1.fake.step_log(run.run_id, step_name))
 
 
 @pytest.mark.azure_path
@@ -278,6 +331,23 @@ def test_v1_failures_over_the_error_threshold_fail_the_step_with_exit_42_and_the
     assert "ValueError: cannot score item-0" in result
     errors = _artifact(v1.fake, done.step.run_id, "logs/user/error.txt")
     assert "Traceback (most recent call last):" in errors and "ValueError: cannot score item-0" in errors
+
+
+@pytest.mark.azure_path
+def test_v1_a_tabular_dataset_is_cut_into_mini_batches_by_size_and_every_row_scored_once(v1) -> None:
+    done = _run_v1(v1, {}, pipeline_id=v1.tabular_id, step_name="score-rows", output="scored_rows")
+
+    assert done.run.history_status == "Completed", (done.run.error_message, done.step.error, done.log)
+    batches = [path.read_text().strip().split("|") for path in sorted(done.output.glob("rows-*.out"))]
+    ids = [int(i) for text, _columns, _node, _agent in batches for i in text.split()]
+    assert sorted(ids) == list(range(1, ROWS + 1))  # every row once: no mini-batch lost, none twice
+    assert {columns for _ids, columns, _node, _agent in batches} == {"Order,Name,Value"}  # header in each
+    size = len(ROWS_CSV.encode()) - len("Order,Name,Value\n")
+    assert len(batches) == -(-size // 2048)  # cut by size: about 2 KB of whole lines each
+    assert all(len(text.split()) >= 2048 // 40 for text, *_ in batches[:-1])
+    assert len({node for _ids, _columns, node, _agent in batches}) == 2  # spread over both nodes
+    result = _artifact(v1.fake, done.step.run_id, "logs/job_result.txt")
+    assert result.startswith("Job succeeded.") and f"{ROWS} items, {ROWS} returned, 0 failed" in result
 
 
 # ---------------------------------------------------------------------------------------------- SDK v2

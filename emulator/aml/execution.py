@@ -307,8 +307,12 @@ class ExecutionService:
         parallel = None
         if module.get("ModuleType") == PARALLEL_MODULE_TYPE:
             parallel = self._parallel_plan(run, step, node, interface, sources, outputs, run_dir, runconfig)
+            # a node_count linked to a pipeline parameter is the run's value of it (ValueType 1); a fixed one
+            # is only in the run configuration (the SDK sends NodeCount with ValueType 0 and no Value)
+            given = node_params.get("NodeCount") or {}
+            linked = str(given.get("ValueType")) == "1" or given.get("Value") is not None
             parallel["PRS_NODE_COUNT"] = (
-                parameter("NodeCount") if "NodeCount" in node_params else str(runconfig.get("nodeCount") or 1)
+                parameter("NodeCount") if linked else str(runconfig.get("nodeCount") or 1)
             )
         return _StepPlan(step, script, arguments, snapshot_id, environment, parallel)
 

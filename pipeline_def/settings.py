@@ -25,6 +25,9 @@ DEFAULT_SAMPLE_SIZE = 10
 # The parallel predict (issue #13): a mini-batch is one Parquet part of fetch_data's output, whose target size
 # is the mini-batch size (step_scripts/batchpred_steps/fetch.py, DEFAULT_PART_BYTES, is the same 16 MB).
 DEFAULT_MINI_BATCH_SIZE = "16MB"
+# Locally a mini-batch costs under 0.02 s, so parts are smaller: more of them share the workers out more
+# evenly (1M rows over 2 workers: 1.54x one worker in 4 parts of 16 MB, 1.87x in 13 of 4 MB; docs/benchmarks.md).
+DEFAULT_LOCAL_MINI_BATCH_SIZE = "4MB"
 _BYTE_SIZE = re.compile(r"(\d+)\s*([kmg]?)b?", re.IGNORECASE)
 BACKENDS = ("azureml", "azureml-v2", "local")
 # The backends on an Azure ML workspace: SDK v1's services, and v2's ARM routes (plain REST).
@@ -85,6 +88,7 @@ class Settings:
     parallel_run_max_try: int = 3
     parallel_error_threshold: int = 0
     local_parallel_workers: int = 0  # 0: one a core (os.cpu_count())
+    local_mini_batch_size: int = 4 * 1024 * 1024
 
     @property
     def arm_scope(self) -> str:
@@ -337,6 +341,8 @@ SETTINGS_TABLE: tuple[_Setting, ...] = (
     _Setting("LOCAL_WORK_DIR", "local_work_dir", str(DEFAULT_WORK_DIR), _path),
     # The local backend's pool for a parallel step; 0: one worker a core.
     _Setting("LOCAL_PARALLEL_WORKERS", "local_parallel_workers", "0", _whole_number_in(0, 256)),
+    # The local backend's mini-batch (fetch_data's part) size; PARALLEL_MINI_BATCH_SIZE is Azure ML's.
+    _Setting("LOCAL_MINI_BATCH_SIZE", "local_mini_batch_size", DEFAULT_LOCAL_MINI_BATCH_SIZE, _byte_size),
     _Setting("AZURE_CLIENT_ID", "azure_client_id", parse=lambda raw: raw or None),
 )
 

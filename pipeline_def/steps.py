@@ -178,6 +178,20 @@ def validate_parameters(raw: Any) -> dict[str, str]:
     return result
 
 
+# What the step writing a parallel step's items takes: the size of its Parquet parts (one part, one mini-batch).
+PART_BYTES_OPTION = "--part-bytes"
+
+
+def part_size_arguments(
+    step: Step, part_bytes: int, steps: tuple[Step, ...] | None = None
+) -> tuple[str, ...]:
+    """`--part-bytes <part_bytes>` for the step that writes a parallel step's items (it cuts its Parquet parts
+    that size and a mini-batch is one part), nothing for the others. Each backend gives its own size:
+    PARALLEL_MINI_BATCH_SIZE on Azure ML, LOCAL_MINI_BATCH_SIZE locally."""
+    items = {s.parallel.items for s in (STEPS if steps is None else steps) if s.parallel is not None}
+    return (PART_BYTES_OPTION, str(part_bytes)) if items & set(step.outputs) else ()
+
+
 def entry_script_arguments(step: Step) -> tuple[Argument, ...]:
     """What the parallel entry script of `step` takes: the step's arguments without the option and folder of
     its `items` input and of its `output` (the runtime hands the items over as mini-batches and says where

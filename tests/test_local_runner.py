@@ -79,6 +79,8 @@ def test_every_step_of_steps_py_becomes_a_command_line_with_no_placeholder_left(
     fetch, predict, save = commands["fetch_data"], commands["predict"], commands["save_predictions"]
     assert fetch[fetch.index("--dataset") + 1] == str(settings.local_dataset_path)
     assert fetch[fetch.index("--sample-size") + 1] == "25"
+    assert fetch[fetch.index("--part-bytes") + 1] == str(4 * 1024 * 1024)  # LOCAL_MINI_BATCH_SIZE
+    assert "--part-bytes" not in predict and "--part-bytes" not in save
     runtime, entry = predict[: predict.index("--")], predict[predict.index("--") + 1 :]
     assert runtime[runtime.index("--workers") + 1] == "0"  # one a core
     assert runtime[runtime.index("--max-try") + 1] == "3"

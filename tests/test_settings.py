@@ -228,6 +228,7 @@ def test_the_parallel_settings_default_to_the_contract_and_are_checked():
     assert settings.parallel_run_max_try == 3
     assert settings.parallel_error_threshold == 0
     assert settings.local_parallel_workers == 0
+    assert settings.local_mini_batch_size == 4 * 1024 * 1024
     tuned = load_settings(
         {
             **GOOD,
@@ -235,11 +236,12 @@ def test_the_parallel_settings_default_to_the_contract_and_are_checked():
             "PARALLEL_MINI_BATCH_SIZE": "32mb",
             "PARALLEL_ERROR_THRESHOLD": "-1",
             "LOCAL_PARALLEL_WORKERS": "3",
+            "LOCAL_MINI_BATCH_SIZE": "1MB",
         }
     )
     assert tuned.parameter_defaults["node_count"] == "4"
     assert (tuned.parallel_mini_batch_size, tuned.parallel_error_threshold) == (32 * 1024 * 1024, -1)
-    assert tuned.local_parallel_workers == 3
+    assert (tuned.local_parallel_workers, tuned.local_mini_batch_size) == (3, 1024 * 1024)
     with pytest.raises(ConfigError) as caught:
         load_settings(
             {
@@ -248,6 +250,7 @@ def test_the_parallel_settings_default_to_the_contract_and_are_checked():
                 "PARALLEL_MINI_BATCH_SIZE": "16 parsecs",
                 "PARALLEL_RUN_MAX_TRY": "0",
                 "PARALLEL_ERROR_THRESHOLD": "-2",
+                "LOCAL_MINI_BATCH_SIZE": "1KB",
             }
         )
     assert caught.value.problems == [
@@ -255,4 +258,5 @@ def test_the_parallel_settings_default_to_the_contract_and_are_checked():
         "PARALLEL_MINI_BATCH_SIZE must be a size such as 16MB, from 64KB to 2GB",
         "PARALLEL_RUN_MAX_TRY must be a whole number from 1 to 100",
         "PARALLEL_ERROR_THRESHOLD must be a whole number from -1 to 1000000",
+        "LOCAL_MINI_BATCH_SIZE must be a size such as 16MB, from 64KB to 2GB",
     ]

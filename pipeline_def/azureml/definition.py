@@ -186,9 +186,8 @@ def build_pipeline(
                 continue
             arguments: list[Any] = [Path(step.script).stem]  # aml_v1.py's first argument: which step
             arguments += [value(argument, step) for argument in step.arguments]
-            if items & set(step.outputs):
-                # it writes a parallel step's items: Parquet parts of the mini-batch size, one a mini-batch
-                arguments += [PART_BYTES_OPTION, str(settings.parallel_mini_batch_size)]
+            # the step writing a parallel step's items cuts Parquet parts of the mini-batch size
+            arguments += step_description.part_size_arguments(step, settings.parallel_mini_batch_size)
             built.append(
                 PythonScriptStep(
                     script_name=V1_ENTRY_SCRIPT,
@@ -212,7 +211,6 @@ PARALLEL_ENVIRONMENT_VARIABLES = {"OMP_NUM_THREADS": "1"}
 # Its items are the Parquet parts the producing step wrote, each about PARALLEL_MINI_BATCH_SIZE bytes (the
 # producing step cuts them that size): a FileDataset's mini-batch size is a number of files, so one part each.
 PARALLEL_FILES_PER_MINI_BATCH = "1"
-PART_BYTES_OPTION = "--part-bytes"
 
 
 def _parallel_step(

@@ -24,6 +24,7 @@ from pipeline_def.steps import (
     Param,
     Step,
     entry_script_arguments,
+    part_size_arguments,
 )
 
 # The environment the steps run in on v2: v1's image and channels, and requirements-v2.txt (no azureml).
@@ -79,7 +80,6 @@ DEFAULT_DATASTORE_URI = "azureml://datastores/${{default_datastore}}/paths/"
 # script given the step's arguments less items and output plus `--predictions-dir ${{outputs.<output>}}`; the
 # node count is the pipeline input `node_count` (a run parameter), bound to the node's resources.
 PARALLEL_FILES_PER_MINI_BATCH = 1
-PART_BYTES_OPTION = "--part-bytes"
 PARALLEL_OUTPUT_OPTION = "--predictions-dir"
 NODE_COUNT_INPUT = "node_count"
 PARALLEL_ENVIRONMENT_VARIABLES = {"OMP_NUM_THREADS": "1"}
@@ -173,17 +173,8 @@ def command(step: Step, settings: Settings) -> str:
             port = _port(argument)
             words.append(f"${{{{{port.side}.{port.name}}}}}")
     words += [shlex.quote(word) for word in EXTRA_ARGUMENTS.get(step.name, lambda _s: ())(settings)]
-    words += [shlex.quote(word) for word in part_size_arguments(step, settings)]
+    words += [shlex.quote(word) for word in part_size_arguments(step, settings.parallel_mini_batch_size)]
     return " ".join(words)
-
-
-def part_size_arguments(step: Step, settings: Settings, steps: tuple[Step, ...] = STEPS) -> tuple[str, ...]:
-    """`--part-bytes <PARALLEL_MINI_BATCH_SIZE>` for the step that writes a parallel step's items: it cuts its
-    Parquet parts that size, and a parallel mini-batch is one part (PARALLEL_FILES_PER_MINI_BATCH)."""
-    items = {s.parallel.items for s in steps if s.parallel is not None}
-    if items & set(step.outputs):
-        return (PART_BYTES_OPTION, str(settings.parallel_mini_batch_size))
-    return ()
 
 
 def program_arguments(step: Step, settings: Settings) -> str:
@@ -452,7 +443,6 @@ __all__ = [
     "command_component_body",
     "component_body",
     "parallel_component_body",
-    "part_size_arguments",
     "program_arguments",
     "conda_file",
     "environment_body",

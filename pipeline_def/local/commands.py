@@ -12,7 +12,15 @@ from pipeline_def.errors import LocalRunError
 from pipeline_def.local import parallel
 from pipeline_def.local.model import model_folder
 from pipeline_def.settings import STEP_SCRIPTS_DIR, Settings
-from pipeline_def.steps import BuildValue, DataIn, DataOut, Param, Step, entry_script_arguments
+from pipeline_def.steps import (
+    BuildValue,
+    DataIn,
+    DataOut,
+    Param,
+    Step,
+    entry_script_arguments,
+    part_size_arguments,
+)
 
 PREDICTIONS_FILE = Path("latest_predictions") / "predictions.csv"
 
@@ -57,13 +65,18 @@ def step_command(
 ) -> list[str]:
     """The script and arguments of `step` (the interpreter is added when it runs). A step with `parallel` runs
     its entry script in the local parallel runtime (pipeline_def/local/parallel.py) over the parts of its
-    items folder, with the PARALLEL_* settings and LOCAL_PARALLEL_WORKERS processes (0: one a core)."""
+    items folder, with the PARALLEL_* settings and LOCAL_PARALLEL_WORKERS processes (0: one a core); the step
+    writing those parts cuts them LOCAL_MINI_BATCH_SIZE bytes each."""
 
     def resolve(argument: Any) -> str:
         return resolve_argument(argument, settings, parameters, run_dir, fingerprint)
 
     if step.parallel is None:
-        return [str(STEP_SCRIPTS_DIR / step.script), *map(resolve, step.arguments)]
+        return [
+            str(STEP_SCRIPTS_DIR / step.script),
+            *map(resolve, step.arguments),
+            *part_size_arguments(step, settings.local_mini_batch_size),
+        ]
     return [
         str(Path(parallel.__file__).resolve()),
         "--entry-script", str(STEP_SCRIPTS_DIR / step.parallel.entry_script),

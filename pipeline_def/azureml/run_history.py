@@ -108,6 +108,14 @@ class RunHistory:
             params = {**params, "$continuationToken": token}
         return children
 
+    def find_step_runs(self, experiment: str, run_id: str) -> list[dict[str, Any]] | None:
+        """The step runs of a pipeline run (get_step_runs); None while run history has not seen the run yet
+        (just submitted)."""
+        try:
+            return self.get_step_runs(experiment, run_id)
+        except NotFound:
+            return None
+
     def get_step_log(self, step_run_id: str, path: str) -> str | None:
         """A step run's artifact (e.g. a parallel step's logs/job_result.txt) as text, its last 64 KiB; None when
         the run has no such artifact. `GET .../artifact/v2.0{WS}/artifacts/content/ExperimentRun/dcid.{run}/

@@ -143,6 +143,32 @@ def follow_run(
         run = read(run.run_id)
 
 
+def look_back_through(
+    newest: Callable[[str], RunInfo | None],
+    going_or_timer: str,
+    timer: str,
+    need_active: bool,
+    with_steps: Callable[[RunInfo], RunInfo],
+) -> LookBack:
+    """What `look_back` answers from a store queried for its newest run (`newest(query)`, one run at most
+    whatever the history; run history on both Azure ML backends): `going_or_timer` asks for a run still going or
+    scheduled, `timer` for a scheduled one. A failed previous run comes `with_steps`."""
+    active = previous = None
+    if need_active:
+        # Under `skip` a tick submits only when nothing is going, so a run still going is newer than the newest
+        # scheduled run: the newest run that is either answers both questions.
+        found = newest(going_or_timer)
+        if found is not None and not found.terminal:
+            active = found
+        if found is not None and found.trigger == "timer":
+            previous = found
+    if previous is None and (not need_active or active is not None):
+        previous = newest(timer)
+    if previous is not None and previous.status == "failed":
+        previous = with_steps(previous)
+    return LookBack(active=active, previous_scheduled=previous)
+
+
 def _progress_lines(run: RunInfo) -> list[tuple[str, str]]:
     """The lines that describe where `run` is, each keyed by what it is about (the run, or one step)."""
     lines = [("", f"run {run.run_id}: {run.status}")]
@@ -161,4 +187,5 @@ __all__ = [
     "Target",
     "TickOutcome",
     "follow_run",
+    "look_back_through",
 ]

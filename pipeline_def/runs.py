@@ -10,6 +10,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline_def.errors import ServiceError
+
 STATUSES = ("queued", "running", "canceling", "completed", "failed", "canceled")
 TERMINAL = frozenset({"completed", "failed", "canceled"})
 
@@ -326,6 +328,29 @@ def with_predictions(run: RunInfo, children: list[Any], url_for: Callable[[str],
     return run if found is None else dataclasses.replace(run, predictions=with_urls(found, url_for))
 
 
+def history_run_info(
+    dto: Any, portal_url: Callable[[str], str], submission_tag: str | None = None
+) -> RunInfo:
+    """A run as run history's RunDto (camelCase, the same on Azure ML v1 and v2) describes it: the answer of the
+    run query. `portal_url(run_id)` is its studio link; `submission_tag`, when given, is the tag read as its
+    submission id. A RunDto without a runId is Azure ML's fault (ServiceError)."""
+    if not isinstance(dto, dict) or not isinstance(dto.get("runId"), str) or not dto["runId"]:
+        raise ServiceError("Azure ML answered a run query with a run without a runId")
+    status = dto.get("status")
+    normalized = normalize_status(status)
+    return RunInfo(
+        run_id=dto["runId"],
+        status=normalized,
+        aml_status=None if status is None else str(status),
+        created_at=dto.get("createdUtc") or None,
+        ended_at=dto.get("endTimeUtc") or None,
+        portal_url=portal_url(dto["runId"]),
+        error=history_error(dto.get("error")) if normalized == "failed" else None,
+        trigger=run_tag(dto.get("tags"), "trigger"),
+        submission_id=run_tag(dto.get("tags"), submission_tag) if submission_tag else None,
+    )
+
+
 def with_failed_step(run: RunInfo) -> RunInfo:
     """A failed run whose steps are known says which step failed and why (`step predict failed: <its
     error>`) in `error`, and names the step in `failed_step`."""
@@ -358,6 +383,17 @@ def step_statuses(
         found.append(StepStatus(str(name), status, error))
     rank = {name: index for index, name in enumerate(order)}
     return sorted(found, key=lambda s: (rank.get(s.name, len(rank)), s.name))
+
+
+def with_steps(
+    run: RunInfo,
+    children: list[dict[str, Any]],
+    read_log: Callable[[str, str], str | None],
+    order: Sequence[str],
+) -> RunInfo:
+    """`run` with its steps read from its run-history children (step_statuses), and the failing step's error
+    when it failed (with_failed_step)."""
+    return with_failed_step(dataclasses.replace(run, steps=step_statuses(children, read_log, order)))
 
 
 def run_tag(tags: Any, name: str) -> str | None:

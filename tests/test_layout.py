@@ -20,6 +20,7 @@ LAYERS = [
     "pipeline_def.backend",
     "pipeline_def.azureml.odata",
     "pipeline_def.azureml.transport",
+    "pipeline_def.azureml.run_history",
     "pipeline_def.azureml.client",
     "pipeline_def.azureml.definition",
     "pipeline_def.azureml.publisher",

@@ -44,19 +44,25 @@ from typing import Any
 from pipeline_def.azureml import publisher
 from pipeline_def.azureml.client import SUBMISSION_TAG, AzureMLClient
 from pipeline_def.azureml.odata import ACTIVE_HISTORY_STATUSES, runs_filter
-from pipeline_def.backend import LookBack, OccurrenceRun, Progress, Published, Target, follow_run
+from pipeline_def.backend import (
+    LookBack,
+    OccurrenceRun,
+    Progress,
+    Published,
+    Target,
+    follow_run,
+    look_back_through,
+)
 from pipeline_def.errors import NotFound, NotPublished, PipelineError, RunNotFound, ServiceError
 from pipeline_def.fingerprint import compute_fingerprint
 from pipeline_def.runs import (
     TERMINAL,
     RunInfo,
-    StepStatus,
-    history_error,
+    history_run_info,
     normalize_status,
     run_tag,
-    step_statuses,
-    with_failed_step,
     with_predictions,
+    with_steps,
 )
 from pipeline_def.settings import STEP_SCRIPTS_DIR, Settings
 from pipeline_def.steps import STEPS
@@ -133,26 +139,15 @@ class AzureMLBackend:
         )
         if not pipeline_ids:
             return LookBack()
-        active = previous = None
-        if need_active:
-            # Under `skip` a tick submits only when nothing is going, so a run still going is newer than the
-            # newest scheduled run: the newest run that is either answers both questions.
-            newest = self._newest_run(
-                runs_filter(
-                    pipeline_ids=pipeline_ids,
-                    any_of_tags={"trigger": "timer"},
-                    statuses=ACTIVE_HISTORY_STATUSES,
-                )
-            )
-            if newest is not None and not newest.terminal:
-                active = newest
-            if newest is not None and newest.trigger == "timer":
-                previous = newest
-        if previous is None and (not need_active or active is not None):
-            previous = self._newest_run(runs_filter(pipeline_ids=pipeline_ids, tags={"trigger": "timer"}))
-        if previous is not None and previous.status == "failed":
-            previous = self._with_steps(previous)
-        return LookBack(active=active, previous_scheduled=previous)
+        return look_back_through(
+            self._newest_run,
+            runs_filter(
+                pipeline_ids=pipeline_ids, any_of_tags={"trigger": "timer"}, statuses=ACTIVE_HISTORY_STATUSES
+            ),
+            runs_filter(pipeline_ids=pipeline_ids, tags={"trigger": "timer"}),
+            need_active,
+            self._with_steps,
+        )
 
     def _newest_run(self, filter_expression: str) -> RunInfo | None:
         found = self.client.query_runs(self.settings.experiment_name, filter_expression, top=1)
@@ -239,16 +234,13 @@ class AzureMLBackend:
         history_status = None
         if normalize_status(_status_code(entity)) not in TERMINAL:
             history_status = self._history_status(experiment, run_id)
-        try:
-            children = self.client.get_step_runs(experiment, run_id)
-        except NotFound:
-            children = []  # run history has not seen the run yet (just submitted)
-        info = self._run_info(
-            entity,
-            steps=step_statuses(children, self.client.get_step_log, _STEP_NAMES),
-            history_status=history_status,
+        children = self.client.find_step_runs(experiment, run_id) or []
+        info = self._run_info(entity, history_status=history_status)
+        return with_predictions(
+            with_steps(info, children, self.client.get_step_log, _STEP_NAMES),
+            children,
+            self.settings.datastore_url,
         )
-        return with_failed_step(with_predictions(info, children, self.settings.datastore_url))
 
     def list_runs(self, limit: int) -> list[RunInfo]:
         """The newest `limit` runs of the endpoint's pipelines (its newest versions), newest first, read in
@@ -285,37 +277,16 @@ class AzureMLBackend:
 
     def _with_steps(self, run: RunInfo) -> RunInfo:
         """`run` (from run history) with its steps, and the failing step's error when it failed."""
-        try:
-            children = self.client.get_step_runs(self.settings.experiment_name, run.run_id)
-        except NotFound:
-            return run
-        return with_failed_step(
-            dataclasses.replace(run, steps=step_statuses(children, self.client.get_step_log, _STEP_NAMES))
-        )
+        children = self.client.find_step_runs(self.settings.experiment_name, run.run_id)
+        return run if children is None else with_steps(run, children, self.client.get_step_log, _STEP_NAMES)
 
     # ----- mapping Azure ML entities to RunInfo
 
     def _history_run_info(self, dto: Any) -> RunInfo:
-        """A run as run history's RunDto (camelCase) describes it: the answer of the run query."""
-        if not isinstance(dto, dict) or not isinstance(dto.get("runId"), str) or not dto["runId"]:
-            raise ServiceError("Azure ML answered a run query with a run without a runId")
-        status = dto.get("status")
-        normalized = normalize_status(status)
-        return RunInfo(
-            run_id=dto["runId"],
-            status=normalized,
-            aml_status=None if status is None else str(status),
-            created_at=dto.get("createdUtc") or None,
-            ended_at=dto.get("endTimeUtc") or None,
-            portal_url=self.settings.portal_url(dto["runId"]),
-            error=history_error(dto.get("error")) if normalized == "failed" else None,
-            trigger=run_tag(dto.get("tags"), "trigger"),
-            submission_id=run_tag(dto.get("tags"), SUBMISSION_TAG),
-        )
+        """A run as run history's RunDto describes it (the answer of the run query), with its submission id."""
+        return history_run_info(dto, self.settings.portal_url, SUBMISSION_TAG)
 
-    def _run_info(
-        self, entity: dict, steps: list[StepStatus] | None = None, history_status: str | None = None
-    ) -> RunInfo:
+    def _run_info(self, entity: dict, history_status: str | None = None) -> RunInfo:
         """`aml_status` is always the pipelines service's StatusCode; `history_status`, when run history
         was read, is reported beside it as `aml_history_status`."""
         entity = _require_run(entity)
@@ -340,7 +311,6 @@ class AzureMLBackend:
             aml_status=aml_status,
             created_at=_created(entity) or None,
             ended_at=(status.get("EndTime") if isinstance(status, dict) else None) or None,
-            steps=steps,
             portal_url=self.settings.portal_url(entity["Id"]),
             error=str(detail)[:500] if normalized == "failed" and detail else None,
             aml_history_status=history_status,

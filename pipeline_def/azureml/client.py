@@ -1,50 +1,36 @@
-"""A small Azure ML REST client: the verbs of the pipelines and run-history services (see
-docs/aml-v1-rest.md), sent through transport.py (ARM token, time budget, retries, typed errors). It imports no
-azureml module, so the steady-state path stays fast."""
+"""A small Azure ML REST client: the verbs of the pipelines service (see docs/aml-v1-rest.md), and run
+history's from run_history.py, sent through transport.py (ARM token, time budget, retries, typed errors). It
+imports no azureml module, so the steady-state path stays fast."""
 
 from __future__ import annotations
 
 import logging
-import time
 import uuid
-from collections.abc import Callable
-from typing import Any
-from urllib.parse import quote
+from typing import Any, Unpack
 
 import requests
 
 from pipeline_def.azureml.odata import runs_filter
-from pipeline_def.azureml.transport import NOT_TAKEN, CallBudget, Transport, json_body, path_segment
-from pipeline_def.errors import AzureMLError, NotFound, ServiceError
+from pipeline_def.azureml.run_history import MAX_QUERY_TOP, RunHistory
+from pipeline_def.azureml.transport import NOT_TAKEN, CallBudget, TransportOptions, json_body, path_segment
+from pipeline_def.errors import AzureMLError, NotFound
 from pipeline_def.settings import Settings
 
 log = logging.getLogger(__name__)
 
 # The tag that makes a submit idempotent: after an ambiguous failure the run is looked up by it.
 SUBMISSION_TAG = "batchpred_submission_id"
-MAX_QUERY_TOP = 100
-
-# How much of a step's log the app reads (its end: where a summary or the last error is).
-MAX_LOG_BYTES = 65536
 
 
-class AzureMLClient:
-    """The REST verbs of Azure ML for one workspace. Thread-safe; keeps one HTTP session and one token."""
+class AzureMLClient(RunHistory):
+    """The REST verbs of Azure ML for one workspace: the pipelines service's here, run history's from
+    RunHistory. Thread-safe; keeps one HTTP session and one token."""
 
     def __init__(
-        self,
-        settings: Settings,
-        credential: Any = None,
-        *,
-        session: requests.Session | None = None,
-        monotonic: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
+        self, settings: Settings, credential: Any = None, **options: Unpack[TransportOptions]
     ) -> None:
-        self.settings = settings
-        self._transport = Transport(settings, credential, session=session, monotonic=monotonic, sleep=sleep)
-        self._send = self._transport.send
+        super().__init__(settings, credential, **options)
         self._pipelines = f"{settings.api_base}/pipelines/v1.0{settings.workspace_path}"
-        self._history = f"{settings.api_base}/history/v1.0{settings.workspace_path}"
 
     @property
     def credential(self) -> Any:
@@ -194,88 +180,6 @@ class AzureMLClient:
     def get_pipeline_run(self, run_id: str) -> dict[str, Any]:
         """The pipelines service's PipelineRunEntity of a run (`Status.StatusCode`: NotStarted ... Finished)."""
         return self._get_json(f"{self._pipelines}/PipelineRuns/{path_segment(run_id)}", what=f"run {run_id}")
-
-    def query_runs(
-        self,
-        experiment: str,
-        filter_expression: str,
-        *,
-        top: int,
-        orderby: str = "CreatedUtc desc",
-        budget: CallBudget | None = None,
-    ) -> list[dict[str, Any]]:
-        """At most `top` run-history RunDtos of `experiment` matching an OData filter (see odata.runs_filter),
-        newest first: one page of `POST .../experiments/{name}/runs:query`, the call azureml-core makes for
-        Run.list and Experiment.get_runs. What it reads is bounded by `top`, whatever the history. An
-        experiment run history does not know yet has no runs."""
-        if not 1 <= top <= MAX_QUERY_TOP:
-            raise ValueError(f"top must be 1 to {MAX_QUERY_TOP}")
-        try:
-            response = self._send(
-                "POST",
-                f"{self._history}/experiments/{path_segment(experiment)}/runs:query",
-                json_body={"filter": filter_expression, "orderby": orderby, "top": top},
-                what=f"runs of experiment {experiment}",
-                budget=budget,
-            )
-        except NotFound:
-            return []
-        body = json_body(response, "the run query")
-        if isinstance(body, list):
-            runs = body
-        elif isinstance(body, dict):
-            runs = body.get("value") or []
-        else:
-            raise ServiceError("Azure ML answered the run query with something that is not a page of runs")
-        return [run for run in runs if isinstance(run, dict)][:top]
-
-    def get_history_run(self, experiment: str, run_id: str) -> dict[str, Any]:
-        """Run history's camelCase RunDto of a run. Its `status` moves to `CancelRequested` as soon as a
-        cancel is asked for, while the pipelines service still says `Running`."""
-        return self._get_json(
-            f"{self._history}/experiments/{path_segment(experiment)}/runs/{path_segment(run_id)}",
-            what=f"run {run_id} in run history",
-        )
-
-    def get_step_log(self, step_run_id: str, path: str) -> str | None:
-        """A step run's artifact (e.g. a parallel step's logs/job_result.txt) as text, its last 64 KiB; None when
-        the run has no such artifact. `GET .../artifact/v2.0{WS}/artifacts/content/ExperimentRun/dcid.{run}/
-        {path}`: the artifact service's download, what azureml-core's ArtifactOperations.download calls."""
-        url = (
-            f"{self.settings.api_base}/artifact/v2.0{self.settings.workspace_path}/artifacts/content/"
-            f"ExperimentRun/dcid.{path_segment(step_run_id)}/{quote(path, safe='/')}"
-        )
-        try:
-            response = self._send("GET", url, what=f"{path} of step run {step_run_id}")
-        except NotFound:
-            return None
-        return response.content[-MAX_LOG_BYTES:].decode("utf-8", errors="replace")
-
-    def get_step_runs(self, experiment: str, run_id: str) -> list[dict[str, Any]]:
-        """The run-history children (step runs) of a pipeline run, camelCase RunDto dicts."""
-        url = f"{self._history}/experiments/{path_segment(experiment)}/runs/{path_segment(run_id)}/children"
-        params: dict[str, str] = {"$orderby": "StartTimeUtc desc", "$top": "500"}
-        children: list[dict[str, Any]] = []
-        for _page in range(10):
-            body = self._get_json(url, params=params, what=f"steps of run {run_id}") or {}
-            if isinstance(body, list):
-                return children + body
-            children.extend(body.get("value") or [])
-            token = body.get("continuationToken")
-            if not token:
-                break
-            params = {**params, "$continuationToken": token}
-        return children
-
-    def tag_run(self, experiment: str, run_id: str, tags: dict[str, str]) -> None:
-        """Add or overwrite tags of a run in run history (`PATCH .../runs/{runId}` with `{"tags": ...}`, what
-        azureml-core's `Run.set_tags` sends); the run's other tags stay."""
-        self._send(
-            "PATCH",
-            f"{self._history}/experiments/{path_segment(experiment)}/runs/{path_segment(run_id)}",
-            json_body={"runId": run_id, "tags": {str(k): str(v) for k, v in tags.items()}},
-            what=f"tags of run {run_id}",
-        )
 
     def cancel_run(self, run_id: str) -> None:
         self._send(

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 from urllib.parse import quote
 
 import requests
@@ -210,6 +210,15 @@ class CallBudget:
 # ----- sending, with the one retry loop
 
 
+class TransportOptions(TypedDict, total=False):
+    """What a client may pass on to its Transport besides settings and credential (tests inject a session
+    and the clock)."""
+
+    session: requests.Session | None
+    monotonic: Callable[[], float]
+    sleep: Callable[[float], None]
+
+
 class Transport:
     """Sends calls to Azure ML with a bearer token of `scope` and retries them within their budget.
     Thread-safe."""
@@ -233,6 +242,10 @@ class Transport:
     def budget(self) -> CallBudget:
         """The budget of a call starting now (see CallBudget)."""
         return CallBudget.starting_now(self.settings, self._monotonic)
+
+    def token_cache(self, scope: str) -> TokenCache:
+        """A second TokenCache, of another `scope`, on this transport's credential (v2's Azure ML token)."""
+        return TokenCache(None, self.settings.azure_client_id, self._monotonic, scope, sharing=self.tokens)
 
     def send(
         self,
@@ -487,6 +500,7 @@ __all__ = [
     "OnAmbiguous",
     "TokenCache",
     "Transport",
+    "TransportOptions",
     "error_details",
     "error_for",
     "never_sent",

@@ -5,7 +5,6 @@ through run history's bounded query on the `batchpred_pipeline` tag, cancel. No 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
 import time
@@ -17,7 +16,15 @@ from typing import Any
 from pipeline_def.azureml.odata import ACTIVE_HISTORY_STATUSES, runs_filter
 from pipeline_def.azureml_v2 import components, publisher
 from pipeline_def.azureml_v2.client import AzureMLV2Client, is_already_exists
-from pipeline_def.backend import LookBack, OccurrenceRun, Progress, Published, Target, follow_run
+from pipeline_def.backend import (
+    LookBack,
+    OccurrenceRun,
+    Progress,
+    Published,
+    Target,
+    follow_run,
+    look_back_through,
+)
 from pipeline_def.errors import (
     AzureMLError,
     InvalidRequest,
@@ -29,14 +36,13 @@ from pipeline_def.errors import (
 from pipeline_def.runs import (
     TERMINAL,
     RunInfo,
-    StepStatus,
     history_error,
+    history_run_info,
     is_valid_run_id,
     normalize_status,
     run_tag,
-    step_statuses,
-    with_failed_step,
     with_predictions,
+    with_steps,
 )
 from pipeline_def.settings import STEP_SCRIPTS_DIR, Settings
 from pipeline_def.steps import STEPS, Step
@@ -231,12 +237,13 @@ class AzureMLV2Backend:
             history: dict[str, Any] | None = self.client.get_history_run(experiment, run_id)
         except NotFound:
             history = None  # run history has not seen the job yet
-        try:
-            children = self.client.get_step_runs(experiment, run_id)
-        except NotFound:
-            children = []
-        info = self._job_info(job, history, step_statuses(children, self.client.get_step_log, _STEP_NAMES))
-        return with_failed_step(with_predictions(info, children, self.settings.datastore_url))
+        children = self.client.find_step_runs(experiment, run_id) or []
+        info = self._job_info(job, history)
+        return with_predictions(
+            with_steps(info, children, self.client.get_step_log, _STEP_NAMES),
+            children,
+            self.settings.datastore_url,
+        )
 
     def list_runs(self, limit: int) -> list[RunInfo]:
         """The newest `limit` jobs of this endpoint (tagged batchpred_pipeline), newest first: one bounded
@@ -252,22 +259,13 @@ class AzureMLV2Backend:
         """The job still going (when `need_active`) and the newest scheduled job of this endpoint, one run at
         most per query whatever the history; a failed previous job comes with its steps."""
         mine = {PIPELINE_TAG: self.settings.endpoint_name}
-        active = previous = None
-        if need_active:
-            # Under `skip` a tick submits only when nothing is going, so a job still going is newer than the
-            # newest scheduled one: the newest job that is either answers both questions.
-            newest = self._newest_run(
-                runs_filter(tags=mine, any_of_tags={"trigger": "timer"}, statuses=ACTIVE_HISTORY_STATUSES)
-            )
-            if newest is not None and not newest.terminal:
-                active = newest
-            if newest is not None and newest.trigger == "timer":
-                previous = newest
-        if previous is None and (not need_active or active is not None):
-            previous = self._newest_run(runs_filter(tags={**mine, "trigger": "timer"}))
-        if previous is not None and previous.status == "failed":
-            previous = self._with_steps(previous)
-        return LookBack(active=active, previous_scheduled=previous)
+        return look_back_through(
+            self._newest_run,
+            runs_filter(tags=mine, any_of_tags={"trigger": "timer"}, statuses=ACTIVE_HISTORY_STATUSES),
+            runs_filter(tags={**mine, "trigger": "timer"}),
+            need_active,
+            self._with_steps,
+        )
 
     def cancel(self, run_id: str) -> None:
         try:
@@ -280,19 +278,13 @@ class AzureMLV2Backend:
         return self._history_run_info(found[0]) if found else None
 
     def _with_steps(self, run: RunInfo) -> RunInfo:
-        try:
-            children = self.client.get_step_runs(self.settings.experiment_name, run.run_id)
-        except NotFound:
-            return run
-        return with_failed_step(
-            dataclasses.replace(run, steps=step_statuses(children, self.client.get_step_log, _STEP_NAMES))
-        )
+        """`run` (from run history) with its steps, and the failing step's error when it failed."""
+        children = self.client.find_step_runs(self.settings.experiment_name, run.run_id)
+        return run if children is None else with_steps(run, children, self.client.get_step_log, _STEP_NAMES)
 
     # ----- mapping Azure ML's answers to RunInfo
 
-    def _job_info(
-        self, job: Any, history: dict[str, Any] | None = None, steps: list[StepStatus] | None = None
-    ) -> RunInfo:
+    def _job_info(self, job: Any, history: dict[str, Any] | None = None) -> RunInfo:
         """A run as the ARM job says it (`aml_status` is the JobStatus word), with run history's times and
         error when it was read (`aml_history_status`)."""
         if not isinstance(job, dict) or not isinstance(job.get("name"), str) or not job["name"]:
@@ -312,7 +304,6 @@ class AzureMLV2Backend:
             aml_status=None if status is None else str(status),
             created_at=created or None,
             ended_at=history.get("endTimeUtc") or None,
-            steps=steps,
             portal_url=studio or self.settings.portal_url(job["name"]),
             error=history_error(history.get("error")) if normalized == "failed" else None,
             trigger=run_tag(properties.get("tags"), "trigger"),
@@ -320,20 +311,9 @@ class AzureMLV2Backend:
         )
 
     def _history_run_info(self, dto: Any) -> RunInfo:
-        if not isinstance(dto, dict) or not isinstance(dto.get("runId"), str) or not dto["runId"]:
-            raise ServiceError("Azure ML answered a run query with a run without a runId")
-        status = dto.get("status")
-        normalized = normalize_status(status)
-        return RunInfo(
-            run_id=dto["runId"],
-            status=normalized,
-            aml_status=None if status is None else str(status),
-            created_at=dto.get("createdUtc") or None,
-            ended_at=dto.get("endTimeUtc") or None,
-            portal_url=dto.get("portalUrl") or self.settings.portal_url(dto["runId"]),
-            error=history_error(dto.get("error")) if normalized == "failed" else None,
-            trigger=run_tag(dto.get("tags"), "trigger"),
-        )
+        """A run as run history's RunDto describes it (the answer of the run query), linked to its studio page
+        (the RunDto's own link when it gives one)."""
+        return history_run_info(dto, lambda run_id: dto.get("portalUrl") or self.settings.portal_url(run_id))
 
 
 def _target(version: publisher.PipelineVersion) -> Target:

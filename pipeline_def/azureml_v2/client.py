@@ -1,65 +1,35 @@
 """The REST verbs of Azure ML v2 for one workspace (docs/aml-v2-rest.md), sent through azureml/transport.py
 (token cache, time budget, one retry loop, typed errors): ARM's `{AML_ARM_BASE}{WS}/...?api-version=` routes
-for environments, code (with its SAS upload), components, data, models and jobs, and run history on the data
-plane (AML_API_BASE) for times, steps and the bounded run query, as v1 reads them."""
+for environments, code (with its SAS upload), components, data, models and jobs; run history on the data
+plane (AML_API_BASE) for times, steps and the bounded run query is v1's, from azureml/run_history.py."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Unpack
 from urllib.parse import quote, urlsplit, urlunsplit
 
-import requests
-
-from pipeline_def.azureml.transport import (
-    ML_SCOPE,
-    CallBudget,
-    TokenCache,
-    Transport,
-    json_body,
-    path_segment,
-)
+from pipeline_def.azureml.run_history import RunHistory
+from pipeline_def.azureml.transport import ML_SCOPE, CallBudget, TransportOptions, json_body, path_segment
 from pipeline_def.errors import AzureMLError, NotFound, ServiceError
 from pipeline_def.settings import Settings
 
 # The one GA api-version every ARM call is sent with (Azure/azure-rest-api-specs stable/2025-12-01).
 API_VERSION = "2025-12-01"
-MAX_QUERY_TOP = 100
 # What the service says when a job name is taken (Azure/azure-sdk-for-python#42156).
 ALREADY_EXISTS = "already exists"
 
-# How much of a step's log the app reads (its end: where a summary or the last error is).
-MAX_LOG_BYTES = 65536
 
-
-class AzureMLV2Client:
-    """The verbs of Azure ML v2 for one workspace. Thread-safe; one HTTP session, one ARM-scope token (of
-    AML_ARM_BASE; run history takes the same token) and one Azure ML token for `x-azureml-token`."""
+class AzureMLV2Client(RunHistory):
+    """The verbs of Azure ML v2 for one workspace: ARM's here, run history's from RunHistory. Thread-safe; one
+    HTTP session, one ARM-scope token (of AML_ARM_BASE; run history takes the same token) and one Azure ML
+    token for `x-azureml-token`."""
 
     def __init__(
-        self,
-        settings: Settings,
-        credential: Any = None,
-        *,
-        session: requests.Session | None = None,
-        monotonic: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
+        self, settings: Settings, credential: Any = None, **options: Unpack[TransportOptions]
     ) -> None:
-        self.settings = settings
-        self._transport = Transport(
-            settings, credential, session=session, monotonic=monotonic, sleep=sleep, scope=settings.arm_scope
-        )
-        self._ml_tokens = TokenCache(
-            None, settings.azure_client_id, monotonic, ML_SCOPE, sharing=self._transport.tokens
-        )
-        self._send = self._transport.send
+        super().__init__(settings, credential, scope=settings.arm_scope, **options)
+        self._ml_tokens = self._transport.token_cache(ML_SCOPE)
         self.workspace_url = f"{settings.arm_base}{settings.workspace_path}"
-        self._history = f"{settings.api_base}/history/v1.0{settings.workspace_path}"
-
-    def budget(self) -> CallBudget:
-        """The budget of a call (or of several calls that must share one) starting now."""
-        return self._transport.budget()
 
     # ----- ARM plumbing
 
@@ -205,73 +175,6 @@ class AzureMLV2Client:
             params={"api-version": API_VERSION},
             what=f"job {name}",
         )
-
-    # ----- run history (data plane), as v1 reads it
-
-    def query_runs(self, experiment: str, filter_expression: str, *, top: int) -> list[dict[str, Any]]:
-        """At most `top` run-history RunDtos of `experiment` matching an OData filter (azureml/odata.py),
-        newest first: one page of `runs:query`. An experiment run history does not know yet has no runs."""
-        if not 1 <= top <= MAX_QUERY_TOP:
-            raise ValueError(f"top must be 1 to {MAX_QUERY_TOP}")
-        try:
-            response = self._send(
-                "POST",
-                f"{self._history}/experiments/{path_segment(experiment)}/runs:query",
-                json_body={"filter": filter_expression, "orderby": "CreatedUtc desc", "top": top},
-                what=f"runs of experiment {experiment}",
-            )
-        except NotFound:
-            return []
-        body = json_body(response, "the run query")
-        runs = (
-            body if isinstance(body, list) else (body or {}).get("value") if isinstance(body, dict) else None
-        )
-        if runs is None:
-            raise ServiceError("Azure ML answered the run query with something that is not a page of runs")
-        return [run for run in runs if isinstance(run, dict)][:top]
-
-    def get_history_run(self, experiment: str, run_id: str) -> dict[str, Any]:
-        return json_body(
-            self._send(
-                "GET",
-                f"{self._history}/experiments/{path_segment(experiment)}/runs/{path_segment(run_id)}",
-                what=f"run {run_id} in run history",
-            ),
-            "the run",
-        )
-
-    def get_step_log(self, step_run_id: str, path: str) -> str | None:
-        """A step run's artifact (e.g. a parallel step's logs/job_result.txt) as text, its last 64 KiB; None when
-        the run has no such artifact. `GET .../artifact/v2.0{WS}/artifacts/content/ExperimentRun/dcid.{run}/
-        {path}`: the artifact service's download, what azureml-core's ArtifactOperations.download calls."""
-        url = (
-            f"{self.settings.api_base}/artifact/v2.0{self.settings.workspace_path}/artifacts/content/"
-            f"ExperimentRun/dcid.{path_segment(step_run_id)}/{quote(path, safe='/')}"
-        )
-        try:
-            response = self._send("GET", url, what=f"{path} of step run {step_run_id}")
-        except NotFound:
-            return None
-        return response.content[-MAX_LOG_BYTES:].decode("utf-8", errors="replace")
-
-    def get_step_runs(self, experiment: str, run_id: str) -> list[dict[str, Any]]:
-        """The run-history children of a pipeline job: one per node (the steps)."""
-        url = f"{self._history}/experiments/{path_segment(experiment)}/runs/{path_segment(run_id)}/children"
-        params: dict[str, str] = {"$orderby": "StartTimeUtc desc", "$top": "500"}
-        children: list[dict[str, Any]] = []
-        for _page in range(10):
-            body = (
-                json_body(self._send("GET", url, params=params, what=f"steps of run {run_id}"), "the steps")
-                or {}
-            )
-            if isinstance(body, list):
-                return children + body
-            children.extend(body.get("value") or [])
-            token = body.get("continuationToken")
-            if not token:
-                break
-            params = {**params, "$continuationToken": token}
-        return children
 
 
 def is_already_exists(error: AzureMLError) -> bool:

@@ -1,14 +1,17 @@
 """Fixtures (fakes): the fake Azure ML service, the fake managed identity, the settings that aim the azureml
-backend at them (`aml_env`), Azurite for blob storage, and a clock for the Azure ML client (`clock`)."""
+backend at them (`aml_env`), Azurite for blob storage, a clock for the Azure ML client (`clock`), a guard that
+no name but loopback is resolved (`loopback_only`), and azure-ai-ml's MLClient aimed at a fake (`ml_client`)."""
 
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from azure.core.pipeline.policies import SansIOHTTPPolicy
 
 from emulator.aml import FakeAzureML
 from emulator.azurite import (
@@ -40,6 +43,59 @@ class FakeTime:
     def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
         self.now += seconds
+
+
+@pytest.fixture
+def loopback_only(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Refuse name resolution of anything but loopback, and list what was asked: no call may leave 127.0.0.1
+    (ARM, login, cloud metadata, telemetry, a blob upload to *.blob.core.windows.net)."""
+    real = socket.getaddrinfo
+    refused: list[str] = []
+
+    def guarded(host, *args, **kwargs):
+        if host not in ("127.0.0.1", "localhost", "::1", None):
+            refused.append(str(host))
+            raise OSError(f"test refuses to resolve {host}")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", guarded)
+    return refused
+
+
+class _PlainHttpOnLoopback(SansIOHTTPPolicy):
+    """Lets azure-core send the bearer token over plain HTTP to the emulator. ARM is https, so azure-core
+    refuses a token on http unless the request says `enforce_https=False`; MLClient says so for its
+    operations, but not on every call (CodeOperations lists code versions by hash without it)."""
+
+    def on_request(self, request) -> None:
+        if request.http_request.url.startswith("http://127.0.0.1:"):
+            request.context["enforce_https"] = False
+
+
+def ml_client(fake: FakeAzureML):
+    """azure-ai-ml's MLClient aimed at `fake` as a custom cloud (its resource manager is the fake's URL), with
+    tokens from the managed identity the environment names (a FakeManagedIdentity's environ())."""
+    from azure.ai.ml import MLClient
+    from azure.identity import ManagedIdentityCredential
+
+    return MLClient(
+        ManagedIdentityCredential(),
+        fake.subscription_id,
+        fake.resource_group,
+        fake.workspace_name,
+        cloud=f"Emulated{fake.port}",
+        cloud_metadata={
+            "azure_portal": "https://portal.azure.com/",
+            "resource_manager": fake.base_url,
+            "active_directory": "https://login.microsoftonline.com/",
+            "aml_resource_id": "https://ml.azure.com",
+            "storage_endpoint": "core.windows.net",
+            "registry_discovery_endpoint": fake.base_url,
+        },
+        enable_telemetry=False,
+        show_progress=False,
+        per_call_policies=[_PlainHttpOnLoopback()],
+    )
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """Helpers (the quality gate on the emulated workspace, v1 and v2 alike): a model version that predicts one price
-far outside the plausible range, feeds registered as the next dataset version, and the runs observed as a user
-would (GET /api/runs/{id} and the datastore's blobs). The two test modules share these, one workspace each."""
+far outside the plausible range, feeds registered as the next dataset version, and runs started over HTTP (their
+answers read with fixtures_azure_path.finished_run) and the latest blobs. test_quality_gate_azureml.py runs with
+them once per backend, one workspace each."""
 
 from __future__ import annotations
 
@@ -14,8 +15,6 @@ import pandas as pd
 from emulator.azure import DATASET_NAME, DATASET_NAME_V2, MODEL_NAME, EmulatedAzure
 from emulator.functions_host import LoadedApp
 
-RUN_TIMEOUT = 300.0
-STEP_NAMES = ("fetch_data", "predict", "save_predictions")
 CONSTANT_PRICE = 5_000_000.0
 # On v1 the fake infers column types from the values: an emptied numeric column says nothing, so it is declared
 # (as AmesHousing's registration in docs/steps-and-model.md declares two columns).
@@ -55,19 +54,6 @@ def start(app: LoadedApp, parameters: dict) -> str:
     response = app.start_run({"parameters": parameters})
     assert response.status == 202, response
     return response.json["run_id"]
-
-
-def finish(azure: EmulatedAzure, app: LoadedApp, run_id: str) -> dict:
-    """The run's answer (GET /api/runs/{id}) once it has ended."""
-    azure.fake.wait_for_run(run_id, RUN_TIMEOUT)
-    response = app.get_run(run_id)
-    assert response.status == 200, response
-    assert response.json["terminal"] is True, response.json
-    return response.json
-
-
-def logs(azure: EmulatedAzure, run_id: str) -> str:
-    return "\n".join(f"--- {n} ---\n{azure.fake.step_log(run_id, n)[-3000:]}" for n in STEP_NAMES)
 
 
 def latest_blobs(azure: EmulatedAzure) -> dict[str, bytes | None]:

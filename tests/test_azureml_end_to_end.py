@@ -5,35 +5,26 @@ in the steps' own venv, against the registered dataset and model, and they write
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 
 import pytest
 
-from emulator.azure import DATASET_NAME, MODEL_NAME, EmulatedAzure
+from emulator.azure import DATASET_NAME, MODEL_NAME
 from emulator.functions_host import LoadedApp
-from tests.fixtures_azure_path import copy_step_scripts
+from tests.fixtures_azure_path import (
+    STEP_NAMES,
+    csv_rows,
+    finished_run,
+    model_predictions,
+    step_artifact,
+    step_logs,
+    step_scripts_printing,
+)
 
 pytestmark = [pytest.mark.azure_path, pytest.mark.slow, pytest.mark.step_env]
 
-RUN_TIMEOUT = 300.0  # a run is three step processes; a cold machine under load needs a minute or two
-STEP_NAMES = ["fetch_data", "predict", "save_predictions"]
 AMES_ROWS = 2930
-
-
-def _wait(azure: EmulatedAzure, app: LoadedApp, run_id: str) -> dict:
-    """Wait (bounded) for the executing run to end, then read it through GET /api/runs/{id}."""
-    azure.fake.wait_for_run(run_id, RUN_TIMEOUT)
-    response = app.get_run(run_id)
-    assert response.status == 200, response
-    assert response.json["terminal"] is True
-    return response.json
-
-
-def _rows(csv_bytes: bytes) -> list[dict[str, str]]:
-    return list(csv.DictReader(io.StringIO(csv_bytes.decode())))
 
 
 def _newest_run_id(app: LoadedApp) -> str:
@@ -59,12 +50,12 @@ def test_a_timer_tick_publishes_and_its_run_writes_sample_size_predictions_to_th
     app = LoadedApp()
     app.tick(past_due=False)
     run_id = _newest_run_id(app)
-    body = _wait(azure, app, run_id)
+    body = finished_run(azure, app, run_id)
 
-    assert body["status"] == "completed", (body, _logs(azure, run_id))
+    assert body["status"] == "completed", (body, step_logs(azure, run_id))
     assert [(s["name"], s["status"]) for s in body["steps"]] == [(n, "completed") for n in STEP_NAMES]
     assert body["trigger"] == "timer"
-    rows = _rows(azure.read_datastore("latest_predictions/predictions.csv"))
+    rows = csv_rows(azure.read_datastore("latest_predictions/predictions.csv"))
     assert len(rows) == 10  # PIPELINE_SAMPLE_SIZE's default, published as sample_size's default
     assert all(float(row["PredictedSalePrice"]) > 0 for row in rows) and "SalePrice" not in rows[0]
     manifest = azure.latest_manifest()
@@ -103,27 +94,27 @@ def test_an_http_run_scores_every_row_with_a_pinned_model_version_on_two_nodes_o
     response = app.start_run({"parameters": {"sample_size": 0, "model_version": 1, "node_count": 2}})
     assert response.status == 202, response
     run_id = response.json["run_id"]
-    body = _wait(azure, app, run_id)
+    body = finished_run(azure, app, run_id)
 
-    assert body["status"] == "completed", (body, _logs(azure, run_id))
+    assert body["status"] == "completed", (body, step_logs(azure, run_id))
     assert [s["status"] for s in body["steps"]] == ["completed"] * 3
     assert body["trigger"] == "http"
-    rows = _rows(azure.read_datastore("latest_predictions/predictions.csv"))
+    rows = csv_rows(azure.read_datastore("latest_predictions/predictions.csv"))
     assert len(rows) == AMES_ROWS
     manifest = azure.latest_manifest()
     assert (manifest["run_id"], manifest["model_version"], manifest["rows"]) == (run_id, 1, AMES_ROWS)
     # The data path is faithful: every row read through the registered dataset (dataprep's reader, Azurite)
     # scores exactly as the same model scores the shipped file read by pandas.
-    expected = _model_predictions(trained_registry / MODEL_NAME / "1", ames_csv)
+    expected = model_predictions(trained_registry / MODEL_NAME / "1", ames_csv)
     got = {int(row["Order"]): float(row["PredictedSalePrice"]) for row in rows}
     assert len(got) == len(rows)  # every row once
     assert got.keys() == expected.keys()
     assert all(abs(got[order] - expected[order]) <= 1e-6 * expected[order] for order in expected)
     # the parallel run: the run parameter reached NodeCount, several mini-batches, workers on both nodes
     predict = azure.fake.runs[run_id].step("predict").run_id
-    master = _artifact(azure, predict, "logs/sys/master_role.txt")
+    master = step_artifact(azure, predict, "logs/sys/master_role.txt")
     assert "2 node(s) x 2 process(es)" in master
-    result = _artifact(azure, predict, "logs/job_result.txt")
+    result = step_artifact(azure, predict, "logs/job_result.txt")
     assert result.startswith("Job succeeded.")
     batches = int(result.split(" mini batches")[0].rsplit(maxsplit=1)[-1])
     assert batches > 2, result
@@ -134,24 +125,6 @@ def test_an_http_run_scores_every_row_with_a_pinned_model_version_on_two_nodes_o
     }
     assert nodes == {"0", "1"}
     reset_service()
-
-
-def _artifact(azure: EmulatedAzure, step_run_id: str, path: str) -> str:
-    data = azure.fake.blob_store.container_client("azureml").download_blob(
-        f"ExperimentRun/dcid.{step_run_id}/{path}"
-    )
-    return data.readall().decode()
-
-
-def _model_predictions(model_folder: Path, data_file: Path) -> dict[int, float]:
-    """The model's predictions of every row of `data_file`, by the row's Order."""
-    import joblib
-    import pandas as pd
-
-    model = joblib.load(model_folder / "model.joblib")
-    features = json.loads((model_folder / "metadata.json").read_text())["features"]
-    frame = pd.read_csv(data_file)
-    return dict(zip(frame["Order"].astype(int), model.predict(frame[features]).astype(float), strict=True))
 
 
 def test_a_model_version_that_does_not_exist_fails_the_run_at_predict_and_keeps_the_latest_whole(
@@ -172,7 +145,7 @@ def test_a_model_version_that_does_not_exist_fails_the_run_at_predict_and_keeps_
     response = app.start_run({"parameters": {"sample_size": 5, "model_version": 99}})
     assert response.status == 202, response
     run_id = response.json["run_id"]
-    body = _wait(azure, app, run_id)
+    body = finished_run(azure, app, run_id)
 
     assert body["status"] == "failed"
     assert [(s["name"], s["status"]) for s in body["steps"]][:2] == [
@@ -186,10 +159,10 @@ def test_a_model_version_that_does_not_exist_fails_the_run_at_predict_and_keeps_
     assert predict.error is not None and predict.error["code"] == "UserError", predict.error
     assert predict.error["message"] == "User program failed with SystemExit: 42"
     # the entry script's own error is in the step run's logs, as on Azure ML
-    errors = _artifact(azure, predict.run_id, "logs/user/error.txt")
+    errors = step_artifact(azure, predict.run_id, "logs/user/error.txt")
     assert f"StepError: cannot get registered model {MODEL_NAME}:99" in errors
     assert f"Model with id {MODEL_NAME}:99 not found" in errors
-    assert _artifact(azure, predict.run_id, "logs/job_result.txt").startswith("Job failed: init() failed")
+    assert step_artifact(azure, predict.run_id, "logs/job_result.txt").startswith("Job failed: init() failed")
     assert f"ExperimentRun/dcid.{predict.run_id}/azureml-logs/70_driver_log.txt" in azure.fake.artifacts
     assert azure.fake.step_log(run_id, "save_predictions") == ""
     for name, data in previous.items():
@@ -210,28 +183,19 @@ def test_a_changed_step_script_republishes_and_the_next_run_executes_the_new_sna
     app = LoadedApp()
     _publish(app)
     before = set(azure.fake.pipelines)
-    folder = copy_step_scripts(tmp_path / "step_scripts")
     marker = f"emulated-e2e marker {tmp_path.name}"
-    script = folder / "fetch_data.py"
-    text = script.read_text()
-    anchor = "from __future__ import annotations\n"
-    assert anchor in text
-    script.write_text(text.replace(anchor, anchor + f"print({marker!r}, flush=True)\n", 1))
+    script = step_scripts_printing(tmp_path / "step_scripts", marker)
     settings = get_service().settings
-    service = Service(settings, AzureMLBackend(settings, step_folder=folder))
+    service = Service(settings, AzureMLBackend(settings, step_folder=script.parent))
 
     outcome = service.tick(scheduled_for=None)
 
     assert outcome.publish.published is True
     (new_pipeline,) = set(azure.fake.pipelines) - before
     assert outcome.run is not None and azure.fake.runs[outcome.run.run_id].pipeline_id == new_pipeline
-    body = _wait(azure, app, outcome.run.run_id)
-    assert body["status"] == "completed", (body, _logs(azure, outcome.run.run_id))
+    body = finished_run(azure, app, outcome.run.run_id)
+    assert body["status"] == "completed", (body, step_logs(azure, outcome.run.run_id))
     assert marker in azure.fake.step_log(outcome.run.run_id, "fetch_data")
     # the new module's snapshot is the edited folder, as uploaded
     snapshots = {m["Data"]["DataLocation"]["StorageId"] for m in azure.fake.modules.values()}
     assert any(azure.fake.snapshot_contents[s].get("fetch_data.py") == script.read_bytes() for s in snapshots)
-
-
-def _logs(azure: EmulatedAzure, run_id: str) -> str:
-    return "\n".join(f"--- {n} ---\n{azure.fake.step_log(run_id, n)[-2000:]}" for n in STEP_NAMES)

@@ -6,8 +6,6 @@ Observed as a user would: GET /api/runs/{id} and the datastore's blobs. v1's end
 
 from __future__ import annotations
 
-import csv
-import io
 import threading
 import time
 from datetime import UTC, datetime
@@ -17,30 +15,20 @@ import pytest
 
 from emulator.azure import DATASET_NAME_V2, MODEL_NAME, EmulatedAzure
 from emulator.functions_host import LoadedApp
-from tests.fixtures_azure_path import copy_step_scripts
+from tests.fixtures_azure_path import (
+    RUN_TIMEOUT,
+    STEP_NAMES,
+    csv_rows,
+    finished_run,
+    model_predictions,
+    step_artifact,
+    step_logs,
+    step_scripts_printing,
+)
 
 pytestmark = [pytest.mark.azure_path, pytest.mark.slow, pytest.mark.step_env]
 
-RUN_TIMEOUT = 300.0
-STEP_NAMES = ["fetch_data", "predict", "save_predictions"]
 AMES_ROWS = 2930
-
-
-def _wait(azure: EmulatedAzure, app: LoadedApp, run_id: str) -> dict:
-    azure.fake.wait_for_run(run_id, RUN_TIMEOUT)
-    response = app.get_run(run_id)
-    assert response.status == 200, response
-    assert response.json["terminal"] is True
-    return response.json
-
-
-def _rows(csv_bytes: bytes | None) -> list[dict[str, str]]:
-    assert csv_bytes is not None
-    return list(csv.DictReader(io.StringIO(csv_bytes.decode())))
-
-
-def _logs(azure: EmulatedAzure, run_id: str) -> str:
-    return "\n".join(f"--- {n} ---\n{azure.fake.step_log(run_id, n)[-2000:]}" for n in STEP_NAMES)
 
 
 def _service(folder: Path | None = None):
@@ -66,12 +54,12 @@ def test_a_timer_tick_registers_and_its_job_writes_sample_size_predictions_to_th
     app = LoadedApp()
     app.tick(past_due=False)
     (run_id,) = _jobs(azure)
-    body = _wait(azure, app, run_id)
+    body = finished_run(azure, app, run_id)
 
-    assert body["status"] == "completed", (body, _logs(azure, run_id))
+    assert body["status"] == "completed", (body, step_logs(azure, run_id))
     assert [(s["name"], s["status"]) for s in body["steps"]] == [(n, "completed") for n in STEP_NAMES]
     assert body["trigger"] == "timer" and run_id.startswith("house-price-batch-predictions-timer-")
-    rows = _rows(azure.read_datastore("latest_predictions/predictions.csv"))
+    rows = csv_rows(azure.read_datastore("latest_predictions/predictions.csv"))
     assert len(rows) == 10
     assert all(float(row["PredictedSalePrice"]) > 0 for row in rows) and "SalePrice" not in rows[0]
     manifest = azure.latest_manifest()
@@ -101,14 +89,8 @@ def test_a_model_version_that_is_not_registered_answers_400_naming_it_and_submit
 def test_a_changed_step_script_reregisters_and_the_next_job_runs_the_new_code(emulated_azure_v2, tmp_path):
     azure = emulated_azure_v2
     app = LoadedApp()
-    folder = copy_step_scripts(tmp_path / "step_scripts")
     marker = f"emulated-v2 marker {tmp_path.name}"
-    script = folder / "fetch_data.py"
-    text = script.read_text()
-    anchor = "from __future__ import annotations\n"
-    assert anchor in text
-    script.write_text(text.replace(anchor, anchor + f"print({marker!r}, flush=True)\n", 1))
-    service = _service(folder)
+    service = _service(step_scripts_printing(tmp_path / "step_scripts", marker).parent)
     _service().publish()
     before = _service().backend.published_target().version
 
@@ -120,8 +102,8 @@ def test_a_changed_step_script_reregisters_and_the_next_job_runs_the_new_code(em
 
     assert outcome.publish.published is True and outcome.publish.target.version != before
     assert outcome.run is not None
-    body = _wait(azure, app, outcome.run.run_id)
-    assert body["status"] == "completed", (body, _logs(azure, outcome.run.run_id))
+    body = finished_run(azure, app, outcome.run.run_id)
+    assert body["status"] == "completed", (body, step_logs(azure, outcome.run.run_id))
     assert marker in azure.fake.step_log(outcome.run.run_id, "fetch_data")
     assert marker not in azure.fake.step_log(started.run.run_id, "fetch_data")
 
@@ -182,7 +164,6 @@ def test_an_http_run_scores_every_row_with_a_pinned_model_version_on_two_nodes_o
     version of their own, which then is the workspace's most recently created one (what a stale HTTP run
     falls back to in the tests above)."""
     from pipeline_def.service import reset_service
-    from tests.test_azureml_end_to_end import _model_predictions
 
     azure = emulated_azure_v2
     monkeypatch.setenv("PARALLEL_MINI_BATCH_SIZE", "64KB")
@@ -196,21 +177,20 @@ def test_an_http_run_scores_every_row_with_a_pinned_model_version_on_two_nodes_o
 
     assert response.status == 202, response
     run_id = response.json["run_id"]
-    body = _wait(azure, app, run_id)
-    assert body["status"] == "completed", (body, _logs(azure, run_id))
+    body = finished_run(azure, app, run_id)
+    assert body["status"] == "completed", (body, step_logs(azure, run_id))
     assert body["trigger"] == "http"
-    rows = _rows(azure.read_datastore("latest_predictions/predictions.csv"))
+    rows = csv_rows(azure.read_datastore("latest_predictions/predictions.csv"))
     assert len(rows) == AMES_ROWS
     manifest = azure.latest_manifest()
     assert (manifest["run_id"], str(manifest["model_version"]), manifest["rows"]) == (run_id, "1", AMES_ROWS)
-    expected = _model_predictions(trained_registry / MODEL_NAME / "1", ames_csv)
+    expected = model_predictions(trained_registry / MODEL_NAME / "1", ames_csv)
     got = {int(row["Order"]): float(row["PredictedSalePrice"]) for row in rows}
     assert len(got) == len(rows) and got.keys() == expected.keys()  # every row once
     assert all(abs(got[order] - expected[order]) <= 1e-6 * expected[order] for order in expected)
     predict = azure.fake.runs[run_id].step("predict").run_id
-    logs = azure.fake.blob_store.container_client("azureml")
-    master = logs.download_blob(f"ExperimentRun/dcid.{predict}/logs/sys/master_role.txt").readall().decode()
+    master = step_artifact(azure, predict, "logs/sys/master_role.txt")
     assert "2 node(s) x 2 process(es)" in master
-    result = logs.download_blob(f"ExperimentRun/dcid.{predict}/logs/job_result.txt").readall().decode()
+    result = step_artifact(azure, predict, "logs/job_result.txt")
     assert result.startswith("Job succeeded.") and int(result.split(" mini batches")[0].split()[-1]) > 2
     reset_service()

@@ -10,7 +10,6 @@ import csv
 import io
 import os
 import re
-import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -19,11 +18,10 @@ from types import SimpleNamespace
 
 import pytest
 import requests
-from azure.core.pipeline.policies import SansIOHTTPPolicy
 
 from emulator.aml import FakeAzureML
 from emulator.identity import FakeManagedIdentity
-from tests.fixtures_fakes import DEVSTORE_ACCOUNT, DEVSTORE_KEY, AzuriteBlob
+from tests.fixtures_fakes import DEVSTORE_ACCOUNT, DEVSTORE_KEY, AzuriteBlob, ml_client
 
 pytest.importorskip("azure.ai.ml")
 
@@ -67,41 +65,12 @@ print("scored", len(rows))
 CSV_DATA = "Id,Lot Area\n1,100\n2,200\n3,300\n"
 
 
-class _PlainHttpOnLoopback(SansIOHTTPPolicy):
-    """Lets azure-core send the bearer token over plain HTTP to the emulator. ARM is https, so azure-core
-    refuses a token on http unless the request says `enforce_https=False`; MLClient says so for its
-    operations, but not on every call (CodeOperations lists code versions by hash without it)."""
-
-    def on_request(self, request) -> None:
-        if request.http_request.url.startswith("http://127.0.0.1:"):
-            request.context["enforce_https"] = False
-
-
-@pytest.fixture
-def loopback_only(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Refuse name resolution of anything but loopback (ARM, login, telemetry, blob hosts), and list it."""
-    real = socket.getaddrinfo
-    refused: list[str] = []
-
-    def guarded(host, *args, **kwargs):
-        if host not in ("127.0.0.1", "localhost", "::1", None):
-            refused.append(str(host))
-            raise OSError(f"test refuses to resolve {host}")
-        return real(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", guarded)
-    return refused
-
-
 @pytest.fixture
 def v2(
     azurite: AzuriteBlob, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loopback_only
 ) -> Iterator[SimpleNamespace]:
     """The emulated workspace (executing jobs with this interpreter, storage in Azurite), the loopback
     identity endpoint issuing JWT-shaped tokens, and azure-ai-ml's MLClient aimed at both."""
-    from azure.ai.ml import MLClient
-    from azure.identity import ManagedIdentityCredential
-
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     (tmp_path / "home").mkdir()
     monkeypatch.setenv("AZUREML_CURRENT_CLOUD", "AzureCloud")  # restored after the test: MLClient sets it
@@ -113,24 +82,7 @@ def v2(
         fake.enable_execution(step_python=Path(sys.executable), workdir=tmp_path / "aml")
         for name, value in identity.environ().items():
             monkeypatch.setenv(name, value)
-        client = MLClient(
-            ManagedIdentityCredential(),
-            fake.subscription_id,
-            fake.resource_group,
-            fake.workspace_name,
-            cloud=f"Emulated{fake.port}",
-            cloud_metadata={
-                "azure_portal": "https://portal.azure.com/",
-                "resource_manager": fake.base_url,
-                "active_directory": "https://login.microsoftonline.com/",
-                "aml_resource_id": "https://ml.azure.com",
-                "storage_endpoint": "core.windows.net",
-                "registry_discovery_endpoint": fake.base_url,
-            },
-            enable_telemetry=False,
-            show_progress=False,
-            per_call_policies=[_PlainHttpOnLoopback()],
-        )
+        client = ml_client(fake)
         steps = tmp_path / "toy_steps"
         steps.mkdir()
         (steps / "prepare.py").write_text(PREPARE)

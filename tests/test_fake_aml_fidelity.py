@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import socket
 import uuid
 from pathlib import Path
 
@@ -17,23 +16,6 @@ from emulator.aml import FakeAzureML
 pytest.importorskip("azureml.pipeline.core")
 
 WS = "{WS}"
-
-
-@pytest.fixture
-def loopback_only(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Refuse name resolution of anything but loopback, and list what was asked: no call may leave 127.0.0.1
-    (a blob upload to *.blob.core.windows.net, cloud metadata, ARM)."""
-    real = socket.getaddrinfo
-    refused: list[str] = []
-
-    def guarded(host, *args, **kwargs):
-        if host not in ("127.0.0.1", "localhost", "::1", None):
-            refused.append(str(host))
-            raise OSError(f"test refuses to resolve {host}")
-        return real(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", guarded)
-    return refused
 
 
 @pytest.fixture

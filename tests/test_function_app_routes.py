@@ -40,6 +40,26 @@ def assert_error(response, status: int, code: str) -> str:
     return message
 
 
+START_KEYS = {"run_id", "status", "status_url", "portal_url", "pipeline_version", "current"}
+
+
+def assert_run_started(response) -> str:
+    """Checks a start answered with a run (202, the answer's keys, its status URL in Location, without the
+    function key the request carried as ?code=FUNCTION-KEY); returns the run's id."""
+    assert response.status == 202, response
+    assert set(response.json) == START_KEYS
+    run_id = response.json["run_id"]
+    assert response.headers["Location"] == response.json["status_url"] == f"{BASE_URL}/runs/{run_id}"
+    assert "FUNCTION-KEY" not in json.dumps(response.json) + response.headers["Location"]
+    return run_id
+
+
+def assert_cancel_requested(response, run_id: str) -> None:
+    """Checks a cancel answered 202 with the run's status URL in Location."""
+    assert response.status == 202, response
+    assert response.headers["Location"] == f"{BASE_URL}/runs/{run_id}"
+
+
 # --- configuration errors ----------------------------------------------------------------------------------
 @pytest.fixture
 def bad_config(monkeypatch):
@@ -227,21 +247,9 @@ RUN_KEYS = {"run_id", "status", "aml_status", "terminal", "created_at", "ended_a
 
 def test_aml_start_run_submits_to_the_endpoint_and_answers_202_with_the_status_location(app, aml):
     response = app.start_run({"parameters": {"sample_size": 25}}, params={"code": "FUNCTION-KEY"})
-    assert response.status == 202, response
-    assert set(response.json) == {
-        "run_id",
-        "status",
-        "status_url",
-        "portal_url",
-        "pipeline_version",
-        "current",
-    }
+    run_id = assert_run_started(response)
     assert (response.json["pipeline_version"], response.json["current"]) == (aml.pipeline["Version"], True)
-    run_id = response.json["run_id"]
     assert response.json["status"] == "queued"
-    assert response.json["status_url"] == f"{BASE_URL}/runs/{run_id}"
-    assert response.headers["Location"] == response.json["status_url"]
-    assert "FUNCTION-KEY" not in json.dumps(response.json) + response.headers["Location"]
     assert response.json["portal_url"] == f"https://ml.azure.com/runs/{run_id}?wsid={aml.fake.workspace_path}"
     (run,) = aml.fake.runs.values()
     assert run.run_id == run_id and run.endpoint_id == aml.endpoint["Id"]
@@ -295,11 +303,6 @@ def test_aml_run_status_reports_steps_and_both_status_spellings(app, aml):
     assert {step["status"] for step in done["steps"]} == {"completed"}
 
 
-def test_aml_unknown_run_is_404_on_status_and_cancel(app, aml):
-    for response in (app.get_run("no-such-run"), app.cancel_run("no-such-run")):
-        assert "no-such-run" in assert_error(response, 404, "run_not_found")
-
-
 def test_aml_list_runs_is_newest_first_with_a_default_limit_of_20(app, aml):
     experiment = aml.settings.experiment_name
     created = [aml.fake.add_run(aml.pipeline["Id"], experiment, "Finished").run_id for _ in range(23)]
@@ -316,9 +319,8 @@ def test_aml_list_runs_is_newest_first_with_a_default_limit_of_20(app, aml):
 def test_aml_cancel_answers_202_once_requested(app, aml):
     run = aml.fake.add_run(aml.pipeline["Id"], experiment=aml.settings.experiment_name, status="Running")
     response = app.cancel_run(run.run_id, params={"code": "FUNCTION-KEY"})
-    assert response.status == 202, response
+    assert_cancel_requested(response, run.run_id)
     assert response.json["run_id"] == run.run_id
-    assert response.headers["Location"] == f"{BASE_URL}/runs/{run.run_id}"
     assert aml.fake.runs[run.run_id].cancel_requested
     aml.fake.set_run_status(run.run_id, "Canceled")  # Azure ML takes a while to settle a cancel
     assert app.get_run(run.run_id).json["status"] == "canceled"
@@ -429,19 +431,9 @@ def _wait_until_ended(app: LoadedApp, run_id: str) -> dict:
 @pytest.mark.slow
 def test_local_run_through_the_routes_from_start_to_completed(app, local):
     response = app.start_run({"parameters": {"sample_size": 5}}, params={"code": "FUNCTION-KEY"})
-    assert response.status == 202, response
-    assert set(response.json) == {
-        "run_id",
-        "status",
-        "status_url",
-        "portal_url",
-        "pipeline_version",
-        "current",
-    }
+    run_id = assert_run_started(response)
     assert response.json["current"] is True and response.json["pipeline_version"]
-    run_id = response.json["run_id"]
     assert response.json["status"] in ("queued", "running")
-    assert response.headers["Location"] == response.json["status_url"] == f"{BASE_URL}/runs/{run_id}"
 
     first = app.get_run(run_id)
     assert first.status == 200 and set(first.json) >= RUN_KEYS
@@ -461,17 +453,27 @@ def test_local_list_is_newest_first_and_cancel_answers_202(app, local):
     assert [r["run_id"] for r in runs] == [second, first]
     assert [r["run_id"] for r in app.list_runs({"limit": "1"}).json["runs"]] == [second]
     for run_id in (second, first):
-        response = app.cancel_run(run_id)
-        assert response.status == 202, response
-        assert response.headers["Location"] == f"{BASE_URL}/runs/{run_id}"
+        assert_cancel_requested(app.cancel_run(run_id), run_id)
         assert app.get_run(run_id).json["status"] in ("canceling", "canceled")
     for run_id in (first, second):
         assert _wait_until_ended(app, run_id)["status"] == "canceled"
 
 
-def test_local_unknown_run_is_404_and_bad_parameters_start_nothing(app, local):
-    for response in (app.get_run("local_20260101T000000_abcdef"), app.cancel_run("nope")):
-        assert_error(response, 404, "run_not_found")
+def test_local_bad_parameters_start_nothing(app, local):
     for body in (b'{"parameters": {"sample_size": -3}}', b'{"parameters": {"colour": "red"}}', b"[1]"):
         assert app.start_run(body).status == 400
     assert app.list_runs().json == {"runs": []}
+
+
+# --- both backends ---------------------------------------------------------------------------------------
+@pytest.fixture(params=["azureml", "local"])
+def backend(request) -> str:
+    """The backend the test id names, set up as the `aml` or `local` fixture sets it up; gives its name."""
+    request.getfixturevalue({"azureml": "aml", "local": "local"}[request.param])
+    return request.param
+
+
+@pytest.mark.parametrize("run_id", ["no-such-run", "local_20260101T000000_abcdef", "nope"])
+def test_an_unknown_run_is_404_naming_it_on_status_and_cancel(app, backend, run_id):
+    for response in (app.get_run(run_id), app.cancel_run(run_id)):
+        assert run_id in assert_error(response, 404, "run_not_found")

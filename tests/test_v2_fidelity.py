@@ -5,7 +5,8 @@ submits the same job. Both sets of bodies must be equal once ids, names and the 
 normalised (NORMALISED says what and why). Then azure-ai-ml reads the app's job: `jobs.get`,
 `jobs.list(parent_job_name=...)`, `jobs.begin_cancel`.
 
-No name leaves 127.0.0.1 (as in tests/test_emulator_v2.py, whose MLClient set-up this reuses)."""
+No name leaves 127.0.0.1 (as in tests/test_emulator_v2.py, whose MLClient set-up, fixtures_fakes.ml_client, this
+reuses)."""
 
 from __future__ import annotations
 
@@ -17,11 +18,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from azure.core.pipeline.policies import SansIOHTTPPolicy
 
 from emulator.aml import FakeAzureML
 from emulator.identity import FakeManagedIdentity
-from tests.fixtures_fakes import DEVSTORE_ACCOUNT, DEVSTORE_KEY, AzuriteBlob
+from tests.fixtures_fakes import DEVSTORE_ACCOUNT, DEVSTORE_KEY, AzuriteBlob, ml_client
 from tests.test_aml_v2_backend import v2_environ
 
 pytest.importorskip("azure.ai.ml")
@@ -44,39 +44,6 @@ NORMALISED = {
     "the job's `computeId`": "the app sends the compute as computeId as well as settings.default_compute (notes "
     "(b)); azure-ai-ml sends only the latter",
 }
-
-
-class _PlainHttpOnLoopback(SansIOHTTPPolicy):
-    """azure-core refuses a bearer token over plain HTTP unless the request says enforce_https=False."""
-
-    def on_request(self, request) -> None:
-        if request.http_request.url.startswith("http://127.0.0.1:"):
-            request.context["enforce_https"] = False
-
-
-def ml_client(fake: FakeAzureML):
-    from azure.ai.ml import MLClient
-    from azure.identity import ManagedIdentityCredential
-
-    policy = _PlainHttpOnLoopback()
-    return MLClient(
-        ManagedIdentityCredential(),
-        fake.subscription_id,
-        fake.resource_group,
-        fake.workspace_name,
-        cloud=f"Emulated{fake.port}",
-        cloud_metadata={
-            "azure_portal": "https://portal.azure.com/",
-            "resource_manager": fake.base_url,
-            "active_directory": "https://login.microsoftonline.com/",
-            "aml_resource_id": "https://ml.azure.com",
-            "storage_endpoint": "core.windows.net",
-            "registry_discovery_endpoint": fake.base_url,
-        },
-        enable_telemetry=False,
-        show_progress=False,
-        per_call_policies=[policy],
-    )
 
 
 @pytest.fixture(scope="module")

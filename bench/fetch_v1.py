@@ -52,9 +52,11 @@ def csv_of(rows: int) -> Path:
     return path
 
 
-def fetch_in_job(fake: FakeAzureML, python: Path, dataset: str, sample_size: int, work: Path) -> dict:
-    """aml_v1.py fetch_data in a step run of its own, from a copy of step_scripts/ (as Azure ML runs a step
-    from its snapshot); wall seconds and the peak RSS of the step's process tree (scale.py's `_measure`)."""
+def fetch_in_job(
+    fake: FakeAzureML, python: Path, dataset: str, sample_size: int, work: Path, scripts: Path
+) -> dict:
+    """aml_v1.py fetch_data in a step run of its own, from a copy of `scripts` (as Azure ML runs a step from
+    its snapshot); wall seconds and the peak RSS of the step's process tree (scale.py's `_measure`)."""
     pipeline = fake.add_published_pipeline("bench-fetch", str(time.time_ns()))
     run = fake.add_run(pipeline["Id"], experiment="bench", status="Running")
     snapshot, home, out = work / "snapshot", work / "home", work / "fetched"
@@ -101,6 +103,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--rows", default="100000,1000000,10000000")
     parser.add_argument("--sample-size", type=int, default=0, help="0: every row")
+    parser.add_argument(
+        "--step-scripts",
+        type=Path,
+        default=PROJECT_ROOT / "step_scripts",
+        help="the step scripts to run (an older version's, to compare; default: step_scripts/)",
+    )
     args = parser.parse_args(argv)
     sizes = [int(r) for r in args.rows.split(",")]
     python = step_python()
@@ -117,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
                     started = time.perf_counter()
                     fake.register_dataset(name, source)
                     uploaded = time.perf_counter() - started
-                    figures = fetch_in_job(fake, python, name, args.sample_size, Path(scratch) / "work")
+                    figures = fetch_in_job(
+                        fake, python, name, args.sample_size, Path(scratch) / "work", args.step_scripts
+                    )
                     fake.blob_store.container_client().delete_blob(fake.datasets[name][-1].blob_path)
                     mib = source.stat().st_size / 2**20
                     print(
@@ -134,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         ratio = measured["10000000"]["peak_rss_mib"] / measured["1000000"]["peak_rss_mib"]
         results["peak_10M_over_1M"] = ratio
         print(f"  peak at 10M / at 1M = {ratio:.2f}x (goal <= {MEMORY_GOAL}x)")
+    if args.step_scripts != PROJECT_ROOT / "step_scripts":
+        return 0  # a comparison run: the results file keeps the current scripts' figures
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     return 0

@@ -362,7 +362,7 @@ def v2(azurite: AzuriteBlob, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     from azure.ai.ml.parallel import RunFunction, parallel_run_function
 
     from emulator.identity import FakeManagedIdentity
-    from tests.test_v2_fidelity import ml_client
+    from tests.fixtures_fakes import ml_client
 
     tmp = tmp_path_factory.mktemp("parallel-v2")
     with (

@@ -30,7 +30,7 @@ from emulator.aml.history import HistoryService
 from emulator.aml.jobs import RUN_TOKEN_AUDIENCE, JobContext
 from emulator.aml.models import ModelService
 from emulator.aml.pipelines import BUILTIN_DATA_TYPES, PipelinesService
-from emulator.aml.state import ARM_AUDIENCES, Clock, FakeRun, iso, new_id
+from emulator.aml.state import ARM_AUDIENCES, Clock, FakeRun, history_error, iso, new_id
 from emulator.aml.v2_execution import V2ExecutionService
 from emulator.aml.v2_jobs import V2JobService
 from emulator.aml.wire import (
@@ -383,26 +383,15 @@ class FakeAzureML(
                 "correlation": correlation,
             }
         if path.startswith(("/history", "/datastore", "/content", "/dataset", "/data/", "/artifact")):
-            return {
-                "error": {
-                    "code": code,
-                    "severity": None,
-                    "message": message,
-                    "messageFormat": None,
-                    "messageParameters": None,
-                    "referenceCode": None,
-                    "detailsUri": None,
-                    "target": None,
-                    "details": [],
-                    "innerError": None,
-                    "debugInfo": None,
-                },
-                "correlation": correlation,
-                "environment": "local",
-                "location": "local",
-                "time": iso(self.clock()),
-                "componentName": "fake-aml",
-            }
+            return history_error(
+                code,
+                message,
+                correlation=correlation,
+                environment="local",
+                location="local",
+                time=iso(self.clock()),
+                component_name="fake-aml",
+            )
         return {
             "Error": {
                 "Code": code,

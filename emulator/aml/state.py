@@ -362,6 +362,42 @@ def run_history_dto(
     return dto
 
 
+def history_error(
+    code: str,
+    message: str,
+    *,
+    time: str | None,
+    component_name: str,
+    correlation: dict[str, Any] | None = None,
+    environment: str | None = None,
+    location: str | None = None,
+    message_parameters: dict[str, Any] | None = None,
+    **error_fields: Any,
+) -> dict[str, Any]:
+    """Run history's ErrorResponse: a RootError (`error_fields` appended to it) with where and when."""
+    return {
+        "error": {
+            "code": code,
+            "severity": None,
+            "message": message,
+            "messageFormat": None,
+            "messageParameters": message_parameters,
+            "referenceCode": None,
+            "detailsUri": None,
+            "target": None,
+            "details": [],
+            "innerError": None,
+            "debugInfo": None,
+            **error_fields,
+        },
+        "correlation": correlation,
+        "environment": environment,
+        "location": location,
+        "time": time,
+        "componentName": component_name,
+    }
+
+
 def studio_url(run_id: str, workspace_id: str | None) -> str:
     """A run's page in the studio (run history's portalUrl, a v2 job's Studio service endpoint)."""
     return f"https://ml.azure.com/runs/{run_id}?wsid={workspace_id}"

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from emulator.aml.execution import PRS_DRIVER, PRS_LOGS, _RunState
-from emulator.aml.state import HISTORY_TERMINAL, PIPELINE_OF_HISTORY, iso
+from emulator.aml.state import HISTORY_TERMINAL, PIPELINE_OF_HISTORY, history_error, iso
 from emulator.aml.v2_jobs import PIPELINE_FAILED, V2Run, V2Step
 
 STD_LOG = "user_logs/std_log.txt"
@@ -529,27 +529,14 @@ def node_error(command: str, exit_code: int, stderr_lines: list[str], time: str 
     process = _user_process(command)
     tail = "\n".join(line for line in stderr_lines if line.strip())[-ERROR_TAIL_CHARS:]
     message = USER_PROCESS_FAILED.format(process=process, exit_code=exit_code, error=tail or "(no stderr)")
-    return {
-        "error": {
-            "code": "UserError",
-            "severity": None,
-            "message": message,
-            "messageFormat": None,
-            "messageParameters": {},
-            "referenceCode": None,
-            "detailsUri": None,
-            "target": None,
-            "details": [],
-            "innerError": None,
-            "debugInfo": None,
-            "additionalInfo": None,
-        },
-        "correlation": None,
-        "environment": None,
-        "location": None,
-        "time": time,
-        "componentName": "CommonRuntime",
-    }
+    return history_error(
+        "UserError",
+        message,
+        time=time,
+        component_name="CommonRuntime",
+        message_parameters={},
+        additionalInfo=None,
+    )
 
 
 def _pipeline_error(failed: list[str]) -> dict[str, Any]:

@@ -250,22 +250,11 @@ class FakeRun:
 
     def step_dto(self, step: FakeStep) -> dict[str, Any]:
         """The run-history RunDto of one step run (a child of the pipeline run)."""
-        return run_history_dto(
+        return step_run_dto(
             step,
             root=self,
             run_uuid=step.run_id,
-            name=step.name,
-            display_name=step.name,
-            status=step.status,
-            run_type="azureml.StepRun",
-            tags={**step.tags, "azureml.nodeid": step.node_id, "azureml.pipeline": self.run_id},
-            properties={
-                **step.properties,
-                "azureml.runsource": "azureml.StepRun",
-                "azureml.nodeid": step.node_id,
-                "azureml.pipelinerunid": self.run_id,
-                "StepType": "PythonScriptStep",
-            },
+            properties={"StepType": "PythonScriptStep"},
             placement={"target": "cpu-cluster"},
             error=(
                 {
@@ -360,6 +349,38 @@ def run_history_dto(
         }
         dto["portalUrl"] = studio_url(root.run_id, workspace_id)
     return dto
+
+
+def step_run_dto(
+    step: FakeStep,
+    *,
+    root: FakeRun,
+    run_uuid: str,
+    properties: dict[str, str],
+    placement: dict[str, Any],
+    error: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The run-history RunDto of a step run of `root`: its node id and pipeline as tags and properties, then
+    `properties`."""
+    return run_history_dto(
+        step,
+        root=root,
+        run_uuid=run_uuid,
+        name=step.name,
+        display_name=step.name,
+        status=step.status,
+        run_type="azureml.StepRun",
+        tags={**step.tags, "azureml.nodeid": step.node_id, "azureml.pipeline": root.run_id},
+        properties={
+            **step.properties,
+            "azureml.runsource": "azureml.StepRun",
+            "azureml.nodeid": step.node_id,
+            "azureml.pipelinerunid": root.run_id,
+            **properties,
+        },
+        placement=placement,
+        error=error,
+    )
 
 
 def history_error(

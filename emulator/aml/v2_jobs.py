@@ -20,6 +20,7 @@ from emulator.aml.state import (
     FakeStep,
     new_id,
     run_history_dto,
+    step_run_dto,
     studio_url,
 )
 from emulator.aml.wire import SEG, RecordedRequest, Response, Route, ServiceError, as_string, json_body, route
@@ -84,23 +85,11 @@ class V2Run(FakeRun):
         )
 
     def step_dto(self, step: FakeStep) -> dict[str, Any]:
-        return run_history_dto(
+        return step_run_dto(
             step,
             root=self,
             run_uuid=str(uuid.uuid5(uuid.NAMESPACE_URL, step.run_id)),
-            name=step.name,
-            display_name=step.name,
-            status=step.status,
-            run_type="azureml.StepRun",
-            tags={**step.tags, "azureml.nodeid": step.node_id, "azureml.pipeline": self.run_id},
-            properties={
-                **step.properties,
-                "azureml.runsource": "azureml.StepRun",
-                "azureml.nodeid": step.node_id,
-                "azureml.pipelinerunid": self.run_id,
-                "azureml.pipeline": self.run_id,
-                "StepType": "CommandStep",
-            },
+            properties={"azureml.pipeline": self.run_id, "StepType": "CommandStep"},
             placement=self._placement(),
             error=step.error if isinstance(step, V2Step) and step.status == "Failed" else None,
         )

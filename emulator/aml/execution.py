@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,11 +108,38 @@ class ExecutionService:
     def _start_execution(self, run: FakeRun) -> None:
         if self.execution is None:
             return
+        self._execute_in_thread(
+            run,
+            f"run-{run.run_id[:8]}",
+            lambda state: self._execute_steps(run, state),
+            lambda error: self._end_run(
+                run, "Failed", f"The emulated workspace could not run the pipeline: {error}"
+            ),
+        )
+
+    def _execute_in_thread(
+        self,
+        run: FakeRun,
+        name: str,
+        execute: Callable[[_RunState], None],
+        fail: Callable[[Exception], None],
+    ) -> None:
+        """Run `execute` in a thread of its own (a v1 run or a v2 job, the state `wait_for_run` and cancel use);
+        an exception from it, a defect of the emulator or a broken graph, ends the run through `fail`, visibly
+        (called under self.lock)."""
         state = _RunState()
         self._executions[run.run_id] = state
-        state.thread = threading.Thread(
-            target=self._execute, args=(run, state), name=f"run-{run.run_id[:8]}", daemon=True
-        )
+
+        def body() -> None:
+            try:
+                execute(state)
+            except Exception as error:
+                with self.lock:
+                    fail(error)
+            finally:
+                state.done.set()
+
+        state.thread = threading.Thread(target=body, name=name, daemon=True)
         state.thread.start()
 
     def _stop_execution(self, run: FakeRun) -> None:
@@ -130,15 +158,6 @@ class ExecutionService:
                 state.thread.join(timeout=CANCEL_GRACE_SECONDS + 5)
 
     # ------------------------------------------------------------------ the run's thread
-    def _execute(self, run: FakeRun, state: _RunState) -> None:
-        try:
-            self._execute_steps(run, state)
-        except Exception as error:  # a defect of the emulator or a broken graph: the run fails, visibly
-            with self.lock:
-                self._end_run(run, "Failed", f"The emulated workspace could not run the pipeline: {error}")
-        finally:
-            state.done.set()
-
     def _execute_steps(self, run: FakeRun, state: _RunState) -> None:
         assert self.execution is not None
         run_dir = self.execution.workdir / "runs" / run.run_id

@@ -12,7 +12,6 @@ import re
 import shlex
 import shutil
 import subprocess
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,23 +84,14 @@ class V2ExecutionService:
     def _start_v2_execution(self, run: V2Run) -> None:
         if self.execution is None:
             return
-        state = _RunState()
-        self._executions[run.run_id] = state
-        state.thread = threading.Thread(
-            target=self._execute_v2, args=(run, state), name=f"job-{run.run_id[:12]}", daemon=True
+        self._execute_in_thread(
+            run,
+            f"job-{run.run_id[:12]}",
+            lambda state: self._execute_v2_nodes(run, state),
+            lambda error: self._end_v2_run(
+                run, "Failed", _system_error(f"The emulated workspace could not run the job: {error}")
+            ),
         )
-        state.thread.start()
-
-    def _execute_v2(self, run: V2Run, state: _RunState) -> None:
-        try:
-            self._execute_v2_nodes(run, state)
-        except Exception as error:  # a defect of the emulator or a broken component: visible, not silent
-            with self.lock:
-                self._end_v2_run(
-                    run, "Failed", _system_error(f"The emulated workspace could not run the job: {error}")
-                )
-        finally:
-            state.done.set()
 
     def _execute_v2_nodes(self, run: V2Run, state: _RunState) -> None:
         assert self.execution is not None

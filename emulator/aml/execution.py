@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from emulator.aml.state import HISTORY_TERMINAL, FakeRun, FakeStep
 
@@ -387,6 +387,24 @@ class ExecutionService:
         target.write_bytes(self.blob_store.container_client().download_blob(entry.blob_path).readall())
         return target
 
+    def _process_environment(self, step_dir: Path, *first_on_path: Path) -> dict[str, str]:
+        """What a step's (or a v2 node's) process starts from: PATH with `first_on_path` and then the steps'
+        interpreter's folder, a private HOME and TMPDIR in `step_dir`, UTF-8, unbuffered output, and
+        enable_execution's extra_env."""
+        assert self.execution is not None
+        home, tmp = step_dir / "home", step_dir / "tmp"
+        for folder in (home, tmp):
+            folder.mkdir(parents=True, exist_ok=True)
+        path = [*first_on_path, self.execution.step_python.parent]
+        return {
+            "PATH": ":".join(str(folder) for folder in path) + ":/usr/local/bin:/usr/bin:/bin",
+            "HOME": str(home),
+            "TMPDIR": str(tmp),
+            "LANG": "C.UTF-8",
+            "PYTHONUNBUFFERED": "1",
+            **self.execution.extra_env,
+        }
+
     def _run_step(self, plan: _StepPlan, step_dir: Path, state: _RunState) -> tuple[int, str | None]:
         """Run one step's process to its end; return its exit code and, if it failed, its error: what the
         SDK in the process posted to run history (the step's Error event), else its last `error:` line,
@@ -395,24 +413,10 @@ class ExecutionService:
         working = self.write_snapshot(plan.snapshot_id, step_dir / "wd")
         if plan.parallel is not None:
             shutil.copytree(PRS_DRIVER, working / "driver", ignore=shutil.ignore_patterns("__pycache__"))
-        home = step_dir / "home"
-        tmp = step_dir / "tmp"
-        for folder in (home, tmp):
-            folder.mkdir(parents=True, exist_ok=True)
-        python = self.execution.step_python
-        environment = {
-            "PATH": f"{python.parent}:/usr/local/bin:/usr/bin:/bin",
-            "HOME": str(home),
-            "TMPDIR": str(tmp),
-            "LANG": "C.UTF-8",
-            "PYTHONUNBUFFERED": "1",
-            **self.execution.extra_env,
-            **plan.environment,
-            **(plan.parallel or {}),
-        }
+        environment = {**self._process_environment(step_dir), **plan.environment, **(plan.parallel or {})}
         log_path = step_dir / DRIVER_LOG
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        command = [str(python), str(V1_DRIVER), plan.script, *plan.arguments]
+        command = [str(self.execution.step_python), str(V1_DRIVER), plan.script, *plan.arguments]
         with self.lock:
             if state.cancel.is_set():
                 return -1, "canceled"
@@ -420,15 +424,7 @@ class ExecutionService:
             with open(log_path, "ab") as log:
                 log.write(f"[emulated job] {' '.join(command)}\n".encode())
                 log.flush()
-                state.process = subprocess.Popen(
-                    command,
-                    cwd=working,
-                    env=environment,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.PIPE,
-                    start_new_session=True,  # its own process group: cancel stops the step and its children
-                )
+                state.process = start_process(command, working, environment, log)
             self._set_step(plan.step, "Running", self.clock())
         process = state.process
         error_line = None
@@ -466,6 +462,22 @@ def parallel_logs(folder: Path) -> dict[str, bytes]:
         for p in sorted(folder.rglob("*"))
         if p.is_file()
     }
+
+
+def start_process(
+    command: list[str], working: Path, environment: dict[str, str], log: IO[bytes]
+) -> subprocess.Popen:
+    """A step's (or a v2 node's) process: no stdin, stdout into `log`, stderr piped for the caller to read, in
+    its own process group (cancel stops it and its children)."""
+    return subprocess.Popen(
+        command,
+        cwd=working,
+        env=environment,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
 
 
 def _terminate(process: subprocess.Popen | None) -> None:

@@ -11,12 +11,11 @@ import json
 import re
 import shlex
 import shutil
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from emulator.aml.execution import PRS_DRIVER, PRS_LOGS, _RunState
+from emulator.aml.execution import PRS_DRIVER, PRS_LOGS, _RunState, start_process
 from emulator.aml.state import HISTORY_TERMINAL, PIPELINE_OF_HISTORY, history_error, iso
 from emulator.aml.v2_jobs import PIPELINE_FAILED, V2Run, V2Step
 
@@ -408,9 +407,6 @@ class V2ExecutionService:
             )
         if prepared.parallel is not None:
             shutil.copytree(PRS_DRIVER, working / "driver", ignore=shutil.ignore_patterns("__pycache__"))
-        home, tmp = node_dir / "home", node_dir / "tmp"
-        for folder in (home, tmp):
-            folder.mkdir(parents=True, exist_ok=True)
         python = self.execution.step_python
         shims = node_dir / "bin"  # `python` is the steps' interpreter whatever its file is called
         shims.mkdir(parents=True, exist_ok=True)
@@ -422,12 +418,7 @@ class V2ExecutionService:
                 shim.write_text(f'#!/bin/sh\nexec {shlex.quote(str(python))} "$@"\n')
                 shim.chmod(0o755)
         environment = {
-            "PATH": f"{shims}:{python.parent}:/usr/local/bin:/usr/bin:/bin",
-            "HOME": str(home),
-            "TMPDIR": str(tmp),
-            "LANG": "C.UTF-8",
-            "PYTHONUNBUFFERED": "1",
-            **self.execution.extra_env,
+            **self._process_environment(node_dir, shims),
             **(prepared.parallel or {}),
             **self.job_environment(node.step.run_id),
         }
@@ -438,14 +429,8 @@ class V2ExecutionService:
                 return None, None
             node.step.log_path = log_path
             with open(log_path, "wb") as log:
-                state.process = subprocess.Popen(
-                    ["/bin/bash", "-c", prepared.command],
-                    cwd=working,
-                    env=environment,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.PIPE,
-                    start_new_session=True,  # its own process group: cancel stops the command and its children
+                state.process = start_process(
+                    ["/bin/bash", "-c", prepared.command], working, environment, log
                 )
             self._set_step(node.step, "Running", self.clock())
         process = state.process

@@ -13,7 +13,7 @@ import shutil
 import signal
 import subprocess
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -405,6 +405,14 @@ class ExecutionService:
             **self.execution.extra_env,
         }
 
+    def _keep_logs(self, step_run_id: str, name: str, log_path: Path, parallel_working: Path | None) -> None:
+        """A finished step's (or node's) log as the artifact `name` of its run, and a parallel step's logs/
+        folder of `parallel_working` (with no blob store: nothing)."""
+        if self.blob_store is not None:
+            self.put_artifact("ExperimentRun", f"dcid.{step_run_id}", name, log_path.read_bytes())
+            if parallel_working is not None:
+                self.upload_logs(step_run_id, parallel_working / PRS_LOGS)
+
     def _run_step(self, plan: _StepPlan, step_dir: Path, state: _RunState) -> tuple[int, str | None]:
         """Run one step's process to its end; return its exit code and, if it failed, its error: what the
         SDK in the process posted to run history (the step's Error event), else its last `error:` line,
@@ -429,22 +437,18 @@ class ExecutionService:
         process = state.process
         error_line = None
         last_line = None
-        assert process.stderr is not None
-        with open(log_path, "ab", buffering=0) as log:
-            for raw in process.stderr:
-                log.write(raw)
-                line = raw.decode(errors="replace").strip()
-                if line:
-                    last_line = line
-                if line.startswith("error: "):
-                    error_line = line.removeprefix("error: ")
+        for text in tee_stderr(process, log_path):
+            line = text.strip()
+            if line:
+                last_line = line
+            if line.startswith("error: "):
+                error_line = line.removeprefix("error: ")
         rc = process.wait()
         state.process = None
-        if self.blob_store is not None:
-            # where Azure ML keeps a step's driver log: an artifact of the step run's data container
-            self.put_artifact("ExperimentRun", f"dcid.{plan.step.run_id}", DRIVER_LOG, log_path.read_bytes())
-            if plan.parallel is not None:
-                self.upload_logs(plan.step.run_id, working / PRS_LOGS)
+        # where Azure ML keeps a step's driver log: an artifact of the step run's data container
+        self._keep_logs(
+            plan.step.run_id, DRIVER_LOG, log_path, working if plan.parallel is not None else None
+        )
         if rc == 0:
             return 0, None
         with self.lock:
@@ -478,6 +482,15 @@ def start_process(
         stderr=subprocess.PIPE,
         start_new_session=True,
     )
+
+
+def tee_stderr(process: subprocess.Popen, log_path: Path) -> Iterator[str]:
+    """A started process's stderr line by line (decoded) as it comes, each also appended to its log."""
+    assert process.stderr is not None
+    with open(log_path, "ab", buffering=0) as log:
+        for raw in process.stderr:
+            log.write(raw)
+            yield raw.decode(errors="replace")
 
 
 def _terminate(process: subprocess.Popen | None) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from emulator.aml.execution import PRS_DRIVER, PRS_LOGS, _RunState, start_process
+from emulator.aml.execution import PRS_DRIVER, _RunState, start_process, tee_stderr
 from emulator.aml.state import HISTORY_TERMINAL, PIPELINE_OF_HISTORY, history_error, iso
 from emulator.aml.v2_jobs import PIPELINE_FAILED, V2Run, V2Step
 
@@ -435,19 +435,15 @@ class V2ExecutionService:
             self._set_step(node.step, "Running", self.clock())
         process = state.process
         stderr_lines: list[str] = []
-        assert process.stderr is not None
-        with open(log_path, "ab", buffering=0) as log:
-            for raw in process.stderr:
-                log.write(raw)
-                stderr_lines.append(raw.decode(errors="replace").rstrip("\n"))
-                del stderr_lines[:-ERROR_TAIL_LINES]
+        for line in tee_stderr(process, log_path):
+            stderr_lines.append(line.rstrip("\n"))
+            del stderr_lines[:-ERROR_TAIL_LINES]
         rc = process.wait()
         state.process = None
-        if self.blob_store is not None:
-            # where the runtime keeps a node's log: an artifact of the node's run
-            self.put_artifact("ExperimentRun", f"dcid.{node.step.run_id}", STD_LOG, log_path.read_bytes())
-            if prepared.parallel is not None:
-                self.upload_logs(node.step.run_id, working / PRS_LOGS)
+        # where the runtime keeps a node's log: an artifact of the node's run
+        self._keep_logs(
+            node.step.run_id, STD_LOG, log_path, working if prepared.parallel is not None else None
+        )
         if rc == 0:
             return 0, None
         return rc, node_error(prepared.command, rc, stderr_lines, iso(self.clock()))

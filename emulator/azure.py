@@ -88,24 +88,18 @@ class EmulatedAzure:
     def environ(self, home: Path) -> dict[str, str]:
         """The app settings (AML_*, PIPELINE_BACKEND), the managed identity's variables, a HOME for the SDK,
         and what makes the SDK's snapshot upload reach the workspace (see fake_aml/blob_capture.py)."""
-        if self.backend == "azureml-v2":
-            return self.fake.app_settings(
-                "azureml-v2",
-                COMPUTE_NAME,
-                AML_DATASET_NAME=DATASET_NAME_V2,
-                AML_MODEL_NAME=MODEL_NAME,
-                HOME=str(home),
-                **self.identity.environ(),
-            )
-        assert self.fake.snapshot_uploads is not None
+        snapshot_uploads: dict[str, str] = {}
+        if self.backend == "azureml":
+            assert self.fake.snapshot_uploads is not None
+            snapshot_uploads = self.fake.snapshot_uploads.environ()
         return self.fake.app_settings(
-            "azureml",
+            self.backend,
             COMPUTE_NAME,
-            AML_DATASET_NAME=DATASET_NAME,
+            AML_DATASET_NAME=self.dataset_name,
             AML_MODEL_NAME=MODEL_NAME,
             HOME=str(home),
             **self.identity.environ(),
-            **self.fake.snapshot_uploads.environ(),
+            **snapshot_uploads,
         )
 
     def cleared_variables(self) -> list[str]:

@@ -9,9 +9,11 @@ import json
 import secrets
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from emulator.loopback import LoopbackServer
 
 # Variables that would make DefaultAzureCredential pick a credential other than the managed identity.
 OTHER_CREDENTIAL_VARIABLES = (
@@ -89,7 +91,7 @@ def _jwt_resource(payload: str) -> str | None:
     return audience if isinstance(audience, str) and audience else None
 
 
-class FakeManagedIdentity:
+class FakeManagedIdentity(LoopbackServer):
     """App Service style managed identity (api-version 2019-08-01) on 127.0.0.1, port 0. `jwt=True` issues
     JWT-shaped tokens (make_jwt) instead of the opaque `fake-mi.<resource>.<n>` ones."""
 
@@ -102,43 +104,18 @@ class FakeManagedIdentity:
         self._fail_status: int | None = None
         self._fail_times: int | None = None
         self._delay = 0.0
-        self._stopping = threading.Event()
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        super().__init__()
 
     # lifecycle
-    def start(self) -> FakeManagedIdentity:
-        self._stopping.clear()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-mi", daemon=True
-        )
-        self._thread.start()
-        return self
+    thread_name = "fake-mi"
 
-    def stop(self) -> None:
-        self._stopping.set()  # wakes every held request
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> FakeManagedIdentity:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None, "FakeManagedIdentity is not started"
-        return self._server.server_address[1]
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        return _handler_for(self)
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}/msi/token"
+        return f"{self.url}/msi/token"
 
     def environ(self) -> dict[str, str]:
         return {"IDENTITY_ENDPOINT": self.endpoint, "IDENTITY_HEADER": self.header}

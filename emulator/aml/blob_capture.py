@@ -12,14 +12,17 @@ import datetime as dt
 import hashlib
 import ssl
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
+
+from emulator.loopback import LoopbackServer
 
 BLOB_HOST_SUFFIX = ".blob.core.windows.net"
 
 
-class SnapshotUploads:
+class SnapshotUploads(LoopbackServer):
     """The proxy and what it received: `blobs` maps a blob's path (`/{container}/{name}`) to its bytes."""
 
     def __init__(self, folder: Path) -> None:
@@ -30,28 +33,16 @@ class SnapshotUploads:
         self.ca_bundle, cert, key = _make_certificates(self.folder)
         self.ssl_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.ssl_context.load_cert_chain(cert, key)
-        self._server: ThreadingHTTPServer | None = None
+        super().__init__()
 
-    def start(self) -> SnapshotUploads:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _ProxyHandler)
-        server.daemon_threads = True
-        server.uploads = self  # type: ignore[attr-defined]
-        self._server = server
-        threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="snapshot-uploads", daemon=True
-        ).start()
-        return self
+    thread_name = "snapshot-uploads"
 
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        return type("_ProxyHandlerFor", (_ProxyHandler,), {"uploads": self})
 
     @property
     def proxy_url(self) -> str:
-        assert self._server is not None, "SnapshotUploads is not started"
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return self.url
 
     def environ(self) -> dict[str, str]:
         """What the process that publishes needs so that its snapshot uploads land here. Both spellings of the
@@ -71,6 +62,7 @@ class SnapshotUploads:
 
 class _ProxyHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    uploads: SnapshotUploads  # the proxy it serves (SnapshotUploads._handler)
 
     def log_message(self, format: str, *args: object) -> None:  # quiet: the fake logs nothing to stderr
         pass
@@ -82,13 +74,13 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             return
         self.send_response(200, "Connection Established")
         self.end_headers()
-        uploads: SnapshotUploads = self.server.uploads  # type: ignore[attr-defined]
+        uploads = self.uploads
         try:
             tls = uploads.ssl_context.wrap_socket(self.connection, server_side=True)
         except (ssl.SSLError, OSError):
             self.close_connection = True
             return
-        _BlobHandler(tls, self.client_address, self.server)
+        _BlobHandler(uploads, tls, self.client_address, self.server)
         self.close_connection = True
 
 
@@ -97,14 +89,17 @@ class _BlobHandler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
 
+    def __init__(self, uploads: SnapshotUploads, *args: Any) -> None:
+        self.uploads = uploads
+        super().__init__(*args)  # handles the request
+
     def log_message(self, format: str, *args: object) -> None:
         pass
 
     def do_PUT(self) -> None:
         body = self._body()
-        uploads: SnapshotUploads = self.server.uploads  # type: ignore[attr-defined]
-        with uploads.lock:
-            uploads.blobs[self._blob_path()] = body
+        with self.uploads.lock:
+            self.uploads.blobs[self._blob_path()] = body
         self.send_response(201)
         self.send_header("Content-Length", "0")
         self._blob_headers(body)
@@ -113,8 +108,7 @@ class _BlobHandler(BaseHTTPRequestHandler):
 
     def do_HEAD(self) -> None:
         # Get Blob Properties: the SDK checks the uploaded size against the file's after each upload
-        uploads: SnapshotUploads = self.server.uploads  # type: ignore[attr-defined]
-        body = uploads.take(self._blob_path())
+        body = self.uploads.take(self._blob_path())
         if body is None:
             self.send_response(404)
             self.send_header("Content-Length", "0")

@@ -13,9 +13,10 @@ import shutil
 import signal
 import subprocess
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from emulator.aml.state import HISTORY_TERMINAL, FakeRun, FakeStep
 
@@ -107,11 +108,38 @@ class ExecutionService:
     def _start_execution(self, run: FakeRun) -> None:
         if self.execution is None:
             return
+        self._execute_in_thread(
+            run,
+            f"run-{run.run_id[:8]}",
+            lambda state: self._execute_steps(run, state),
+            lambda error: self._end_run(
+                run, "Failed", f"The emulated workspace could not run the pipeline: {error}"
+            ),
+        )
+
+    def _execute_in_thread(
+        self,
+        run: FakeRun,
+        name: str,
+        execute: Callable[[_RunState], None],
+        fail: Callable[[Exception], None],
+    ) -> None:
+        """Run `execute` in a thread of its own (a v1 run or a v2 job, the state `wait_for_run` and cancel use);
+        an exception from it, a defect of the emulator or a broken graph, ends the run through `fail`, visibly
+        (called under self.lock)."""
         state = _RunState()
         self._executions[run.run_id] = state
-        state.thread = threading.Thread(
-            target=self._execute, args=(run, state), name=f"run-{run.run_id[:8]}", daemon=True
-        )
+
+        def body() -> None:
+            try:
+                execute(state)
+            except Exception as error:
+                with self.lock:
+                    fail(error)
+            finally:
+                state.done.set()
+
+        state.thread = threading.Thread(target=body, name=name, daemon=True)
         state.thread.start()
 
     def _stop_execution(self, run: FakeRun) -> None:
@@ -130,15 +158,6 @@ class ExecutionService:
                 state.thread.join(timeout=CANCEL_GRACE_SECONDS + 5)
 
     # ------------------------------------------------------------------ the run's thread
-    def _execute(self, run: FakeRun, state: _RunState) -> None:
-        try:
-            self._execute_steps(run, state)
-        except Exception as error:  # a defect of the emulator or a broken graph: the run fails, visibly
-            with self.lock:
-                self._end_run(run, "Failed", f"The emulated workspace could not run the pipeline: {error}")
-        finally:
-            state.done.set()
-
     def _execute_steps(self, run: FakeRun, state: _RunState) -> None:
         assert self.execution is not None
         run_dir = self.execution.workdir / "runs" / run.run_id
@@ -372,6 +391,32 @@ class ExecutionService:
         target.write_bytes(self.blob_store.container_client().download_blob(entry.blob_path).readall())
         return target
 
+    def _process_environment(self, step_dir: Path, *first_on_path: Path) -> dict[str, str]:
+        """What a step's (or a v2 node's) process starts from: PATH with `first_on_path` and then the steps'
+        interpreter's folder, a private HOME and TMPDIR in `step_dir`, UTF-8, unbuffered output, and
+        enable_execution's extra_env."""
+        assert self.execution is not None
+        home, tmp = step_dir / "home", step_dir / "tmp"
+        for folder in (home, tmp):
+            folder.mkdir(parents=True, exist_ok=True)
+        path = [*first_on_path, self.execution.step_python.parent]
+        return {
+            "PATH": ":".join(str(folder) for folder in path) + ":/usr/local/bin:/usr/bin:/bin",
+            "HOME": str(home),
+            "TMPDIR": str(tmp),
+            "LANG": "C.UTF-8",
+            "PYTHONUNBUFFERED": "1",
+            **self.execution.extra_env,
+        }
+
+    def _keep_logs(self, step_run_id: str, name: str, log_path: Path, parallel_working: Path | None) -> None:
+        """A finished step's (or node's) log as the artifact `name` of its run, and a parallel step's logs/
+        folder of `parallel_working` (with no blob store: nothing)."""
+        if self.blob_store is not None:
+            self.put_artifact("ExperimentRun", f"dcid.{step_run_id}", name, log_path.read_bytes())
+            if parallel_working is not None:
+                self.upload_logs(step_run_id, parallel_working / PRS_LOGS)
+
     def _run_step(self, plan: _StepPlan, step_dir: Path, state: _RunState) -> tuple[int, str | None]:
         """Run one step's process to its end; return its exit code and, if it failed, its error: what the
         SDK in the process posted to run history (the step's Error event), else its last `error:` line,
@@ -380,24 +425,10 @@ class ExecutionService:
         working = self.write_snapshot(plan.snapshot_id, step_dir / "wd")
         if plan.parallel is not None:
             shutil.copytree(PRS_DRIVER, working / "driver", ignore=shutil.ignore_patterns("__pycache__"))
-        home = step_dir / "home"
-        tmp = step_dir / "tmp"
-        for folder in (home, tmp):
-            folder.mkdir(parents=True, exist_ok=True)
-        python = self.execution.step_python
-        environment = {
-            "PATH": f"{python.parent}:/usr/local/bin:/usr/bin:/bin",
-            "HOME": str(home),
-            "TMPDIR": str(tmp),
-            "LANG": "C.UTF-8",
-            "PYTHONUNBUFFERED": "1",
-            **self.execution.extra_env,
-            **plan.environment,
-            **(plan.parallel or {}),
-        }
+        environment = {**self._process_environment(step_dir), **plan.environment, **(plan.parallel or {})}
         log_path = step_dir / DRIVER_LOG
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        command = [str(python), str(V1_DRIVER), plan.script, *plan.arguments]
+        command = [str(self.execution.step_python), str(V1_DRIVER), plan.script, *plan.arguments]
         with self.lock:
             if state.cancel.is_set():
                 return -1, "canceled"
@@ -405,35 +436,23 @@ class ExecutionService:
             with open(log_path, "ab") as log:
                 log.write(f"[emulated job] {' '.join(command)}\n".encode())
                 log.flush()
-                state.process = subprocess.Popen(
-                    command,
-                    cwd=working,
-                    env=environment,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.PIPE,
-                    start_new_session=True,  # its own process group: cancel stops the step and its children
-                )
+                state.process = start_process(command, working, environment, log)
             self._set_step(plan.step, "Running", self.clock())
         process = state.process
         error_line = None
         last_line = None
-        assert process.stderr is not None
-        with open(log_path, "ab", buffering=0) as log:
-            for raw in process.stderr:
-                log.write(raw)
-                line = raw.decode(errors="replace").strip()
-                if line:
-                    last_line = line
-                if line.startswith("error: "):
-                    error_line = line.removeprefix("error: ")
+        for text in tee_stderr(process, log_path):
+            line = text.strip()
+            if line:
+                last_line = line
+            if line.startswith("error: "):
+                error_line = line.removeprefix("error: ")
         rc = process.wait()
         state.process = None
-        if self.blob_store is not None:
-            # where Azure ML keeps a step's driver log: an artifact of the step run's data container
-            self.put_artifact("ExperimentRun", f"dcid.{plan.step.run_id}", DRIVER_LOG, log_path.read_bytes())
-            if plan.parallel is not None:
-                self.upload_logs(plan.step.run_id, working / PRS_LOGS)
+        # where Azure ML keeps a step's driver log: an artifact of the step run's data container
+        self._keep_logs(
+            plan.step.run_id, DRIVER_LOG, log_path, working if plan.parallel is not None else None
+        )
         if rc == 0:
             return 0, None
         with self.lock:
@@ -451,6 +470,31 @@ def parallel_logs(folder: Path) -> dict[str, bytes]:
         for p in sorted(folder.rglob("*"))
         if p.is_file()
     }
+
+
+def start_process(
+    command: list[str], working: Path, environment: dict[str, str], log: IO[bytes]
+) -> subprocess.Popen:
+    """A step's (or a v2 node's) process: no stdin, stdout into `log`, stderr piped for the caller to read, in
+    its own process group (cancel stops it and its children)."""
+    return subprocess.Popen(
+        command,
+        cwd=working,
+        env=environment,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+
+
+def tee_stderr(process: subprocess.Popen, log_path: Path) -> Iterator[str]:
+    """A started process's stderr line by line (decoded) as it comes, each also appended to its log."""
+    assert process.stderr is not None
+    with open(log_path, "ab", buffering=0) as log:
+        for raw in process.stderr:
+            log.write(raw)
+            yield raw.decode(errors="replace")
 
 
 def _terminate(process: subprocess.Popen | None) -> None:

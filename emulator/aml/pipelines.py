@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from emulator.aml.state import (
     DEFAULT_STEP_NAMES,
@@ -33,6 +33,8 @@ from emulator.aml.wire import (
     new_etag,
     route,
 )
+
+T = TypeVar("T")
 
 # Data types a real workspace already has, so the SDK's publish does not try to create them.
 BUILTIN_DATA_TYPES = (
@@ -392,9 +394,7 @@ class PipelinesService:
         return Response(200, entity)
 
     def _put_data_type_route(self, record: RecordedRequest, type_id: str) -> Response:
-        if type_id not in self.data_types:
-            raise ServiceError(404, f"DataType {type_id} not found.")
-        entity = self.data_types[type_id]
+        entity = _found(self.data_types, "DataType", type_id)
         entity.update(
             {k: v for k, v in json_body(record).items() if k in ("Description", "ParentDataTypeIds")}
         )
@@ -413,9 +413,7 @@ class PipelinesService:
         return Response(200, entity)
 
     def _get_data_source(self, record: RecordedRequest, source_id: str) -> Response:
-        if source_id not in self.data_sources:
-            raise ServiceError(404, f"DataSource {source_id} not found.")
-        return Response(200, self.data_sources[source_id])
+        return Response(200, _found(self.data_sources, "DataSource", source_id))
 
     def _get_module_by_hash(self, record: RecordedRequest, hash_: str) -> Response:
         for module in self.modules.values():
@@ -455,27 +453,20 @@ class PipelinesService:
         return Response(200, data)
 
     def _get_module(self, record: RecordedRequest, module_id: str) -> Response:
-        if module_id not in self.modules:
-            raise ServiceError(404, f"Module {module_id} not found.")
-        return Response(200, self.modules[module_id])
+        return Response(200, _found(self.modules, "Module", module_id))
 
     def _put_module(self, record: RecordedRequest, module_id: str) -> Response:
-        if module_id not in self.modules:
-            raise ServiceError(404, f"Module {module_id} not found.")
-        data = self.modules[module_id]["Data"]
+        data = _found(self.modules, "Module", module_id)["Data"]
         data.update(json_body(record))
         data["Etag"] = new_etag()
         return Response(200, data)
 
     def _get_graph(self, record: RecordedRequest, graph_id: str) -> Response:
-        if graph_id not in self.graphs:
-            raise ServiceError(404, f"Graph {graph_id} not found.")
-        return Response(200, self.graphs[graph_id]["Graph"])
+        return Response(200, _found(self.graphs, "Graph", graph_id)["Graph"])
 
     def _get_graph_interface(self, record: RecordedRequest, graph_id: str) -> Response:
-        if graph_id not in self.graphs:
-            raise ServiceError(404, f"Graph {graph_id} not found.")
-        return Response(200, self.graphs[graph_id].get("Interface") or {"Parameters": [], "Ports": {}})
+        graph = _found(self.graphs, "Graph", graph_id)
+        return Response(200, graph.get("Interface") or {"Parameters": [], "Ports": {}})
 
     # published pipelines
     def _post_pipeline(self, record: RecordedRequest) -> Response:
@@ -517,19 +508,15 @@ class PipelinesService:
         return Response(200, found)
 
     def _get_pipeline(self, record: RecordedRequest, pipeline_id: str) -> Response:
-        if pipeline_id not in self.pipelines:
-            raise ServiceError(404, f"Pipeline {pipeline_id} not found.")
-        return Response(200, self.pipelines[pipeline_id])
+        return Response(200, _found(self.pipelines, "Pipeline", pipeline_id))
 
     def _put_pipeline_status(self, record: RecordedRequest, pipeline_id: str) -> Response:
-        if pipeline_id not in self.pipelines:
-            raise ServiceError(404, f"Pipeline {pipeline_id} not found.")
+        entity = _found(self.pipelines, "Pipeline", pipeline_id)
         status = record.json()
         if isinstance(status, dict):
             status = status.get("EntityStatus") or status.get("Status")
         if status not in ENTITY_STATUSES:
             raise ServiceError(400, f"Invalid status {status!r}.", "BadArgument")
-        entity = self.pipelines[pipeline_id]
         entity["EntityStatus"] = status
         entity["LastModifiedDate"] = iso(self.clock())
         entity["Etag"] = new_etag()
@@ -543,17 +530,14 @@ class PipelinesService:
             raise ServiceError(400, "Name and PipelineId are required.", "BadArgument")
         if any(e["Name"] == name for e in self.endpoints.values()):
             raise ServiceError(409, f"PipelineEndpoint with name '{name}' already exists.", "Conflict")
-        if pipeline_id not in self.pipelines:
-            raise ServiceError(404, f"Pipeline {pipeline_id} not found.")
+        _found(self.pipelines, "Pipeline", pipeline_id)
         entity = self._create_endpoint(
             name, info.get("Description"), pipeline_id, info.get("Properties") or {}
         )
         return Response(200, entity)
 
     def _endpoint(self, endpoint_id: str) -> dict[str, Any]:
-        if endpoint_id not in self.endpoints:
-            raise ServiceError(404, f"PipelineEndpoint {endpoint_id} not found.")
-        return self.endpoints[endpoint_id]
+        return _found(self.endpoints, "PipelineEndpoint", endpoint_id)
 
     def _get_endpoint_by_name(self, record: RecordedRequest) -> Response:
         name = record.query.get("Name") or record.query.get("name")
@@ -647,9 +631,7 @@ class PipelinesService:
         return self._submit(record, pipeline_id, None)
 
     def _submit(self, record: RecordedRequest, pipeline_id: str, endpoint_id: str | None) -> Response:
-        pipeline = self.pipelines.get(pipeline_id)
-        if pipeline is None:
-            raise ServiceError(404, f"Pipeline {pipeline_id} not found.")
+        pipeline = _found(self.pipelines, "Pipeline", pipeline_id)
         if pipeline["EntityStatus"] in ("Disabled", "2"):
             raise ServiceError(404, f"Pipeline {pipeline_id} is disabled.", "PipelineDisabled")
         submission = record.json()
@@ -661,9 +643,7 @@ class PipelinesService:
 
     # runs (pipelines service)
     def _run(self, run_id: str) -> FakeRun:
-        if run_id not in self.runs:
-            raise ServiceError(404, f"PipelineRun {run_id} not found.")
-        return self.runs[run_id]
+        return _found(self.runs, "PipelineRun", run_id)
 
     def _get_pipeline_run(self, record: RecordedRequest, run_id: str) -> Response:
         return Response(200, self._run(run_id).entity)
@@ -748,3 +728,10 @@ def _entity_interface(structured: dict[str, Any]) -> dict[str, Any]:
         "DataPathParameters": [],
         "DataPathParameterList": [],
     }
+
+
+def _found(table: dict[str, T], kind: str, key: str) -> T:
+    """`table[key]`, else the pipelines service's 404 `{kind} {key} not found.`"""
+    if key not in table:
+        raise ServiceError(404, f"{kind} {key} not found.")
+    return table[key]

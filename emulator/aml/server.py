@@ -13,7 +13,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -30,7 +30,7 @@ from emulator.aml.history import HistoryService
 from emulator.aml.jobs import RUN_TOKEN_AUDIENCE, JobContext
 from emulator.aml.models import ModelService
 from emulator.aml.pipelines import BUILTIN_DATA_TYPES, PipelinesService
-from emulator.aml.state import ARM_AUDIENCES, Clock, FakeRun, iso, new_id
+from emulator.aml.state import ARM_AUDIENCES, Clock, FakeRun, history_error, iso, new_id
 from emulator.aml.v2_execution import V2ExecutionService
 from emulator.aml.v2_jobs import V2JobService
 from emulator.aml.wire import (
@@ -42,6 +42,7 @@ from emulator.aml.wire import (
     ServiceError,
 )
 from emulator.identity import token_resource
+from emulator.loopback import LoopbackServer
 
 # /{service}/v{version}{workspace}{rest} for the data-plane services, /rp/workspaces{workspace}{rest} for the
 # workspace resource provider
@@ -78,6 +79,7 @@ class FakeAzureML(
     V2ExecutionService,
     V2JobService,
     ArmService,
+    LoopbackServer,
 ):
     """The fake workspace. Each service's routes and state helpers live in its own module (a mixin here);
     this class holds the state they share, the request log, the faults and the HTTP plumbing. emulator/README.md
@@ -127,48 +129,27 @@ class FakeAzureML(
         self.artifacts: set[str] = set()  # "{origin}/{container}/{path}" stored in Azurite
         self._init_arm()
         self._faults = FaultBook()
-        self._stopping = threading.Event()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        LoopbackServer.__init__(self)
         self._routes = self._build_routes()
         for name, is_dir in BUILTIN_DATA_TYPES:
             self._put_data_type(name, f"built-in {name}", is_dir, [])
         self.add_compute("cpu-cluster")
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self, port: int = 0) -> FakeAzureML:
-        self._stopping.clear()
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(self))
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-aml", daemon=True
-        )
-        self._thread.start()
-        return self
+    thread_name = "fake-aml"
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        return _handler_for(self)
 
     def stop(self) -> None:
         self._stopping.set()  # wakes every delayed request
         self._stop_all_executions()
         self._stop_snapshot_uploads()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> FakeAzureML:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None, "FakeAzureML is not started"
-        return self._server.server_address[1]
+        super().stop()
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.url
 
     def app_settings(
         self, backend: str = "azureml", compute: str = "cpu-cluster", **more: str
@@ -383,26 +364,15 @@ class FakeAzureML(
                 "correlation": correlation,
             }
         if path.startswith(("/history", "/datastore", "/content", "/dataset", "/data/", "/artifact")):
-            return {
-                "error": {
-                    "code": code,
-                    "severity": None,
-                    "message": message,
-                    "messageFormat": None,
-                    "messageParameters": None,
-                    "referenceCode": None,
-                    "detailsUri": None,
-                    "target": None,
-                    "details": [],
-                    "innerError": None,
-                    "debugInfo": None,
-                },
-                "correlation": correlation,
-                "environment": "local",
-                "location": "local",
-                "time": iso(self.clock()),
-                "componentName": "fake-aml",
-            }
+            return history_error(
+                code,
+                message,
+                correlation=correlation,
+                environment="local",
+                location="local",
+                time=iso(self.clock()),
+                component_name="fake-aml",
+            )
         return {
             "Error": {
                 "Code": code,

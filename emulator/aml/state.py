@@ -220,29 +220,22 @@ class FakeRun:
                 },
                 "correlation": None,
             }
-        return {
-            "runId": self.run_id,
-            "runNumber": self.run_number,
-            "heartbeatEnabled": False,
-            "runUuid": self.run_id,
-            "rootRunId": self.run_id,
-            "parentRunId": None,
-            "experimentId": _experiment_id(self.experiment),
-            "name": None,
-            "displayName": self.description or self.run_id,
-            "status": self.history_status,
-            "runType": "azureml.PipelineRun",
-            "createdUtc": iso(self.created),
-            "startTimeUtc": iso(self.started),
-            "endTimeUtc": iso(self.ended),
+        return run_history_dto(
+            self,
+            root=self,
+            run_uuid=self.run_id,
+            name=None,
+            display_name=self.description or self.run_id,
+            status=self.history_status,
+            run_type="azureml.PipelineRun",
             # As a real pipeline run's record shows them (Event Grid's RunStatusChanged carries the same
             # runTags and runProperties): the published pipeline's id both as a tag and as a property.
-            "tags": {
+            tags={
                 **self.tags,
                 "azureml.pipelineComponent": "pipelinerun",
                 "azureml.pipelineid": self.pipeline_id,
             },
-            "properties": {
+            properties={
                 **self.properties,
                 "azureml.runsource": "azureml.PipelineRun",
                 "runSource": self.run_source,
@@ -250,47 +243,20 @@ class FakeRun:
                 "azureml.parameters": _json_dumps(self.parameters),
                 "azureml.pipelineid": self.pipeline_id,
             },
-            "target": None,
-            "error": error,
-            "warnings": None,
-            "hidden": False,
-            "dataContainerId": f"dcid.{self.run_id}",
-            "description": self.description,
-            "userId": "00000000-0000-0000-0000-0000000000aa",
-            "createdBy": {
-                "userName": "fake-identity",
-                "userObjectId": "00000000-0000-0000-0000-0000000000aa",
-            },
-            "portalUrl": f"https://ml.azure.com/runs/{self.run_id}?wsid={workspace_id}",
-        }
+            placement={"target": None},
+            error=error,
+            workspace_id=workspace_id,
+        )
 
     def step_dto(self, step: FakeStep) -> dict[str, Any]:
         """The run-history RunDto of one step run (a child of the pipeline run)."""
-        return {
-            "runId": step.run_id,
-            "runNumber": step.run_number,
-            "heartbeatEnabled": False,
-            "runUuid": step.run_id,
-            "rootRunId": self.run_id,
-            "parentRunId": self.run_id,
-            "experimentId": _experiment_id(self.experiment),
-            "name": step.name,
-            "displayName": step.name,
-            "status": step.status,
-            "runType": "azureml.StepRun",
-            "createdUtc": iso(step.created),
-            "startTimeUtc": iso(step.started),
-            "endTimeUtc": iso(step.ended),
-            "tags": {**step.tags, "azureml.nodeid": step.node_id, "azureml.pipeline": self.run_id},
-            "properties": {
-                **step.properties,
-                "azureml.runsource": "azureml.StepRun",
-                "azureml.nodeid": step.node_id,
-                "azureml.pipelinerunid": self.run_id,
-                "StepType": "PythonScriptStep",
-            },
-            "target": "cpu-cluster",
-            "error": (
+        return step_run_dto(
+            step,
+            root=self,
+            run_uuid=step.run_id,
+            properties={"StepType": "PythonScriptStep"},
+            placement={"target": "cpu-cluster"},
+            error=(
                 {
                     "error": step.error
                     or {
@@ -303,9 +269,7 @@ class FakeRun:
                 if step.status == "Failed"
                 else None
             ),
-            "hidden": False,
-            "dataContainerId": f"dcid.{step.run_id}",
-        }
+        )
 
     def node_statuses(self) -> dict[str, dict[str, Any]]:
         """What Graph/AllNodes/Status returns: {nodeId: TaskStatus}."""
@@ -331,6 +295,133 @@ class FakeRun:
             if step.name == name:
                 return step
         raise KeyError(f"run {self.run_id} has no step {name!r}")
+
+
+def run_history_dto(
+    run: FakeRun | FakeStep,
+    *,
+    root: FakeRun,
+    run_uuid: str,
+    name: str | None,
+    display_name: str,
+    status: str,
+    run_type: str,
+    tags: dict[str, str],
+    properties: dict[str, str],
+    placement: dict[str, Any],
+    error: dict[str, Any] | None,
+    workspace_id: str | None = None,
+) -> dict[str, Any]:
+    """A run-history RunDto: of the pipeline run `root` itself (`run is root`: with its description, creator and
+    portal URL in `workspace_id`), or of one of its step runs. `placement` is where it ran (`target`, and for
+    v2 `compute`)."""
+    is_root = run is root
+    dto: dict[str, Any] = {
+        "runId": run.run_id,
+        "runNumber": run.run_number,
+        "heartbeatEnabled": False,
+        "runUuid": run_uuid,
+        "rootRunId": root.run_id,
+        "parentRunId": None if is_root else root.run_id,
+        "experimentId": _experiment_id(root.experiment),
+        "name": name,
+        "displayName": display_name,
+        "status": status,
+        "runType": run_type,
+        "createdUtc": iso(run.created),
+        "startTimeUtc": iso(run.started),
+        "endTimeUtc": iso(run.ended),
+        "tags": tags,
+        "properties": properties,
+        **placement,
+        "error": error,
+    }
+    if is_root:
+        dto["warnings"] = None
+    dto["hidden"] = False
+    dto["dataContainerId"] = f"dcid.{run.run_id}"
+    if is_root:
+        dto["description"] = root.description
+        dto["userId"] = "00000000-0000-0000-0000-0000000000aa"
+        dto["createdBy"] = {
+            "userName": "fake-identity",
+            "userObjectId": "00000000-0000-0000-0000-0000000000aa",
+        }
+        dto["portalUrl"] = studio_url(root.run_id, workspace_id)
+    return dto
+
+
+def step_run_dto(
+    step: FakeStep,
+    *,
+    root: FakeRun,
+    run_uuid: str,
+    properties: dict[str, str],
+    placement: dict[str, Any],
+    error: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The run-history RunDto of a step run of `root`: its node id and pipeline as tags and properties, then
+    `properties`."""
+    return run_history_dto(
+        step,
+        root=root,
+        run_uuid=run_uuid,
+        name=step.name,
+        display_name=step.name,
+        status=step.status,
+        run_type="azureml.StepRun",
+        tags={**step.tags, "azureml.nodeid": step.node_id, "azureml.pipeline": root.run_id},
+        properties={
+            **step.properties,
+            "azureml.runsource": "azureml.StepRun",
+            "azureml.nodeid": step.node_id,
+            "azureml.pipelinerunid": root.run_id,
+            **properties,
+        },
+        placement=placement,
+        error=error,
+    )
+
+
+def history_error(
+    code: str,
+    message: str,
+    *,
+    time: str | None,
+    component_name: str,
+    correlation: dict[str, Any] | None = None,
+    environment: str | None = None,
+    location: str | None = None,
+    message_parameters: dict[str, Any] | None = None,
+    **error_fields: Any,
+) -> dict[str, Any]:
+    """Run history's ErrorResponse: a RootError (`error_fields` appended to it) with where and when."""
+    return {
+        "error": {
+            "code": code,
+            "severity": None,
+            "message": message,
+            "messageFormat": None,
+            "messageParameters": message_parameters,
+            "referenceCode": None,
+            "detailsUri": None,
+            "target": None,
+            "details": [],
+            "innerError": None,
+            "debugInfo": None,
+            **error_fields,
+        },
+        "correlation": correlation,
+        "environment": environment,
+        "location": location,
+        "time": time,
+        "componentName": component_name,
+    }
+
+
+def studio_url(run_id: str, workspace_id: str | None) -> str:
+    """A run's page in the studio (run history's portalUrl, a v2 job's Studio service endpoint)."""
+    return f"https://ml.azure.com/runs/{run_id}?wsid={workspace_id}"
 
 
 def _experiment_id(experiment: str) -> str:

@@ -11,14 +11,12 @@ import json
 import re
 import shlex
 import shutil
-import subprocess
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from emulator.aml.execution import PRS_DRIVER, PRS_LOGS, _RunState
-from emulator.aml.state import HISTORY_TERMINAL, PIPELINE_OF_HISTORY, iso
+from emulator.aml.execution import PRS_DRIVER, _RunState, start_process, tee_stderr
+from emulator.aml.state import HISTORY_TERMINAL, PIPELINE_OF_HISTORY, history_error, iso
 from emulator.aml.v2_jobs import PIPELINE_FAILED, V2Run, V2Step
 
 STD_LOG = "user_logs/std_log.txt"
@@ -85,23 +83,14 @@ class V2ExecutionService:
     def _start_v2_execution(self, run: V2Run) -> None:
         if self.execution is None:
             return
-        state = _RunState()
-        self._executions[run.run_id] = state
-        state.thread = threading.Thread(
-            target=self._execute_v2, args=(run, state), name=f"job-{run.run_id[:12]}", daemon=True
+        self._execute_in_thread(
+            run,
+            f"job-{run.run_id[:12]}",
+            lambda state: self._execute_v2_nodes(run, state),
+            lambda error: self._end_v2_run(
+                run, "Failed", _system_error(f"The emulated workspace could not run the job: {error}")
+            ),
         )
-        state.thread.start()
-
-    def _execute_v2(self, run: V2Run, state: _RunState) -> None:
-        try:
-            self._execute_v2_nodes(run, state)
-        except Exception as error:  # a defect of the emulator or a broken component: visible, not silent
-            with self.lock:
-                self._end_v2_run(
-                    run, "Failed", _system_error(f"The emulated workspace could not run the job: {error}")
-                )
-        finally:
-            state.done.set()
 
     def _execute_v2_nodes(self, run: V2Run, state: _RunState) -> None:
         assert self.execution is not None
@@ -418,9 +407,6 @@ class V2ExecutionService:
             )
         if prepared.parallel is not None:
             shutil.copytree(PRS_DRIVER, working / "driver", ignore=shutil.ignore_patterns("__pycache__"))
-        home, tmp = node_dir / "home", node_dir / "tmp"
-        for folder in (home, tmp):
-            folder.mkdir(parents=True, exist_ok=True)
         python = self.execution.step_python
         shims = node_dir / "bin"  # `python` is the steps' interpreter whatever its file is called
         shims.mkdir(parents=True, exist_ok=True)
@@ -432,12 +418,7 @@ class V2ExecutionService:
                 shim.write_text(f'#!/bin/sh\nexec {shlex.quote(str(python))} "$@"\n')
                 shim.chmod(0o755)
         environment = {
-            "PATH": f"{shims}:{python.parent}:/usr/local/bin:/usr/bin:/bin",
-            "HOME": str(home),
-            "TMPDIR": str(tmp),
-            "LANG": "C.UTF-8",
-            "PYTHONUNBUFFERED": "1",
-            **self.execution.extra_env,
+            **self._process_environment(node_dir, shims),
             **(prepared.parallel or {}),
             **self.job_environment(node.step.run_id),
         }
@@ -448,31 +429,21 @@ class V2ExecutionService:
                 return None, None
             node.step.log_path = log_path
             with open(log_path, "wb") as log:
-                state.process = subprocess.Popen(
-                    ["/bin/bash", "-c", prepared.command],
-                    cwd=working,
-                    env=environment,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.PIPE,
-                    start_new_session=True,  # its own process group: cancel stops the command and its children
+                state.process = start_process(
+                    ["/bin/bash", "-c", prepared.command], working, environment, log
                 )
             self._set_step(node.step, "Running", self.clock())
         process = state.process
         stderr_lines: list[str] = []
-        assert process.stderr is not None
-        with open(log_path, "ab", buffering=0) as log:
-            for raw in process.stderr:
-                log.write(raw)
-                stderr_lines.append(raw.decode(errors="replace").rstrip("\n"))
-                del stderr_lines[:-ERROR_TAIL_LINES]
+        for line in tee_stderr(process, log_path):
+            stderr_lines.append(line.rstrip("\n"))
+            del stderr_lines[:-ERROR_TAIL_LINES]
         rc = process.wait()
         state.process = None
-        if self.blob_store is not None:
-            # where the runtime keeps a node's log: an artifact of the node's run
-            self.put_artifact("ExperimentRun", f"dcid.{node.step.run_id}", STD_LOG, log_path.read_bytes())
-            if prepared.parallel is not None:
-                self.upload_logs(node.step.run_id, working / PRS_LOGS)
+        # where the runtime keeps a node's log: an artifact of the node's run
+        self._keep_logs(
+            node.step.run_id, STD_LOG, log_path, working if prepared.parallel is not None else None
+        )
         if rc == 0:
             return 0, None
         return rc, node_error(prepared.command, rc, stderr_lines, iso(self.clock()))
@@ -529,27 +500,14 @@ def node_error(command: str, exit_code: int, stderr_lines: list[str], time: str 
     process = _user_process(command)
     tail = "\n".join(line for line in stderr_lines if line.strip())[-ERROR_TAIL_CHARS:]
     message = USER_PROCESS_FAILED.format(process=process, exit_code=exit_code, error=tail or "(no stderr)")
-    return {
-        "error": {
-            "code": "UserError",
-            "severity": None,
-            "message": message,
-            "messageFormat": None,
-            "messageParameters": {},
-            "referenceCode": None,
-            "detailsUri": None,
-            "target": None,
-            "details": [],
-            "innerError": None,
-            "debugInfo": None,
-            "additionalInfo": None,
-        },
-        "correlation": None,
-        "environment": None,
-        "location": None,
-        "time": time,
-        "componentName": "CommonRuntime",
-    }
+    return history_error(
+        "UserError",
+        message,
+        time=time,
+        component_name="CommonRuntime",
+        message_parameters={},
+        additionalInfo=None,
+    )
 
 
 def _pipeline_error(failed: list[str]) -> dict[str, Any]:

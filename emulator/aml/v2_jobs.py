@@ -13,7 +13,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from emulator.aml.arm import ARM_PROVIDER
-from emulator.aml.state import HISTORY_TERMINAL, ML_AUDIENCES, FakeRun, FakeStep, _experiment_id, iso, new_id
+from emulator.aml.state import (
+    HISTORY_TERMINAL,
+    ML_AUDIENCES,
+    FakeRun,
+    FakeStep,
+    new_id,
+    run_history_dto,
+    step_run_dto,
+    studio_url,
+)
 from emulator.aml.wire import SEG, RecordedRequest, Response, Route, ServiceError, as_string, json_body, route
 
 # What a re-PUT of an existing job may change (the service's own words, Azure/azure-sdk-for-python#42156).
@@ -54,75 +63,41 @@ class V2Run(FakeRun):
         return self.history_status  # run history's words are the ARM JobStatus words
 
     def history_dto(self, workspace_id: str) -> dict[str, Any]:
-        return {
-            "runId": self.run_id,
-            "runNumber": self.run_number,
-            "heartbeatEnabled": False,
-            "runUuid": str(uuid.uuid5(uuid.NAMESPACE_URL, self.run_id)),
-            "rootRunId": self.run_id,
-            "parentRunId": None,
-            "experimentId": _experiment_id(self.experiment),
-            "name": None,
-            "displayName": self.display_name or self.run_id,
-            "status": self.history_status,
-            "runType": "azureml.PipelineRun",
-            "createdUtc": iso(self.created),
-            "startTimeUtc": iso(self.started),
-            "endTimeUtc": iso(self.ended),
-            "tags": dict(self.tags),
-            "properties": {
+        return run_history_dto(
+            self,
+            root=self,
+            run_uuid=str(uuid.uuid5(uuid.NAMESPACE_URL, self.run_id)),
+            name=None,
+            display_name=self.display_name or self.run_id,
+            status=self.history_status,
+            run_type="azureml.PipelineRun",
+            tags=dict(self.tags),
+            properties={
                 **self.properties,
                 "azureml.runsource": "azureml.PipelineRun",
                 "runSource": "MFE",
                 "runType": "HTTP",
                 "azureml.pipelineComponent": "pipelinerun",
             },
-            "target": self.compute,
-            "compute": {"target": self.compute, "targetType": "AmlCompute"} if self.compute else None,
-            "error": self.error if self.history_status == "Failed" else None,
-            "warnings": None,
-            "hidden": False,
-            "dataContainerId": f"dcid.{self.run_id}",
-            "description": self.description,
-            "userId": "00000000-0000-0000-0000-0000000000aa",
-            "createdBy": {
-                "userName": "fake-identity",
-                "userObjectId": "00000000-0000-0000-0000-0000000000aa",
-            },
-            "portalUrl": _studio_url(self.run_id, workspace_id),
-        }
+            placement=self._placement(),
+            error=self.error if self.history_status == "Failed" else None,
+            workspace_id=workspace_id,
+        )
 
     def step_dto(self, step: FakeStep) -> dict[str, Any]:
-        error = step.error if isinstance(step, V2Step) and step.status == "Failed" else None
+        return step_run_dto(
+            step,
+            root=self,
+            run_uuid=str(uuid.uuid5(uuid.NAMESPACE_URL, step.run_id)),
+            properties={"azureml.pipeline": self.run_id, "StepType": "CommandStep"},
+            placement=self._placement(),
+            error=step.error if isinstance(step, V2Step) and step.status == "Failed" else None,
+        )
+
+    def _placement(self) -> dict[str, Any]:
         return {
-            "runId": step.run_id,
-            "runNumber": step.run_number,
-            "heartbeatEnabled": False,
-            "runUuid": str(uuid.uuid5(uuid.NAMESPACE_URL, step.run_id)),
-            "rootRunId": self.run_id,
-            "parentRunId": self.run_id,
-            "experimentId": _experiment_id(self.experiment),
-            "name": step.name,
-            "displayName": step.name,
-            "status": step.status,
-            "runType": "azureml.StepRun",
-            "createdUtc": iso(step.created),
-            "startTimeUtc": iso(step.started),
-            "endTimeUtc": iso(step.ended),
-            "tags": {**step.tags, "azureml.nodeid": step.node_id, "azureml.pipeline": self.run_id},
-            "properties": {
-                **step.properties,
-                "azureml.runsource": "azureml.StepRun",
-                "azureml.nodeid": step.node_id,
-                "azureml.pipelinerunid": self.run_id,
-                "azureml.pipeline": self.run_id,
-                "StepType": "CommandStep",
-            },
             "target": self.compute,
             "compute": {"target": self.compute, "targetType": "AmlCompute"} if self.compute else None,
-            "error": error,
-            "hidden": False,
-            "dataContainerId": f"dcid.{step.run_id}",
         }
 
 
@@ -342,7 +317,7 @@ class V2JobService:
             "Tracking": {"jobServiceType": "Tracking", "endpoint": self.base_url, "status": None},
             "Studio": {
                 "jobServiceType": "Studio",
-                "endpoint": _studio_url(run.run_id, self.workspace_id),
+                "endpoint": studio_url(run.run_id, self.workspace_id),
                 "status": None,
             },
         }
@@ -363,10 +338,6 @@ def _child_of(runs: dict[str, FakeRun], run_id: str) -> tuple[FakeRun, FakeStep]
 def _default_compute(properties: dict[str, Any]) -> str | None:
     settings = properties.get("settings") or {}
     return settings.get("default_compute") or settings.get("defaultCompute")
-
-
-def _studio_url(run_id: str, workspace_id: str) -> str:
-    return f"https://ml.azure.com/runs/{run_id}?wsid={workspace_id}"
 
 
 def _canonical(value: Any) -> str:

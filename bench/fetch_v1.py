@@ -61,9 +61,7 @@ def fetch_in_job(
     run = fake.add_run(pipeline["Id"], experiment="bench", status="Running")
     snapshot, home, out = work / "snapshot", work / "home", work / "fetched"
     shutil.rmtree(work, ignore_errors=True)
-    shutil.copytree(
-        PROJECT_ROOT / "step_scripts", snapshot, ignore=shutil.ignore_patterns("__pycache__", "logs")
-    )
+    shutil.copytree(scripts, snapshot, ignore=shutil.ignore_patterns("__pycache__", "logs"))
     home.mkdir(parents=True)
     environ = {
         "PATH": os.environ.get("PATH", ""),

@@ -14,6 +14,7 @@ from emulator.azure import DATASET_NAME, MODEL_NAME
 from emulator.functions_host import LoadedApp
 from tests.fixtures_azure_path import (
     STEP_NAMES,
+    copy_step_scripts,
     csv_rows,
     finished_run,
     model_predictions,
@@ -124,6 +125,77 @@ def test_an_http_run_scores_every_row_with_a_pinned_model_version_on_two_nodes_o
         if predict in a and "/stdout/" in a
     }
     assert nodes == {"0", "1"}
+    reset_service()
+
+
+# Appended to a copy of score_parallel.py: the first try of the mini-batch of part-00001 fails AFTER it has
+# written its predictions (a retry must overwrite them, not add a second copy), and the first try of part-00002
+# outlives the invocation timeout (its worker is killed and the mini-batch retried). One marker file each, so
+# only the first try of each is hurt, whichever node or process takes it.
+FAULTS = """
+
+_scored_run = run
+
+
+def run(mini_batch):
+    import os, pathlib, time
+
+    names = [pathlib.Path(item).name for item in mini_batch]
+
+    def first_try(kind):
+        try:
+            os.close(os.open(os.path.join(MARKS, kind), os.O_CREAT | os.O_EXCL))
+            return True
+        except FileExistsError:
+            return False
+
+    if "part-00002.parquet" in names and first_try("timeout"):
+        time.sleep(300)
+    results = _scored_run(mini_batch)
+    if "part-00001.parquet" in names and first_try("fail"):
+        raise RuntimeError("injected failure after scoring part-00001")
+    return results
+"""
+
+
+def test_a_failed_and_a_timed_out_mini_batch_are_retried_and_every_row_is_still_scored_once(
+    emulated_azure, trained_registry, ames_csv, monkeypatch, tmp_path: Path
+):
+    """The real entry script at 2 nodes x 2 processes with one run() failing after it wrote its part and one
+    run() over the invocation timeout: both retried, and every row is in the latest predictions once, as the
+    model scores the shipped file in one process (a retry overwrites its part: never a duplicate)."""
+    from pipeline_def.azureml.backend import AzureMLBackend
+    from pipeline_def.service import Service, get_service, reset_service
+
+    azure = emulated_azure
+    monkeypatch.setenv("PARALLEL_MINI_BATCH_SIZE", "64KB")
+    monkeypatch.setenv("PARALLEL_RUN_INVOCATION_TIMEOUT", "15")
+    reset_service()
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    scripts = copy_step_scripts(tmp_path / "step_scripts")
+    entry = scripts / "score_parallel.py"
+    entry.write_text(entry.read_text() + FAULTS.replace("MARKS", repr(str(marks))))
+    settings = get_service().settings
+    service = Service(settings, AzureMLBackend(settings, step_folder=scripts))
+    service.publish()
+
+    started = service.start_run({"sample_size": 0, "node_count": 2})
+    body = finished_run(azure, LoadedApp(), started.run.run_id)
+
+    assert body["status"] == "completed", (body, step_logs(azure, started.run.run_id))
+    assert sorted(p.name for p in marks.iterdir()) == ["fail", "timeout"]  # both faults happened
+    predict = azure.fake.runs[started.run.run_id].step("predict").run_id
+    errors = step_artifact(azure, predict, "logs/user/error.txt")
+    assert "RuntimeError: injected failure after scoring part-00001" in errors
+    assert "within 15 s" in errors, errors
+    assert step_artifact(azure, predict, "logs/sys/master_role.txt").count("retrying") == 2
+    rows = csv_rows(azure.read_datastore("latest_predictions/predictions.csv"))
+    got = {int(row["Order"]): float(row["PredictedSalePrice"]) for row in rows}
+    assert len(rows) == len(got) == AMES_ROWS  # every row once
+    expected = model_predictions(trained_registry / MODEL_NAME / "1", ames_csv)
+    assert got.keys() == expected.keys()
+    assert all(abs(got[order] - expected[order]) <= 1e-6 * expected[order] for order in expected)
     reset_service()
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from emulator.identity import token_resource
 from pipeline_def.azureml.client import SUBMISSION_TAG, AzureMLClient
+from pipeline_def.azureml.history_run import HistoryRun
 from pipeline_def.azureml.odata import runs_filter
 from pipeline_def.azureml.transport import parse_retry_after
 from pipeline_def.budget import HTTP_MAX_ATTEMPTS, http_request_budget
@@ -194,6 +195,62 @@ def test_the_run_history_read_of_a_run_is_camelcase_and_sees_a_cancel_first(clie
     assert reads[0].path == f"/history/v1.0{fake_aml.workspace_path}/experiments/exp-1/runs/{fake_run.run_id}"
     with pytest.raises(NotFound):
         client.get_history_run("another-experiment", fake_run.run_id)
+
+
+# ----- run history's RunDto, parsed once
+
+
+def test_a_full_run_dto_is_parsed_into_the_fields_the_app_reads():
+    dto = {
+        "runId": "r1",
+        "parentRunId": None,
+        "rootRunId": "r1",
+        "runType": "azureml.PipelineRun",
+        "status": "Failed",
+        "createdUtc": "2026-01-01T01:30:00.123Z",
+        "startTimeUtc": "2026-01-01T01:31:00Z",
+        "endTimeUtc": "2026-01-01T01:40:00Z",
+        "error": {"error": {"code": "UserError", "message": "User program failed with StepFailed: no rows"}},
+        "tags": {"trigger": "timer", "azureml.nodeid": "a1"},
+        "properties": {"azureml.pipelineid": "p1"},
+        "displayName": "predict",
+        "name": "predict_node",
+        "portalUrl": "https://ml.azure.com/runs/r1",
+    }
+    assert HistoryRun.from_wire(dto) == HistoryRun(
+        run_id="r1",
+        status="Failed",
+        created_utc="2026-01-01T01:30:00.123Z",
+        end_time_utc="2026-01-01T01:40:00Z",
+        error="User program failed with StepFailed: no rows",
+        tags={"trigger": "timer", "azureml.nodeid": "a1"},
+        display_name="predict",
+        name="predict_node",
+        portal_url="https://ml.azure.com/runs/r1",
+    )
+
+
+def test_a_minimal_run_dto_leaves_every_other_field_empty():
+    assert HistoryRun.from_wire({"runId": "r1"}) == HistoryRun(run_id="r1")
+    assert HistoryRun.from_wire({}) == HistoryRun.from_wire(None) == HistoryRun.from_wire([]) == HistoryRun()
+    assert HistoryRun().tags == {}
+
+
+def test_a_run_dto_field_missing_empty_or_of_another_shape_is_read_as_the_json_was():
+    dto = HistoryRun.from_wire(
+        {
+            "runId": 7,  # not a run id: history_run_info refuses it, as before
+            "status": "",  # an empty status is kept: it reads as queued
+            "createdUtc": "",
+            "error": {"code": "ServiceError"},  # the inner object, without a message: its code
+            "tags": {"trigger": "", "batchpred_rows": None, "n": 3},
+            "displayName": None,
+        }
+    )
+    assert dto == HistoryRun(run_id=None, status="", error="ServiceError", tags={"n": "3"})
+    assert HistoryRun.from_wire({"error": {"error": "no object"}, "tags": ["a"]}) == HistoryRun()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        dto.status = "Running"  # type: ignore[misc]
 
 
 # ----- typed errors

@@ -169,10 +169,10 @@ def test_runs_steps_and_cancel_use_their_own_paths(client, fake_aml, published):
     )
     assert client.get_pipeline_run(fake_run.run_id)["Status"]["StatusCode"] == "Running"
     (listed,) = client.query_runs("exp-1", runs_filter(pipeline_ids=[pipeline["Id"]]), top=5)
-    assert listed["runId"] == fake_run.run_id and listed["runType"] == "azureml.PipelineRun"
+    assert listed.run_id == fake_run.run_id
     fake_aml.clear_requests()
     children = client.get_step_runs("exp-1", fake_run.run_id)
-    assert {c["name"]: c["status"] for c in children if c["name"] in ("fetch_data", "predict")} == {
+    assert {c.name: c.status for c in children if c.name in ("fetch_data", "predict")} == {
         "fetch_data": "Completed",
         "predict": "Running",
     }
@@ -186,10 +186,10 @@ def test_runs_steps_and_cancel_use_their_own_paths(client, fake_aml, published):
 def test_the_run_history_read_of_a_run_is_camelcase_and_sees_a_cancel_first(client, fake_aml, published):
     endpoint, pipeline = published
     fake_run = fake_aml.add_run(pipeline["Id"], experiment="exp-1", status="Running")
-    assert client.get_history_run("exp-1", fake_run.run_id)["status"] == "Running"
+    assert client.get_history_run("exp-1", fake_run.run_id).status == "Running"
     client.cancel_run(fake_run.run_id)
     dto = client.get_history_run("exp-1", fake_run.run_id)
-    assert (dto["runId"], dto["status"]) == (fake_run.run_id, "CancelRequested")
+    assert (dto.run_id, dto.status) == (fake_run.run_id, "CancelRequested")
     assert client.get_pipeline_run(fake_run.run_id)["Status"]["StatusCode"] == "Running"
     reads = fake_aml.calls(method="GET", path_contains="/history/")
     assert reads[0].path == f"/history/v1.0{fake_aml.workspace_path}/experiments/exp-1/runs/{fake_run.run_id}"

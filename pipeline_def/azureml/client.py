@@ -157,7 +157,7 @@ class AzureMLClient(RunHistory):
             )
             if not found:
                 return None
-            run_id = str(found[0].get("runId"))
+            run_id = str(found[0].run_id)
             log.info("the submission reached Azure ML despite %s; run %s", failure.message, run_id)
             return self._send(
                 "GET",

@@ -11,7 +11,13 @@ import time
 import pytest
 
 from emulator.identity import token_resource
-from pipeline_def.azureml.client import SUBMISSION_TAG, AzureMLClient
+from pipeline_def.azureml.client import (
+    SUBMISSION_TAG,
+    AzureMLClient,
+    Endpoint,
+    EndpointVersion,
+    PublishedPipelineInfo,
+)
 from pipeline_def.azureml.history_run import HistoryRun
 from pipeline_def.azureml.odata import runs_filter
 from pipeline_def.azureml.transport import parse_retry_after
@@ -117,7 +123,7 @@ def test_user_assigned_identity_client_id_is_sent_to_the_identity_endpoint(
 def test_endpoint_lookup_by_name_uses_the_name_query(client, fake_aml, published):
     endpoint, pipeline = published
     found = client.get_endpoint_by_name(endpoint["Name"])
-    assert found["Id"] == endpoint["Id"]
+    assert found is not None and found.id == endpoint["Id"]
     (request,) = fake_aml.requests
     assert request.method == "GET"
     assert request.path.endswith("/PipelineEndpoints/Name")
@@ -195,6 +201,95 @@ def test_the_run_history_read_of_a_run_is_camelcase_and_sees_a_cancel_first(clie
     assert reads[0].path == f"/history/v1.0{fake_aml.workspace_path}/experiments/exp-1/runs/{fake_run.run_id}"
     with pytest.raises(NotFound):
         client.get_history_run("another-experiment", fake_run.run_id)
+
+
+# ----- the pipelines service's entities, parsed once
+
+
+def test_a_full_endpoint_entity_is_parsed_and_kept_whole_for_its_write():
+    wire = {
+        "Id": "e1",
+        "Name": "batchpred",
+        "Description": "d",
+        "DefaultVersion": "1",
+        "PipelineVersionList": [{"Version": "0", "PipelineId": "p0"}, {"Version": "1", "PipelineId": "p1"}],
+        "Url": "https://x/e1",
+        "EntityStatus": "Active",
+        "Properties": {"a": "b"},
+        "SwaggerUrl": "https://x/swagger",
+        "tags": {},
+        "Etag": '"7"',
+        "CreatedDate": "2026-01-01T00:00:00Z",
+    }
+    endpoint = Endpoint.from_wire(wire)
+    assert endpoint == Endpoint(
+        id="e1",
+        name="batchpred",
+        status="Active",
+        default_version="1",
+        versions=(EndpointVersion("0", "p0"), EndpointVersion("1", "p1")),
+        etag='"7"',
+        wire={},
+    )
+    assert endpoint.wire == wire and endpoint.wire is not wire
+    assert [v.number for v in endpoint.versions] == [0, 1]
+
+
+def test_a_minimal_endpoint_entity_has_only_its_id():
+    endpoint = Endpoint.from_wire({"Id": "e1"})
+    assert (endpoint.name, endpoint.status, endpoint.default_version, endpoint.versions, endpoint.etag) == (
+        None,
+        None,  # no EntityStatus: active
+        "",
+        (),
+        None,
+    )
+    for wrong in (None, [], {"Name": "no id"}, {"Id": ""}):
+        with pytest.raises(ServiceError):
+            Endpoint.from_wire(wrong)
+
+
+def test_an_endpoint_version_without_a_number_or_a_pipeline_is_never_ranked():
+    endpoint = Endpoint.from_wire(
+        {
+            "Id": "e1",
+            "DefaultVersion": 0,  # a number on the wire: read as its text
+            "EntityStatus": 2,
+            "PipelineVersionList": [{"PipelineId": "p0"}, {"Version": "x", "PipelineId": ""}, "junk"],
+        }
+    )
+    assert (endpoint.default_version, endpoint.status) == ("", "2")
+    assert endpoint.versions == (EndpointVersion(None, "p0"), EndpointVersion("x", None))
+    assert [v.number for v in endpoint.versions] == [None, None]
+
+
+def test_a_published_pipeline_entity_is_parsed_with_each_field_optional():
+    full = {"Id": "p1", "Name": "batchpred", "Version": "abc123", "EntityStatus": "Disabled", "Etag": "1"}
+    assert PublishedPipelineInfo.from_wire(full) == PublishedPipelineInfo("p1", "abc123", "Disabled")
+    assert PublishedPipelineInfo.from_wire({}) == PublishedPipelineInfo(None, None, None)
+    assert PublishedPipelineInfo.from_wire({"Id": "p1", "Version": 3}) == PublishedPipelineInfo(
+        "p1", "3", None
+    )
+    with pytest.raises(ServiceError):
+        PublishedPipelineInfo.from_wire(["p1"])
+
+
+def test_an_endpoint_write_sends_back_the_entity_it_read_changed_only_where_asked(
+    client, fake_aml, published
+):
+    endpoint, pipeline = published
+    newer = fake_aml.add_published_pipeline(endpoint["Name"], "v2")
+    read = fake_aml.endpoints[endpoint["Id"]] | {"SwaggerUrl": "https://x/swagger", "Unknown": {"kept": True}}
+    client.update_endpoint(
+        Endpoint.from_wire(read), new_default=EndpointVersion("7", newer["Id"]), status="Active"
+    )
+    (put,) = fake_aml.calls(method="PUT")
+    assert put.json() == read | {
+        "PipelineVersionList": [*read["PipelineVersionList"], {"Version": "7", "PipelineId": newer["Id"]}],
+        "DefaultVersion": "7",
+        "EntityStatus": "Active",
+    }
+    assert list(put.json()) == list(read) and put.header("If-Match") == read["Etag"]
 
 
 # ----- run history's RunDto, parsed once
@@ -317,7 +412,7 @@ def test_a_write_over_a_changed_endpoint_is_entity_changed_and_not_retried(
 ):
     endpoint, pipeline = published
     stale = client.get_endpoint(endpoint["Id"])
-    client.update_endpoint(dict(stale))  # someone else writes first: the Etag moves on
+    client.update_endpoint(stale)  # someone else writes first: the Etag moves on
     fake_aml.clear_requests()
     with pytest.raises(EntityChanged) as caught:
         client.update_endpoint(stale)
@@ -553,7 +648,7 @@ def test_creating_an_endpoint_is_retried_after_a_429(client, fake_aml, clock):
     pipeline = fake_aml.add_published_pipeline("p", "v1")
     fake_aml.inject_fault("POST", "/PipelineEndpoints/Create", status=429, retry_after=3)
     created = client.create_endpoint("ep", pipeline["Id"])
-    assert created["Name"] == "ep" and len(fake_aml.endpoints) == 1
+    assert created.name == "ep" and len(fake_aml.endpoints) == 1
     assert clock.sleeps == [3.0]
 
 

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline_def.azureml.history_run import HistoryRun
 from pipeline_def.errors import ServiceError
 
 STATUSES = ("queued", "running", "canceling", "completed", "failed", "canceled")
@@ -233,10 +234,10 @@ def predictions_from_tags(tags: Any) -> Predictions | None:
     )
 
 
-def predictions_of_steps(children: list[Any]) -> Predictions | None:
-    """The summary among a run's step runs (run history's RunDtos): the step that recorded one."""
+def predictions_of_steps(children: Sequence[HistoryRun]) -> Predictions | None:
+    """The summary among a run's step runs: the step that recorded one."""
     for child in children:
-        found = predictions_from_tags(child.get("tags") if isinstance(child, dict) else None)
+        found = predictions_from_tags(child.tags)
         if found is not None:
             return found
     return None
@@ -297,18 +298,13 @@ class RunInfo:
         return body
 
 
-def history_error(error: Any) -> str | None:
-    """The message of a run-history `error` (an ErrorResponse: {"error": {"code", "message"}}, or its inner
-    object), in the step's own words when the platform wrapped them (`readable_step_error`), first line only,
-    at most 300 characters. Both Azure ML backends read run history, so both read errors here."""
-    if not isinstance(error, dict):
-        return None
-    nested = error.get("error")
-    inner = nested if isinstance(nested, dict) else error
-    message = inner.get("message") or inner.get("code")
+def history_error(message: str | None) -> str | None:
+    """A run-history error's message (HistoryRun.error) in the step's own words when the platform wrapped them
+    (`readable_step_error`), first line only, at most 300 characters. Both Azure ML backends read run history,
+    so both read errors here."""
     if not message:
         return None
-    lines = [line.strip() for line in readable_step_error(str(message)).splitlines() if line.strip()]
+    lines = [line.strip() for line in readable_step_error(message).splitlines() if line.strip()]
     return lines[0][:300] if lines else None
 
 
@@ -322,32 +318,31 @@ def with_urls(found: Predictions, url_for: Callable[[str], str]) -> Predictions:
     return dataclasses.replace(found, url=url_for(where) if where else None, gate=gate)
 
 
-def with_predictions(run: RunInfo, children: list[Any], url_for: Callable[[str], str]) -> RunInfo:
+def with_predictions(run: RunInfo, children: Sequence[HistoryRun], url_for: Callable[[str], str]) -> RunInfo:
     """`run` with the summary its save step recorded (predictions_of_steps), with its URLs (`with_urls`)."""
     found = predictions_of_steps(children)
     return run if found is None else dataclasses.replace(run, predictions=with_urls(found, url_for))
 
 
 def history_run_info(
-    dto: Any, portal_url: Callable[[str], str], submission_tag: str | None = None
+    dto: HistoryRun, portal_url: Callable[[str], str], submission_tag: str | None = None
 ) -> RunInfo:
-    """A run as run history's RunDto (camelCase, the same on Azure ML v1 and v2) describes it: the answer of the
-    run query. `portal_url(run_id)` is its studio link; `submission_tag`, when given, is the tag read as its
+    """A run as run history's RunDto (the same on Azure ML v1 and v2) describes it: the answer of the run
+    query. `portal_url(run_id)` is its studio link; `submission_tag`, when given, is the tag read as its
     submission id. A RunDto without a runId is Azure ML's fault (ServiceError)."""
-    if not isinstance(dto, dict) or not isinstance(dto.get("runId"), str) or not dto["runId"]:
+    if not dto.run_id:
         raise ServiceError("Azure ML answered a run query with a run without a runId")
-    status = dto.get("status")
-    normalized = normalize_status(status)
+    normalized = normalize_status(dto.status)
     return RunInfo(
-        run_id=dto["runId"],
+        run_id=dto.run_id,
         status=normalized,
-        aml_status=None if status is None else str(status),
-        created_at=dto.get("createdUtc") or None,
-        ended_at=dto.get("endTimeUtc") or None,
-        portal_url=portal_url(dto["runId"]),
-        error=history_error(dto.get("error")) if normalized == "failed" else None,
-        trigger=run_tag(dto.get("tags"), "trigger"),
-        submission_id=run_tag(dto.get("tags"), submission_tag) if submission_tag else None,
+        aml_status=dto.status,
+        created_at=dto.created_utc,
+        ended_at=dto.end_time_utc,
+        portal_url=portal_url(dto.run_id),
+        error=history_error(dto.error) if normalized == "failed" else None,
+        trigger=run_tag(dto.tags, "trigger"),
+        submission_id=run_tag(dto.tags, submission_tag) if submission_tag else None,
     )
 
 
@@ -364,22 +359,19 @@ def with_failed_step(run: RunInfo) -> RunInfo:
 
 
 def step_statuses(
-    children: list[dict[str, Any]], read_log: Callable[[str, str], str | None], order: Sequence[str]
+    children: Sequence[HistoryRun], read_log: Callable[[str, str], str | None], order: Sequence[str]
 ) -> list[StepStatus]:
-    """The steps of a pipeline run from its run-history children (camelCase RunDtos, the same on Azure ML v1
-    and v2), in `order` (unknown names last): each named by its display name (else its node id or run id),
+    """The steps of a pipeline run from its run-history children (step runs, the same on Azure ML v1 and v2),
+    in `order` (unknown names last): each named by its display name (else its node id or run id),
     with a failed step's error in its own words; a failed parallel step whose run history holds only the
     driver's exit 42 gets its error from its logs, `read_log(step_run_id, path)`."""
     found = []
     for child in children:
-        tags = child.get("tags") or {}
-        name = (
-            child.get("displayName") or child.get("name") or tags.get("azureml.nodeid") or child.get("runId")
-        )
-        status = normalize_status(child.get("status"))
-        error = history_error(child.get("error")) if status == "failed" else None
-        if is_parallel_exit(error) and child.get("runId"):
-            error = read_parallel_error(functools.partial(read_log, str(child["runId"]))) or error
+        name = child.display_name or child.name or child.tags.get("azureml.nodeid") or child.run_id
+        status = normalize_status(child.status)
+        error = history_error(child.error) if status == "failed" else None
+        if is_parallel_exit(error) and child.run_id:
+            error = read_parallel_error(functools.partial(read_log, child.run_id)) or error
         found.append(StepStatus(str(name), status, error))
     rank = {name: index for index, name in enumerate(order)}
     return sorted(found, key=lambda s: (rank.get(s.name, len(rank)), s.name))
@@ -387,7 +379,7 @@ def step_statuses(
 
 def with_steps(
     run: RunInfo,
-    children: list[dict[str, Any]],
+    children: Sequence[HistoryRun],
     read_log: Callable[[str, str], str | None],
     order: Sequence[str],
 ) -> RunInfo:

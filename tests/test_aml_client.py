@@ -11,7 +11,14 @@ import time
 import pytest
 
 from emulator.identity import token_resource
-from pipeline_def.azureml.client import SUBMISSION_TAG, AzureMLClient
+from pipeline_def.azureml.client import (
+    SUBMISSION_TAG,
+    AzureMLClient,
+    Endpoint,
+    EndpointVersion,
+    PublishedPipelineInfo,
+)
+from pipeline_def.azureml.history_run import HistoryRun
 from pipeline_def.azureml.odata import runs_filter
 from pipeline_def.azureml.transport import parse_retry_after
 from pipeline_def.budget import HTTP_MAX_ATTEMPTS, http_request_budget
@@ -116,7 +123,7 @@ def test_user_assigned_identity_client_id_is_sent_to_the_identity_endpoint(
 def test_endpoint_lookup_by_name_uses_the_name_query(client, fake_aml, published):
     endpoint, pipeline = published
     found = client.get_endpoint_by_name(endpoint["Name"])
-    assert found["Id"] == endpoint["Id"]
+    assert found is not None and found.id == endpoint["Id"]
     (request,) = fake_aml.requests
     assert request.method == "GET"
     assert request.path.endswith("/PipelineEndpoints/Name")
@@ -168,10 +175,10 @@ def test_runs_steps_and_cancel_use_their_own_paths(client, fake_aml, published):
     )
     assert client.get_pipeline_run(fake_run.run_id)["Status"]["StatusCode"] == "Running"
     (listed,) = client.query_runs("exp-1", runs_filter(pipeline_ids=[pipeline["Id"]]), top=5)
-    assert listed["runId"] == fake_run.run_id and listed["runType"] == "azureml.PipelineRun"
+    assert listed.run_id == fake_run.run_id
     fake_aml.clear_requests()
     children = client.get_step_runs("exp-1", fake_run.run_id)
-    assert {c["name"]: c["status"] for c in children if c["name"] in ("fetch_data", "predict")} == {
+    assert {c.name: c.status for c in children if c.name in ("fetch_data", "predict")} == {
         "fetch_data": "Completed",
         "predict": "Running",
     }
@@ -185,15 +192,160 @@ def test_runs_steps_and_cancel_use_their_own_paths(client, fake_aml, published):
 def test_the_run_history_read_of_a_run_is_camelcase_and_sees_a_cancel_first(client, fake_aml, published):
     endpoint, pipeline = published
     fake_run = fake_aml.add_run(pipeline["Id"], experiment="exp-1", status="Running")
-    assert client.get_history_run("exp-1", fake_run.run_id)["status"] == "Running"
+    assert client.get_history_run("exp-1", fake_run.run_id).status == "Running"
     client.cancel_run(fake_run.run_id)
     dto = client.get_history_run("exp-1", fake_run.run_id)
-    assert (dto["runId"], dto["status"]) == (fake_run.run_id, "CancelRequested")
+    assert (dto.run_id, dto.status) == (fake_run.run_id, "CancelRequested")
     assert client.get_pipeline_run(fake_run.run_id)["Status"]["StatusCode"] == "Running"
     reads = fake_aml.calls(method="GET", path_contains="/history/")
     assert reads[0].path == f"/history/v1.0{fake_aml.workspace_path}/experiments/exp-1/runs/{fake_run.run_id}"
     with pytest.raises(NotFound):
         client.get_history_run("another-experiment", fake_run.run_id)
+
+
+# ----- the pipelines service's entities, parsed once
+
+
+def test_a_full_endpoint_entity_is_parsed_and_kept_whole_for_its_write():
+    wire = {
+        "Id": "e1",
+        "Name": "batchpred",
+        "Description": "d",
+        "DefaultVersion": "1",
+        "PipelineVersionList": [{"Version": "0", "PipelineId": "p0"}, {"Version": "1", "PipelineId": "p1"}],
+        "Url": "https://x/e1",
+        "EntityStatus": "Active",
+        "Properties": {"a": "b"},
+        "SwaggerUrl": "https://x/swagger",
+        "tags": {},
+        "Etag": '"7"',
+        "CreatedDate": "2026-01-01T00:00:00Z",
+    }
+    endpoint = Endpoint.from_wire(wire)
+    assert endpoint == Endpoint(
+        id="e1",
+        name="batchpred",
+        status="Active",
+        default_version="1",
+        versions=(EndpointVersion("0", "p0"), EndpointVersion("1", "p1")),
+        etag='"7"',
+        wire={},
+    )
+    assert endpoint.wire == wire and endpoint.wire is not wire
+    assert [v.number for v in endpoint.versions] == [0, 1]
+
+
+def test_a_minimal_endpoint_entity_has_only_its_id():
+    endpoint = Endpoint.from_wire({"Id": "e1"})
+    assert (endpoint.name, endpoint.status, endpoint.default_version, endpoint.versions, endpoint.etag) == (
+        None,
+        None,  # no EntityStatus: active
+        "",
+        (),
+        None,
+    )
+    for wrong in (None, [], {"Name": "no id"}, {"Id": ""}):
+        with pytest.raises(ServiceError):
+            Endpoint.from_wire(wrong)
+
+
+def test_an_endpoint_version_without_a_number_or_a_pipeline_is_never_ranked():
+    endpoint = Endpoint.from_wire(
+        {
+            "Id": "e1",
+            "DefaultVersion": 0,  # a number on the wire: read as its text
+            "EntityStatus": 2,
+            "PipelineVersionList": [{"PipelineId": "p0"}, {"Version": "x", "PipelineId": ""}, "junk"],
+        }
+    )
+    assert (endpoint.default_version, endpoint.status) == ("", "2")
+    assert endpoint.versions == (EndpointVersion(None, "p0"), EndpointVersion("x", None))
+    assert [v.number for v in endpoint.versions] == [None, None]
+
+
+def test_a_published_pipeline_entity_is_parsed_with_each_field_optional():
+    full = {"Id": "p1", "Name": "batchpred", "Version": "abc123", "EntityStatus": "Disabled", "Etag": "1"}
+    assert PublishedPipelineInfo.from_wire(full) == PublishedPipelineInfo("p1", "abc123", "Disabled")
+    assert PublishedPipelineInfo.from_wire({}) == PublishedPipelineInfo(None, None, None)
+    assert PublishedPipelineInfo.from_wire({"Id": "p1", "Version": 3}) == PublishedPipelineInfo(
+        "p1", "3", None
+    )
+    with pytest.raises(ServiceError):
+        PublishedPipelineInfo.from_wire(["p1"])
+
+
+def test_an_endpoint_write_sends_back_the_entity_it_read_changed_only_where_asked(
+    client, fake_aml, published
+):
+    endpoint, pipeline = published
+    newer = fake_aml.add_published_pipeline(endpoint["Name"], "v2")
+    read = fake_aml.endpoints[endpoint["Id"]] | {"SwaggerUrl": "https://x/swagger", "Unknown": {"kept": True}}
+    client.update_endpoint(
+        Endpoint.from_wire(read), new_default=EndpointVersion("7", newer["Id"]), status="Active"
+    )
+    (put,) = fake_aml.calls(method="PUT")
+    assert put.json() == read | {
+        "PipelineVersionList": [*read["PipelineVersionList"], {"Version": "7", "PipelineId": newer["Id"]}],
+        "DefaultVersion": "7",
+        "EntityStatus": "Active",
+    }
+    assert list(put.json()) == list(read) and put.header("If-Match") == read["Etag"]
+
+
+# ----- run history's RunDto, parsed once
+
+
+def test_a_full_run_dto_is_parsed_into_the_fields_the_app_reads():
+    dto = {
+        "runId": "r1",
+        "parentRunId": None,
+        "rootRunId": "r1",
+        "runType": "azureml.PipelineRun",
+        "status": "Failed",
+        "createdUtc": "2026-01-01T01:30:00.123Z",
+        "startTimeUtc": "2026-01-01T01:31:00Z",
+        "endTimeUtc": "2026-01-01T01:40:00Z",
+        "error": {"error": {"code": "UserError", "message": "User program failed with StepFailed: no rows"}},
+        "tags": {"trigger": "timer", "azureml.nodeid": "a1"},
+        "properties": {"azureml.pipelineid": "p1"},
+        "displayName": "predict",
+        "name": "predict_node",
+        "portalUrl": "https://ml.azure.com/runs/r1",
+    }
+    assert HistoryRun.from_wire(dto) == HistoryRun(
+        run_id="r1",
+        status="Failed",
+        created_utc="2026-01-01T01:30:00.123Z",
+        end_time_utc="2026-01-01T01:40:00Z",
+        error="User program failed with StepFailed: no rows",
+        tags={"trigger": "timer", "azureml.nodeid": "a1"},
+        display_name="predict",
+        name="predict_node",
+        portal_url="https://ml.azure.com/runs/r1",
+    )
+
+
+def test_a_minimal_run_dto_leaves_every_other_field_empty():
+    assert HistoryRun.from_wire({"runId": "r1"}) == HistoryRun(run_id="r1")
+    assert HistoryRun.from_wire({}) == HistoryRun.from_wire(None) == HistoryRun.from_wire([]) == HistoryRun()
+    assert HistoryRun().tags == {}
+
+
+def test_a_run_dto_field_missing_empty_or_of_another_shape_is_read_as_the_json_was():
+    dto = HistoryRun.from_wire(
+        {
+            "runId": 7,  # not a run id: history_run_info refuses it, as before
+            "status": "",  # an empty status is kept: it reads as queued
+            "createdUtc": "",
+            "error": {"code": "ServiceError"},  # the inner object, without a message: its code
+            "tags": {"trigger": "", "batchpred_rows": None, "n": 3},
+            "displayName": None,
+        }
+    )
+    assert dto == HistoryRun(run_id=None, status="", error="ServiceError", tags={"n": "3"})
+    assert HistoryRun.from_wire({"error": {"error": "no object"}, "tags": ["a"]}) == HistoryRun()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        dto.status = "Running"  # type: ignore[misc]
 
 
 # ----- typed errors
@@ -260,7 +412,7 @@ def test_a_write_over_a_changed_endpoint_is_entity_changed_and_not_retried(
 ):
     endpoint, pipeline = published
     stale = client.get_endpoint(endpoint["Id"])
-    client.update_endpoint(dict(stale))  # someone else writes first: the Etag moves on
+    client.update_endpoint(stale)  # someone else writes first: the Etag moves on
     fake_aml.clear_requests()
     with pytest.raises(EntityChanged) as caught:
         client.update_endpoint(stale)
@@ -496,7 +648,7 @@ def test_creating_an_endpoint_is_retried_after_a_429(client, fake_aml, clock):
     pipeline = fake_aml.add_published_pipeline("p", "v1")
     fake_aml.inject_fault("POST", "/PipelineEndpoints/Create", status=429, retry_after=3)
     created = client.create_endpoint("ep", pipeline["Id"])
-    assert created["Name"] == "ep" and len(fake_aml.endpoints) == 1
+    assert created.name == "ep" and len(fake_aml.endpoints) == 1
     assert clock.sleeps == [3.0]
 
 

@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent / "pipeline_def"
 # Bottom first: a module may import only modules listed before it (function-level imports included).
 LAYERS = [
     "pipeline_def.errors",
+    "pipeline_def.azureml.history_run",
     "pipeline_def.runs",
     "pipeline_def.cron",
     "pipeline_def.budget",

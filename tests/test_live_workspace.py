@@ -282,9 +282,9 @@ def _predict_logs(service: Service, run_id: str) -> dict[str, str | None]:
     them (None: no such artifact)."""
     client = service.backend.client  # type: ignore[attr-defined]
     children = client.get_step_runs(service.settings.experiment_name, run_id)
-    (predict,) = [c for c in children if (c.get("displayName") or c.get("name")) == "predict"]
+    (predict,) = [c for c in children if (c.display_name or c.name) == "predict"]
     return {
-        path: client.get_step_log(predict["runId"], path)
+        path: client.get_step_log(predict.run_id, path)
         for path in ("logs/job_result.txt", "logs/user/error.txt", "logs/sys/master_role.txt")
     }
 
@@ -337,7 +337,7 @@ def test_a_failing_parallel_predict_reports_the_entry_scripts_error_not_exit_42(
     children = client.get_step_runs(service.settings.experiment_name, run.run_id)
     print(
         "run history's predict error:",
-        [c.get("error") for c in children if c.get("displayName") == "predict"],
+        [c.error for c in children if c.display_name == "predict"],
     )
     for path, text in _predict_logs(service, run.run_id).items():
         print(f"--- {path} ---\n{(text or '(none)')[-3000:]}", flush=True)

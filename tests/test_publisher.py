@@ -15,7 +15,7 @@ import pytest
 
 from emulator.identity import token_resource
 from pipeline_def.azureml.backend import AzureMLBackend
-from pipeline_def.azureml.client import AzureMLClient
+from pipeline_def.azureml.client import AzureMLClient, Endpoint
 from pipeline_def.azureml.publisher import default_pipeline_id, ensure_published, previous_pipeline_id
 from pipeline_def.fingerprint import compute_fingerprint
 from pipeline_def.settings import PROJECT_ROOT, STEP_SCRIPTS_DIR, load_settings
@@ -74,7 +74,7 @@ def active(status):
 def assert_one_consistent_endpoint(fake_aml, settings, fingerprint):
     (endpoint,) = endpoints_named(fake_aml, settings.endpoint_name)
     assert active(str(endpoint["EntityStatus"]))
-    default = default_pipeline_id(endpoint)
+    default = default_pipeline_id(Endpoint.from_wire(endpoint))
     assert fake_aml.pipelines[default]["Version"] == fingerprint
     assert active(status_of(fake_aml, default))
     for item in endpoint["PipelineVersionList"]:
@@ -313,7 +313,7 @@ def test_racing_publishers_leave_one_consistent_endpoint(settings, fake_aml, fin
     assert errors == []
     assert len(publish.published) == 2
     endpoint = assert_one_consistent_endpoint(fake_aml, settings, fingerprint)
-    winner = default_pipeline_id(endpoint)
+    winner = default_pipeline_id(Endpoint.from_wire(endpoint))
     assert len(outcomes) == 2 and {o.endpoint_id for o in outcomes} == {endpoint["Id"]}
     loser = next(i for i in publish.published if i != winner)
     assert not active(status_of(fake_aml, loser))
@@ -380,7 +380,8 @@ def test_an_endpoint_write_sends_the_etag_it_read(settings, client, fake_aml, fi
 )
 def test_previous_pipeline_is_the_one_the_default_superseded(versions, default, expected):
     endpoint = {
+        "Id": "e",
         "DefaultVersion": default,
         "PipelineVersionList": [{"Version": v, "PipelineId": p} for v, p in versions],
     }
-    assert previous_pipeline_id(endpoint) == expected
+    assert previous_pipeline_id(Endpoint.from_wire(endpoint)) == expected

@@ -140,9 +140,10 @@ def test_a_v2_user_process_error_reads_as_the_last_error_line_of_the_quoted_stde
 
 
 def test_where_the_predictions_went_is_read_from_the_save_steps_tags_and_added_last_only_when_known():
+    from pipeline_def.azureml.history_run import HistoryRun
     from pipeline_def.runs import predictions_of_steps, with_predictions
 
-    children = [
+    dtos = [
         {"displayName": "fetch_data", "tags": {"azureml.nodeid": "a1"}},
         {
             "displayName": "save_predictions",
@@ -156,6 +157,7 @@ def test_where_the_predictions_went_is_read_from_the_save_steps_tags_and_added_l
             },
         },
     ]
+    children = [HistoryRun.from_wire(dto) for dto in dtos]
     run = with_predictions(_run("failed", "Failed"), children, lambda path: f"https://studio/{path}")
 
     body = run.to_dict()

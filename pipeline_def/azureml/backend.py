@@ -43,6 +43,7 @@ from typing import Any
 
 from pipeline_def.azureml import publisher
 from pipeline_def.azureml.client import SUBMISSION_TAG, AzureMLClient
+from pipeline_def.azureml.history_run import HistoryRun
 from pipeline_def.azureml.odata import ACTIVE_HISTORY_STATUSES, runs_filter
 from pipeline_def.backend import (
     LookBack,
@@ -269,11 +270,9 @@ class AzureMLBackend:
     def _history_status(self, experiment: str, run_id: str) -> str | None:
         """The parent run's status in run history; None while run history has not seen the run yet."""
         try:
-            dto = self.client.get_history_run(experiment, run_id)
+            return self.client.get_history_run(experiment, run_id).status or None
         except NotFound:
             return None
-        status = dto.get("status") if isinstance(dto, dict) else None
-        return str(status) if status else None
 
     def _with_steps(self, run: RunInfo) -> RunInfo:
         """`run` (from run history) with its steps, and the failing step's error when it failed."""
@@ -282,7 +281,7 @@ class AzureMLBackend:
 
     # ----- mapping Azure ML entities to RunInfo
 
-    def _history_run_info(self, dto: Any) -> RunInfo:
+    def _history_run_info(self, dto: HistoryRun) -> RunInfo:
         """A run as run history's RunDto describes it (the answer of the run query), with its submission id."""
         return history_run_info(dto, self.settings.portal_url, SUBMISSION_TAG)
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Unpack
 
 import requests
@@ -13,13 +15,92 @@ import requests
 from pipeline_def.azureml.odata import runs_filter
 from pipeline_def.azureml.run_history import MAX_QUERY_TOP, RunHistory
 from pipeline_def.azureml.transport import NOT_TAKEN, CallBudget, TransportOptions, json_body, path_segment
-from pipeline_def.errors import AzureMLError, NotFound
+from pipeline_def.errors import AzureMLError, NotFound, ServiceError
 from pipeline_def.settings import Settings
 
 log = logging.getLogger(__name__)
 
 # The tag that makes a submit idempotent: after an ambiguous failure the run is looked up by it.
 SUBMISSION_TAG = "batchpred_submission_id"
+
+
+@dataclass(frozen=True)
+class EndpointVersion:
+    """One entry of an endpoint's PipelineVersionList: its version (a number as text, e.g. "0"; None when it
+    has none) and the published pipeline behind it."""
+
+    version: str | None
+    pipeline_id: str | None
+
+    @property
+    def number(self) -> int | None:
+        """The version as a number; None when it is not one (such a version is never ranked)."""
+        return int(self.version) if self.version is not None and self.version.isdigit() else None
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A PipelineEndpointEntity (PascalCase, docs/aml-v1-rest.md) as the app reads it: `status` is its
+    EntityStatus (None when absent, which means active), `default_version` its DefaultVersion ("" when it has
+    none), `versions` its PipelineVersionList."""
+
+    id: str
+    name: str | None
+    status: str | None
+    default_version: str
+    versions: tuple[EndpointVersion, ...]
+    etag: str | None
+    # The whole entity as the service answered it, kept on purpose for one reader: update_endpoint. The service
+    # replaces an endpoint with what a PUT sends, so a write sends this back unchanged except for what the app
+    # changes. Nothing else reads it.
+    wire: Mapping[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def from_wire(cls, entity: Any) -> Endpoint:
+        """Parse a PipelineEndpointEntity. One that is not an object or has no Id is Azure ML's fault
+        (ServiceError, 502), as a pipeline run without an Id is; every other field may be missing."""
+        if not isinstance(entity, dict) or not isinstance(entity.get("Id"), str) or not entity["Id"]:
+            raise ServiceError("Azure ML answered a pipeline endpoint without an Id")
+        items = entity.get("PipelineVersionList") or []
+        etag, status, name = entity.get("Etag"), entity.get("EntityStatus"), entity.get("Name")
+        return cls(
+            id=entity["Id"],
+            name=str(name) if name else None,
+            status=None if status is None else str(status),
+            default_version=str(entity.get("DefaultVersion") or ""),
+            versions=tuple(
+                EndpointVersion(
+                    version=None if item.get("Version") is None else str(item["Version"]),
+                    pipeline_id=str(item["PipelineId"]) if item.get("PipelineId") else None,
+                )
+                for item in items
+                if isinstance(item, dict)
+            ),
+            etag=str(etag) if etag else None,
+            wire=dict(entity),
+        )
+
+
+@dataclass(frozen=True)
+class PublishedPipelineInfo:
+    """A published pipeline (PipelineEntity) as the app reads it: its Id, its Version (the fingerprint it was
+    published with) and its EntityStatus (None when absent, which means active); each None when missing."""
+
+    id: str | None
+    version: str | None
+    status: str | None
+
+    @classmethod
+    def from_wire(cls, entity: Any) -> PublishedPipelineInfo:
+        """Parse a PipelineEntity; one that is not an object is Azure ML's fault (ServiceError, 502)."""
+        if not isinstance(entity, dict):
+            raise ServiceError("Azure ML answered a published pipeline with something that is not one")
+        pipeline_id, version, status = entity.get("Id"), entity.get("Version"), entity.get("EntityStatus")
+        return cls(
+            id=str(pipeline_id) if pipeline_id else None,
+            version=None if version is None else str(version),
+            status=None if status is None else str(status),
+        )
 
 
 class AzureMLClient(RunHistory):
@@ -50,26 +131,29 @@ class AzureMLClient(RunHistory):
 
     # ----- published pipelines and endpoints
 
-    def get_endpoint_by_name(self, name: str) -> dict[str, Any] | None:
-        """The PipelineEndpoint named `name`, or None when there is none."""
+    def get_endpoint_by_name(self, name: str) -> Endpoint | None:
+        """The PipelineEndpoint named `name`, or None when there is none (or the answer is empty)."""
         try:
-            return self._get_json(
+            found = self._get_json(
                 f"{self._pipelines}/PipelineEndpoints/Name",
                 params={"Name": name},
                 what=f"pipeline endpoint {name!r}",
             )
         except NotFound:
             return None
+        return None if found is None else Endpoint.from_wire(found)
 
-    def get_endpoint(self, endpoint_id: str) -> dict[str, Any]:
-        return self._get_json(
-            f"{self._pipelines}/PipelineEndpoints/Id/{path_segment(endpoint_id)}",
-            what=f"endpoint {endpoint_id}",
+    def get_endpoint(self, endpoint_id: str) -> Endpoint:
+        return Endpoint.from_wire(
+            self._get_json(
+                f"{self._pipelines}/PipelineEndpoints/Id/{path_segment(endpoint_id)}",
+                what=f"endpoint {endpoint_id}",
+            )
         )
 
     def create_endpoint(
         self, name: str, pipeline_id: str, description: str = "", properties: dict[str, str] | None = None
-    ) -> dict[str, Any]:
+    ) -> Endpoint:
         """Create a PipelineEndpoint whose first (default) version is `pipeline_id`. Not retried blindly: the
         caller re-reads the endpoint by name after a failure."""
         body = {
@@ -86,36 +170,48 @@ class AzureMLClient(RunHistory):
             retry_statuses=NOT_TAKEN,
             retry_no_answer=False,
         )
-        return json_body(response, "creating the endpoint")
+        return Endpoint.from_wire(json_body(response, "creating the endpoint"))
 
-    def update_endpoint(self, entity: dict[str, Any]) -> dict[str, Any] | None:
-        """Write a whole PipelineEndpoint entity back (add a version, change the default, enable or disable).
+    def update_endpoint(
+        self, endpoint: Endpoint, *, status: str | None = None, new_default: EndpointVersion | None = None
+    ) -> None:
+        """Write the endpoint back (PUT of the whole entity): `new_default` added to its versions and made its
+        default, and its EntityStatus set to `status`, each when given. The rest is the entity as it was read
+        (Endpoint.wire), since the service keeps only what it is sent.
 
         Sent with `If-Match: <Etag read>` so a service that honours it answers 412 (EntityChanged) when
         someone else wrote in between, instead of silently dropping their version."""
-        etag = entity.get("Etag")
+        entity = dict(endpoint.wire)
+        if new_default is not None:
+            added = {"Version": new_default.version, "PipelineId": new_default.pipeline_id}
+            entity["PipelineVersionList"] = [*(entity.get("PipelineVersionList") or []), added]
+            entity["DefaultVersion"] = new_default.version
+        if status is not None:
+            entity["EntityStatus"] = status
         response = self._send(
             "PUT",
-            f"{self._pipelines}/PipelineEndpoints/{path_segment(entity['Id'])}",
+            f"{self._pipelines}/PipelineEndpoints/{path_segment(endpoint.id)}",
             json_body=entity,
-            what=f"endpoint {entity.get('Name') or entity['Id']}",
-            headers={"If-Match": str(etag)} if etag else None,
+            what=f"endpoint {endpoint.name or endpoint.id}",
+            headers={"If-Match": endpoint.etag} if endpoint.etag else None,
         )
-        return json_body(response, "the endpoint update")
+        json_body(response, "the endpoint update")  # an answer that is not JSON is still a ServiceError
 
-    def get_pipeline(self, pipeline_id: str) -> dict[str, Any]:
-        return self._get_json(
-            f"{self._pipelines}/Pipelines/{path_segment(pipeline_id)}",
-            what=f"published pipeline {pipeline_id}",
+    def get_pipeline(self, pipeline_id: str) -> PublishedPipelineInfo:
+        return PublishedPipelineInfo.from_wire(
+            self._get_json(
+                f"{self._pipelines}/Pipelines/{path_segment(pipeline_id)}",
+                what=f"published pipeline {pipeline_id}",
+            )
         )
 
-    def list_pipelines(self, active_only: bool = True) -> list[dict[str, Any]]:
+    def list_pipelines(self, active_only: bool = True) -> list[PublishedPipelineInfo]:
         found = self._get_json(
             f"{self._pipelines}/Pipelines",
             params={"activeOnly": "true" if active_only else "false"},
             what="the published pipelines",
         )
-        return list(found or [])
+        return [PublishedPipelineInfo.from_wire(pipeline) for pipeline in found or []]
 
     def set_pipeline_status(self, pipeline_id: str, status: str) -> None:
         """Disable or re-enable a published pipeline (`"Disabled"` or `"Active"`)."""
@@ -157,7 +253,7 @@ class AzureMLClient(RunHistory):
             )
             if not found:
                 return None
-            run_id = str(found[0].get("runId"))
+            run_id = str(found[0].run_id)
             log.info("the submission reached Azure ML despite %s; run %s", failure.message, run_id)
             return self._send(
                 "GET",
@@ -187,4 +283,11 @@ class AzureMLClient(RunHistory):
         )
 
 
-__all__ = ["MAX_QUERY_TOP", "SUBMISSION_TAG", "AzureMLClient"]
+__all__ = [
+    "MAX_QUERY_TOP",
+    "SUBMISSION_TAG",
+    "AzureMLClient",
+    "Endpoint",
+    "EndpointVersion",
+    "PublishedPipelineInfo",
+]

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline_def.azureml.client import AzureMLClient
+from pipeline_def.azureml.client import AzureMLClient, Endpoint, EndpointVersion, PublishedPipelineInfo
 from pipeline_def.errors import (
     AzureMLError,
     EntityChanged,
@@ -35,34 +35,32 @@ MAX_ENDPOINT_WRITES = 5
 ENDPOINT_VERSIONS_LOOKED_AT = 10
 
 
-def is_active(entity: dict | None) -> bool:
+def is_active(entity: Endpoint | PublishedPipelineInfo | None) -> bool:
     """EntityStatus is "Active"/"Deprecated"/"Disabled" or a legacy "0"/"1"/"2"; absent means active."""
     if entity is None:
         return False
-    status = entity.get("EntityStatus")
-    return status is None or str(status).strip().lower() in _ACTIVE
+    return entity.status is None or entity.status.strip().lower() in _ACTIVE
 
 
-def default_pipeline_id(endpoint: dict) -> str | None:
+def default_pipeline_id(endpoint: Endpoint) -> str | None:
     """The pipeline id behind the endpoint's DefaultVersion."""
-    default = str(endpoint.get("DefaultVersion") or "")
-    for item in endpoint.get("PipelineVersionList") or []:
-        if str(item.get("Version")) == default:
-            return item.get("PipelineId")
+    for item in endpoint.versions:
+        if item.version == endpoint.default_version:
+            return item.pipeline_id
     return None
 
 
-def previous_pipeline_id(endpoint: dict) -> str | None:
+def previous_pipeline_id(endpoint: Endpoint) -> str | None:
     """The pipeline behind the highest endpoint version below the default one (the pipeline the default
     superseded), or None when the endpoint has no earlier version."""
-    default = str(endpoint.get("DefaultVersion") or "")
-    if not default.isdigit():
+    if not endpoint.default_version.isdigit():
         return None
+    default = int(endpoint.default_version)
     current = default_pipeline_id(endpoint)
     earlier = [
-        (int(item["Version"]), item.get("PipelineId"))
-        for item in endpoint.get("PipelineVersionList") or []
-        if str(item.get("Version", "")).isdigit() and int(item["Version"]) < int(default)
+        (item.number, item.pipeline_id)
+        for item in endpoint.versions
+        if item.number is not None and item.number < default
     ]
     for _version, pipeline_id in sorted(earlier, reverse=True):
         if pipeline_id and pipeline_id != current:
@@ -70,20 +68,16 @@ def previous_pipeline_id(endpoint: dict) -> str | None:
     return None
 
 
-def endpoint_pipeline_ids(endpoint: dict, limit: int = ENDPOINT_VERSIONS_LOOKED_AT) -> tuple[str, ...]:
+def endpoint_pipeline_ids(endpoint: Endpoint, limit: int = ENDPOINT_VERSIONS_LOOKED_AT) -> tuple[str, ...]:
     """The pipelines of the endpoint's `limit` newest versions, newest first, each once."""
     versions = sorted(
-        (
-            (int(item["Version"]), item.get("PipelineId"))
-            for item in endpoint.get("PipelineVersionList") or []
-            if str(item.get("Version", "")).isdigit()
-        ),
+        ((item.number, item.pipeline_id) for item in endpoint.versions if item.number is not None),
         reverse=True,
     )
     found: list[str] = []
     for _version, pipeline_id in versions:
         if pipeline_id and pipeline_id not in found:
-            found.append(str(pipeline_id))
+            found.append(pipeline_id)
         if len(found) == limit:
             break
     return tuple(found)
@@ -111,12 +105,12 @@ class Unpublished:
     enabled when that is all it lacks (it is disabled, its default pipeline active and current)."""
 
     reason: str
-    entity: dict | None = None
+    entity: Endpoint | None = None
     when_enabled: EndpointState | None = None
 
     @property
     def endpoint_id(self) -> str | None:
-        return None if self.entity is None else self.entity["Id"]
+        return None if self.entity is None else self.entity.id
 
 
 def read_endpoint(client: AzureMLClient, name: str, fingerprint: str) -> EndpointState | Unpublished:
@@ -132,8 +126,7 @@ def read_endpoint(client: AzureMLClient, name: str, fingerprint: str) -> Endpoin
             pipeline = client.get_pipeline(pipeline_id)
     state = None
     if pipeline_id and pipeline is not None and is_active(pipeline):
-        version = pipeline.get("Version")
-        state = _state(endpoint, pipeline_id, None if version is None else str(version), fingerprint)
+        state = _state(endpoint, pipeline_id, pipeline.version, fingerprint)
     if not is_active(endpoint):
         when_enabled = state if state is not None and state.current else None
         return Unpublished(f"pipeline endpoint {name!r} is disabled", endpoint, when_enabled)
@@ -163,7 +156,7 @@ def ensure_published(
         return found, False
 
     if isinstance(found, Unpublished) and found.when_enabled is not None and found.entity is not None:
-        client.update_endpoint({**found.entity, "EntityStatus": "Active"})
+        client.update_endpoint(found.entity, status="Active")
         log.info("re-enabled pipeline endpoint %s", settings.endpoint_name)
         return found.when_enabled, False
 
@@ -174,10 +167,10 @@ def ensure_published(
 
     # Read back what won: with two publishers racing, the last writer's pipeline is the default. Disable
     # everything else the endpoint knows of, and our own pipeline if it lost.
-    endpoint = client.get_endpoint(endpoint["Id"])
+    endpoint = client.get_endpoint(endpoint.id)
     winner = default_pipeline_id(endpoint)
-    active = {p.get("Id") for p in client.list_pipelines(active_only=True)}
-    superseded = {item.get("PipelineId") for item in endpoint.get("PipelineVersionList") or []}
+    active = {p.id for p in client.list_pipelines(active_only=True)}
+    superseded = {item.pipeline_id for item in endpoint.versions}
     superseded.add(pipeline_id)
     superseded.discard(winner)
     for old_id in sorted(i for i in superseded if i and i in active):
@@ -190,9 +183,9 @@ def ensure_published(
     return _state(endpoint, winner or pipeline_id, fingerprint, fingerprint), True
 
 
-def _state(endpoint: dict, pipeline_id: str, version: str | None, fingerprint: str) -> EndpointState:
+def _state(endpoint: Endpoint, pipeline_id: str, version: str | None, fingerprint: str) -> EndpointState:
     return EndpointState(
-        endpoint_id=endpoint["Id"],
+        endpoint_id=endpoint.id,
         pipeline_id=pipeline_id,
         version=version,
         current=version == fingerprint,
@@ -232,8 +225,9 @@ def _sdk_status(error: BaseException) -> int | None:
 
 def _point_endpoint_at(
     settings: Settings, client: AzureMLClient, endpoint_id: str | None, pipeline_id: str
-) -> dict:
-    """Create the endpoint with `pipeline_id`, or add it as a new version and make it the default."""
+) -> Endpoint:
+    """Create the endpoint with `pipeline_id`, or add it as a new version and make it the default; the endpoint
+    as created, found or read before the write."""
     if endpoint_id is None:
         try:
             return client.create_endpoint(
@@ -250,25 +244,22 @@ def _point_endpoint_at(
             if endpoint is None:
                 raise
             log.info("endpoint creation failed (%s); another publisher created it", error.message)
-            if pipeline_id in {i.get("PipelineId") for i in endpoint.get("PipelineVersionList") or []}:
+            if pipeline_id in {item.pipeline_id for item in endpoint.versions}:
                 return endpoint
-            endpoint_id = endpoint["Id"]
+            endpoint_id = endpoint.id
 
     # Read-modify-write on a fresh copy, so a version another publisher added meanwhile is kept; a write that
     # lost to another one (412) is redone on what that one wrote.
     attempt = 1
     while True:
-        entity = client.get_endpoint(endpoint_id)
-        versions = list(entity.get("PipelineVersionList") or [])
-        numbers = [int(v["Version"]) for v in versions if str(v.get("Version", "")).isdigit()]
-        new_version = str(max(numbers) + 1 if numbers else len(versions))
-        versions.append({"Version": new_version, "PipelineId": pipeline_id})
-        entity["PipelineVersionList"] = versions
-        entity["DefaultVersion"] = new_version
-        entity["EntityStatus"] = "Active"
+        endpoint = client.get_endpoint(endpoint_id)
+        numbers = [item.number for item in endpoint.versions if item.number is not None]
+        new_version = str(max(numbers) + 1 if numbers else len(endpoint.versions))
         try:
-            client.update_endpoint(entity)
-            return entity
+            client.update_endpoint(
+                endpoint, new_default=EndpointVersion(new_version, pipeline_id), status="Active"
+            )
+            return endpoint
         except EntityChanged:
             if attempt == MAX_ENDPOINT_WRITES:
                 raise

@@ -1,13 +1,15 @@
 """Run history's verbs, one service for Azure ML v1 and v2 alike (docs/aml-v1-rest.md): the bounded run query,
-a run's RunDto, its step runs, a step run's log and a run's tags. Both REST clients (client.py for v1,
-azureml_v2/client.py for v2) are a RunHistory: it builds their one Transport, and each adds its own
-service's verbs, so the run-history requests are written once."""
+a run's RunDto, its step runs, a step run's log and a run's tags. Each RunDto is parsed here, once, into a
+HistoryRun (history_run.py). Both REST clients (client.py for v1, azureml_v2/client.py for v2) are a RunHistory:
+it builds their one Transport, and each adds its own service's verbs, so the run-history requests are written
+once."""
 
 from __future__ import annotations
 
 from typing import Any, Unpack
 from urllib.parse import quote
 
+from pipeline_def.azureml.history_run import HistoryRun
 from pipeline_def.azureml.transport import (
     ARM_SCOPE,
     CallBudget,
@@ -54,8 +56,8 @@ class RunHistory:
         top: int,
         orderby: str = "CreatedUtc desc",
         budget: CallBudget | None = None,
-    ) -> list[dict[str, Any]]:
-        """At most `top` run-history RunDtos of `experiment` matching an OData filter (see odata.runs_filter),
+    ) -> list[HistoryRun]:
+        """At most `top` runs (RunDtos) of `experiment` matching an OData filter (see odata.runs_filter),
         newest first: one page of `POST .../experiments/{name}/runs:query`, the call azureml-core makes for
         Run.list and Experiment.get_runs. What it reads is bounded by `top`, whatever the history. An
         experiment run history does not know yet has no runs."""
@@ -78,37 +80,39 @@ class RunHistory:
             runs = body.get("value") or []
         else:
             raise ServiceError("Azure ML answered the run query with something that is not a page of runs")
-        return [run for run in runs if isinstance(run, dict)][:top]
+        return [HistoryRun.from_wire(run) for run in runs if isinstance(run, dict)][:top]
 
-    def get_history_run(self, experiment: str, run_id: str) -> dict[str, Any]:
-        """Run history's camelCase RunDto of a run. Its `status` moves to `CancelRequested` as soon as a
-        cancel is asked for, while the pipelines service (or the ARM job) still says `Running`."""
+    def get_history_run(self, experiment: str, run_id: str) -> HistoryRun:
+        """Run history's RunDto of a run. Its `status` moves to `CancelRequested` as soon as a cancel is asked
+        for, while the pipelines service (or the ARM job) still says `Running`."""
         what = f"run {run_id} in run history"
         response = self._send(
             "GET",
             f"{self._history}/experiments/{path_segment(experiment)}/runs/{path_segment(run_id)}",
             what=what,
         )
-        return json_body(response, what)
+        return HistoryRun.from_wire(json_body(response, what))
 
-    def get_step_runs(self, experiment: str, run_id: str) -> list[dict[str, Any]]:
-        """The run-history children (step runs) of a pipeline run, camelCase RunDto dicts: one per step."""
+    def get_step_runs(self, experiment: str, run_id: str) -> list[HistoryRun]:
+        """The run-history children (step runs) of a pipeline run, one per step (an entry that is not a RunDto
+        is left out, as the run query does)."""
         url = f"{self._history}/experiments/{path_segment(experiment)}/runs/{path_segment(run_id)}/children"
         params: dict[str, str] = {"$orderby": "StartTimeUtc desc", "$top": "500"}
         what = f"steps of run {run_id}"
-        children: list[dict[str, Any]] = []
+        children: list[Any] = []
         for _page in range(10):
             body = json_body(self._send("GET", url, params=params, what=what), what) or {}
             if isinstance(body, list):
-                return children + body
+                children.extend(body)
+                break
             children.extend(body.get("value") or [])
             token = body.get("continuationToken")
             if not token:
                 break
             params = {**params, "$continuationToken": token}
-        return children
+        return [HistoryRun.from_wire(child) for child in children if isinstance(child, dict)]
 
-    def find_step_runs(self, experiment: str, run_id: str) -> list[dict[str, Any]] | None:
+    def find_step_runs(self, experiment: str, run_id: str) -> list[HistoryRun] | None:
         """The step runs of a pipeline run (get_step_runs); None while run history has not seen the run yet
         (just submitted)."""
         try:
@@ -141,4 +145,4 @@ class RunHistory:
         )
 
 
-__all__ = ["MAX_LOG_BYTES", "MAX_QUERY_TOP", "RunHistory"]
+__all__ = ["MAX_LOG_BYTES", "MAX_QUERY_TOP", "HistoryRun", "RunHistory"]

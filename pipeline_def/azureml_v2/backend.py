@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pipeline_def.azureml.history_run import HistoryRun
 from pipeline_def.azureml.odata import ACTIVE_HISTORY_STATUSES, runs_filter
 from pipeline_def.azureml_v2 import components, publisher
 from pipeline_def.azureml_v2.client import AzureMLV2Client, is_already_exists
@@ -234,7 +235,7 @@ class AzureMLV2Backend:
             raise RunNotFound(run_id)
         experiment = str(properties.get("experimentName") or self.settings.experiment_name)
         try:
-            history: dict[str, Any] | None = self.client.get_history_run(experiment, run_id)
+            history: HistoryRun | None = self.client.get_history_run(experiment, run_id)
         except NotFound:
             history = None  # run history has not seen the job yet
         children = self.client.find_step_runs(experiment, run_id) or []
@@ -284,7 +285,7 @@ class AzureMLV2Backend:
 
     # ----- mapping Azure ML's answers to RunInfo
 
-    def _job_info(self, job: Any, history: dict[str, Any] | None = None) -> RunInfo:
+    def _job_info(self, job: Any, history: HistoryRun | None = None) -> RunInfo:
         """A run as the ARM job says it (`aml_status` is the JobStatus word), with run history's times and
         error when it was read (`aml_history_status`)."""
         if not isinstance(job, dict) or not isinstance(job.get("name"), str) or not job["name"]:
@@ -292,28 +293,28 @@ class AzureMLV2Backend:
         properties = job.get("properties") or {}
         status = properties.get("status")
         normalized = normalize_status(status)
-        history = history if isinstance(history, dict) else {}
-        history_status = history.get("status")
+        history = history or HistoryRun()
+        history_status = history.status
         if normalized not in TERMINAL and normalize_status(history_status) in ("canceling", "canceled"):
             normalized = "canceling"  # run history knows of a cancel before the job has wound down
         studio = ((properties.get("services") or {}).get("Studio") or {}).get("endpoint")
-        created = history.get("createdUtc") or (job.get("systemData") or {}).get("createdAt")
+        created = history.created_utc or (job.get("systemData") or {}).get("createdAt")
         return RunInfo(
             run_id=job["name"],
             status=normalized,
             aml_status=None if status is None else str(status),
             created_at=created or None,
-            ended_at=history.get("endTimeUtc") or None,
+            ended_at=history.end_time_utc,
             portal_url=studio or self.settings.portal_url(job["name"]),
-            error=history_error(history.get("error")) if normalized == "failed" else None,
+            error=history_error(history.error) if normalized == "failed" else None,
             trigger=run_tag(properties.get("tags"), "trigger"),
-            aml_history_status=None if not history_status else str(history_status),
+            aml_history_status=history_status or None,
         )
 
-    def _history_run_info(self, dto: Any) -> RunInfo:
+    def _history_run_info(self, dto: HistoryRun) -> RunInfo:
         """A run as run history's RunDto describes it (the answer of the run query), linked to its studio page
         (the RunDto's own link when it gives one)."""
-        return history_run_info(dto, lambda run_id: dto.get("portalUrl") or self.settings.portal_url(run_id))
+        return history_run_info(dto, lambda run_id: dto.portal_url or self.settings.portal_url(run_id))
 
 
 def _target(version: publisher.PipelineVersion) -> Target:

@@ -9,8 +9,8 @@ turns the v1 names among the step's arguments into the local paths the step take
 - save_predictions `--latest-dir default-datastore:<path> --history-dir default-datastore:<path>
   --run-id run-context:parent`: the step publishes into local staging folders, which are then uploaded to the
   workspace's default datastore in the same order (history, latest CSV or parts, latest manifest), each blob
-  upload atomic, and then the latest parts and CSV the new manifest supersedes are deleted; the run id is the
-  pipeline run's (the parent of this step run). The latest CSV and manifest are downloaded first, for the
+  upload atomic, and then the latest CSV the new manifest supersedes and the parts of the set before the
+  previous one are deleted; the run id is the pipeline run's (the parent of this step run). The latest CSV and manifest are downloaded first, for the
   quality gate; a failed gate uploads the history folder only. The run's summary (rows, folders, the gate's
   verdict) becomes tags of this step run.
 
@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from batchpred_steps.cli import fail, run_step
 from batchpred_steps.errors import StepError
 from batchpred_steps.gate import QualityGateFailed
-from batchpred_steps.partitioned import PARTS_DIR
+from batchpred_steps.partitioned import PARTS_DIR, parts_folders, read_manifest
 from batchpred_steps.publish import CSV_NAME, MANIFEST_NAME, Folders
 from batchpred_steps.run_summary import summary_of
 
@@ -227,10 +227,13 @@ def upload_plan(
     return [*files(staged.history, history_path), *(files(staged.latest, latest_path) if latest else [])]
 
 
-def superseded_blobs(names: list[str], latest_path: str, manifest: dict[str, Any]) -> list[str]:
-    """Of the blobs `names` under the latest folder, those the new `manifest` supersedes: parts in folders it
-    does not name, and the CSV when it names none."""
-    kept = {_join(latest_path, str(Path(entry["path"]).parent.as_posix())) for entry in manifest["files"]}
+def superseded_blobs(
+    names: list[str], latest_path: str, manifest: dict[str, Any], previous: dict[str, Any] | None = None
+) -> list[str]:
+    """Of the blobs `names` under the latest folder, those the new `manifest` supersedes: parts in folders
+    neither it nor the `previous` manifest names (the previous set stays one run for its readers, as
+    partitioned.remove_superseded keeps it), and the CSV when the new manifest names none."""
+    kept = {_join(latest_path, folder) for folder in parts_folders(manifest) | parts_folders(previous)}
     parts = _join(latest_path, f"{PARTS_DIR}/")
     stale = [n for n in names if n.startswith(parts) and str(Path(n).parent.as_posix()) not in kept]
     csv = _join(latest_path, CSV_NAME)
@@ -301,6 +304,7 @@ def save_predictions(argv: list[str]) -> None:
             # the quality gate compares this run with the latest predictions: the staged latest folder starts
             # as the datastore's (it is never uploaded back; the new files replace the blobs)
             download_latest(destination, latest_path, staged.latest)
+            previous = read_manifest(staged.latest / MANIFEST_NAME)
             try:
                 manifest = step.save(
                     Path(args.input),
@@ -317,7 +321,8 @@ def save_predictions(argv: list[str]) -> None:
                 tag_step_run(summary_of(failed.manifest, latest=None))
                 raise
             upload_in_order(destination, upload_plan(staged, latest_path, history_path))
-        for name in superseded_blobs(destination.names(_join(latest_path, "")), latest_path, manifest):
+        stale = superseded_blobs(destination.names(_join(latest_path, "")), latest_path, manifest, previous)
+        for name in stale:
             destination.delete(name)
         tag_step_run(summary_of(manifest, latest=latest_path))
         log.info("uploaded to %s/%s", destination.container.url, latest_path)

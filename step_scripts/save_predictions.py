@@ -6,7 +6,8 @@ parts under `parts/<time>-<run_id>/` and no CSV.
 The input is streamed (the CSV batch by batch; parts are copied as files). A failure half-way never leaves
 the latest folder partial or empty: the history copy is written first, then the latest CSV (or the new parts,
 in a folder no manifest names yet), then the latest manifest, each through a temporary file renamed into
-place; only then are the parts and CSV it superseded removed. `--destination ROOT` is short for
+place; only then are the CSV and the parts it superseded removed (the previous run's parts one run later, so
+their readers can finish). `--destination ROOT` is short for
 `--latest-dir ROOT/latest_predictions --history-dir ROOT/history`. On Azure ML v1, aml_v1.py publishes into
 local folders and uploads them to the default datastore in the same order.
 
@@ -33,6 +34,7 @@ from batchpred_steps.partitioned import (
     copy_parts,
     fresh_parts_folder,
     input_parts,
+    read_manifest,
     remove_superseded,
     write_json,
 )
@@ -133,6 +135,7 @@ def save(
     gate = gate or GateSettings()
     now = now or datetime.now(UTC)
     metadata = read_metadata(source)
+    previous = read_manifest(folders.latest / MANIFEST_NAME)  # its parts stay for their readers (one run)
     if not metadata:
         log.warning("%s has no %s; the manifest will not name the model", source, METADATA_FILE)
     parts, columns = input_parts(source, prediction_column)
@@ -167,7 +170,7 @@ def save(
             manifest = save_parts(parts, folders, place, parts_folder, facts, gated)
     if not outcome.passed:
         raise QualityGateFailed(outcome.verdict.line(), manifest)
-    removed = remove_superseded(folders.latest, manifest, CSV_NAME)
+    removed = remove_superseded(folders.latest, manifest, CSV_NAME, previous)
     log.info(
         "saved %d predictions of run %s (model %s version %s) to %s as %s%s",
         rows, run_id, metadata.get("model_name"), metadata.get("model_version"), folders.latest,

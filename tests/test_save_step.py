@@ -456,17 +456,31 @@ def test_each_run_switches_the_latest_set_and_removes_what_it_superseded(
     small = make_predictions(tmp_path / "small", ames, rows=5)
     big = make_predictions(tmp_path / "big", ames, rows=40, parts=2)
 
+    def parts() -> list[str]:
+        return sorted(p.name for p in (latest / "parts").iterdir()) if (latest / "parts").exists() else []
+
     save_in_process(small, dest, "r1", csv_max_rows=10, minute=1)
     first = save_in_process(big, dest, "r2", csv_max_rows=10, minute=2)
-    assert sorted(p.name for p in latest.iterdir()) == ["manifest.json", "parts"]  # r1's CSV removed
+    assert sorted(p.name for p in latest.iterdir()) == ["manifest.json", "parts"]  # r1's CSV removed at once
     second = save_in_process(big, dest, "r3", csv_max_rows=10, minute=3)
-    assert [p.name for p in (latest / "parts").iterdir()] == ["20260301T120300000000Z-r3"]  # r2's parts gone
+    # r2's parts stay one run for the readers of r2's manifest
+    assert parts() == ["20260301T120200000000Z-r2", "20260301T120300000000Z-r3"]
     assert first["files"] != second["files"]
+    assert all((latest / f["path"]).is_file() for f in first["files"])
     third = save_in_process(small, dest, "r4", csv_max_rows=10, minute=4)
 
-    assert sorted(p.name for p in latest.iterdir()) == ["manifest.json", "predictions.csv"]
+    assert sorted(p.name for p in latest.iterdir()) == ["manifest.json", "parts", "predictions.csv"]
+    assert parts() == ["20260301T120300000000Z-r3"]  # r2's gone now; r3's (the previous) kept one run
     assert third["files"] == [{"path": "predictions.csv", "rows": 5}] and third["format"] == "csv"
-    assert sorted(p.name for p in (dest / "history" / "2026-03-01").iterdir()) == ["r1", "r2", "r3", "r4"]
+    save_in_process(small, dest, "r5", csv_max_rows=10, minute=5)
+    assert sorted(p.name for p in latest.iterdir()) == ["manifest.json", "predictions.csv"]
+    assert sorted(p.name for p in (dest / "history" / "2026-03-01").iterdir()) == [
+        "r1",
+        "r2",
+        "r3",
+        "r4",
+        "r5",
+    ]
 
 
 def test_a_retried_run_writes_its_parts_beside_the_set_readers_use(
@@ -479,8 +493,9 @@ def test_a_retried_run_writes_its_parts_beside_the_set_readers_use(
     again = save_in_process(big, dest, "r1", csv_max_rows=10)  # the same run id at the same time
 
     assert {Path(f["path"]).parent.name for f in again["files"]} == {"20260301T120000000000Z-r1-2"}
-    assert [p.name for p in (dest / "latest_predictions" / "parts").iterdir()] == [
-        "20260301T120000000000Z-r1-2"
+    assert sorted(p.name for p in (dest / "latest_predictions" / "parts").iterdir()) == [
+        "20260301T120000000000Z-r1",  # the first try's set, which readers used: kept one run
+        "20260301T120000000000Z-r1-2",
     ]
     assert first["rows"] == again["rows"] == 40
 
@@ -512,9 +527,11 @@ def test_a_failure_while_writing_the_new_parts_leaves_the_previous_latest_whole(
     save_in_process(
         make_predictions(tmp_path / "third", ames, rows=20), dest, "r3", csv_max_rows=10, minute=5
     )
-    assert [p.name for p in (latest / "parts").iterdir()] == [
-        "20260301T120500000000Z-r3"
-    ]  # leftovers removed
+    # leftovers removed; r1's set (the manifest r3 replaced: r2 never published one) kept one run
+    assert sorted(p.name for p in (latest / "parts").iterdir()) == [
+        "20260301T120000000000Z-r1",
+        "20260301T120500000000Z-r3",
+    ]
 
 
 def test_the_save_step_streams_a_large_input_into_parts_within_bounded_memory(
@@ -563,6 +580,16 @@ def test_the_upload_plan_of_a_parts_run_and_the_blobs_it_supersedes(
         f"latest_predictions/{folder}/part-00001.parquet",
     ]
     assert aml_v1.superseded_blobs(existing, "latest_predictions", manifest) == [
+        "latest_predictions/parts/20260101T000000000000Z-r1/part-00000.parquet",
+        "latest_predictions/predictions.csv",
+    ]
+    # the set the previous manifest named stays one run; a CSV goes at once whatever the previous said
+    previous = {"files": [{"path": "parts/20260101T000000000000Z-r1/part-00000.parquet", "rows": 3}]}
+    assert aml_v1.superseded_blobs(existing, "latest_predictions", manifest, previous) == [
+        "latest_predictions/predictions.csv",
+    ]
+    csv_before = {"files": [{"path": "predictions.csv", "rows": 3}], "predictions_file": "predictions.csv"}
+    assert aml_v1.superseded_blobs(existing, "latest_predictions", manifest, csv_before) == [
         "latest_predictions/parts/20260101T000000000000Z-r1/part-00000.parquet",
         "latest_predictions/predictions.csv",
     ]

@@ -1,6 +1,7 @@
 """save_predictions' large-run output: the predictions as Parquet parts under a folder of a fresh name, named
-with their row counts in the manifest, which is written last and switches readers to them; then the parts (and
-the CSV) it superseded are removed. Only footers are read: the rows are copied as the files they are."""
+with their row counts in the manifest, which is written last and switches readers to them; then the CSV it
+superseded is removed, and the parts of the set before the previous one (the previous set stays for its
+readers until the next run). Only footers are read: the rows are copied as the files they are."""
 
 from __future__ import annotations
 
@@ -97,10 +98,30 @@ def write_json(path: Path, document: dict[str, Any]) -> None:
         Path(temp).unlink(missing_ok=True)
 
 
-def remove_superseded(latest: Path, manifest: dict[str, Any], csv_name: str) -> list[str]:
-    """After `manifest` was written into `latest`: remove the parts folders it does not name and, when it
-    names no CSV, a CSV an earlier run left. Returns what was removed (paths relative to `latest`)."""
-    kept = {Path(entry["path"]).parent.as_posix() for entry in manifest.get("files", [])}
+def parts_folders(manifest: dict[str, Any] | None) -> set[str]:
+    """The parts folders (relative to the latest folder) a manifest names; none for a CSV run or no manifest."""
+    folders = {Path(entry["path"]).parent.as_posix() for entry in (manifest or {}).get("files", [])}
+    return {folder for folder in folders if folder.startswith(f"{PARTS_DIR}/")}
+
+
+def read_manifest(path: Path) -> dict[str, Any] | None:
+    """The manifest at `path`, or None when there is none (a first run) or it cannot be read."""
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def remove_superseded(
+    latest: Path, manifest: dict[str, Any], csv_name: str, previous: dict[str, Any] | None = None
+) -> list[str]:
+    """After `manifest` was written into `latest`: remove the parts folders neither it nor the `previous`
+    manifest (the one it replaced) names and, when it names no CSV, a CSV an earlier run left. The previous
+    set's parts stay one run longer, so a reader that read the previous manifest can finish reading them
+    while this run publishes; the CSV goes at once (a reader of predictions.csv alone must not take an old
+    one for the latest). Returns what was removed (paths relative to `latest`)."""
+    kept = parts_folders(manifest) | parts_folders(previous)
     removed = []
     parts_root = latest / PARTS_DIR
     if parts_root.is_dir():

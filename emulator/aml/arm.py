@@ -66,7 +66,8 @@ class ArmService:
             raise RuntimeError("register_data_v2 needs a blob store: call fake.use_blob_store(...) first")
         path = Path(local_file)
         blob = f"LocalUpload/{uuid.uuid4().hex}/{path.name}"
-        store.container_client().upload_blob(blob, path.read_bytes(), overwrite=True)
+        with open(path, "rb") as stream:  # a stream: a generated table of millions of rows registers too
+            store.container_client().upload_blob(blob, stream, overwrite=True)
         with self.lock:
             versions = self.v2_assets["data"].setdefault(name, {})
             version = version or str(len(versions) + 1)

@@ -16,6 +16,7 @@ from pipeline_def.azureml.client import (
     AzureMLClient,
     Endpoint,
     EndpointVersion,
+    PipelineRunInfo,
     PublishedPipelineInfo,
 )
 from pipeline_def.azureml.history_run import HistoryRun
@@ -145,8 +146,8 @@ def test_submit_body_and_headers_follow_the_contract(client, fake_aml, published
     assert all(isinstance(v, str) for v in body["ParameterAssignments"].values())
     assert body["tags"]["trigger"] == "test"
     assert len(body["tags"][SUBMISSION_TAG]) == 32
-    assert run["Id"] in fake_aml.runs
-    fake_run = fake_aml.runs[run["Id"]]
+    assert run.id in fake_aml.runs
+    fake_run = fake_aml.runs[run.id]
     assert fake_run.pipeline_id == pipeline["Id"]
     assert fake_run.experiment == "exp-1"
     assert fake_run.parameters.get("sample_size") == "25"
@@ -173,7 +174,7 @@ def test_runs_steps_and_cancel_use_their_own_paths(client, fake_aml, published):
     fake_aml.set_run_status(
         fake_run.run_id, "Running", steps={"fetch_data": "Completed", "predict": "Running"}
     )
-    assert client.get_pipeline_run(fake_run.run_id)["Status"]["StatusCode"] == "Running"
+    assert client.get_pipeline_run(fake_run.run_id).status_code == "Running"
     (listed,) = client.query_runs("exp-1", runs_filter(pipeline_ids=[pipeline["Id"]]), top=5)
     assert listed.run_id == fake_run.run_id
     fake_aml.clear_requests()
@@ -196,7 +197,7 @@ def test_the_run_history_read_of_a_run_is_camelcase_and_sees_a_cancel_first(clie
     client.cancel_run(fake_run.run_id)
     dto = client.get_history_run("exp-1", fake_run.run_id)
     assert (dto.run_id, dto.status) == (fake_run.run_id, "CancelRequested")
-    assert client.get_pipeline_run(fake_run.run_id)["Status"]["StatusCode"] == "Running"
+    assert client.get_pipeline_run(fake_run.run_id).status_code == "Running"
     reads = fake_aml.calls(method="GET", path_contains="/history/")
     assert reads[0].path == f"/history/v1.0{fake_aml.workspace_path}/experiments/exp-1/runs/{fake_run.run_id}"
     with pytest.raises(NotFound):
@@ -290,6 +291,63 @@ def test_an_endpoint_write_sends_back_the_entity_it_read_changed_only_where_aske
         "EntityStatus": "Active",
     }
     assert list(put.json()) == list(read) and put.header("If-Match") == read["Etag"]
+
+
+def test_a_full_pipeline_run_entity_is_parsed_into_the_fields_the_app_reads():
+    wire = {
+        "Id": "r1",
+        "Status": {
+            "StatusCode": "Failed",
+            "StatusDetail": "step predict failed",
+            "CreationTime": "2026-01-01T00:00:00Z",
+            "EndTime": "2026-01-01T00:05:00Z",
+        },
+        "PipelineId": "p1",
+        "RunHistoryExperimentName": "exp-1",
+        "ParameterAssignments": {"sample_size": "25"},
+        "RunSource": "API",
+        "tags": {"trigger": "timer", SUBMISSION_TAG: "abc", "empty": ""},
+        "Properties": {},
+        "CreatedDate": "2025-12-31T23:59:59Z",
+    }
+    assert PipelineRunInfo.from_wire(wire) == PipelineRunInfo(
+        id="r1",
+        status_code="Failed",
+        status_detail="step predict failed",
+        created="2026-01-01T00:00:00Z",
+        end_time="2026-01-01T00:05:00Z",
+        experiment="exp-1",
+        tags={"trigger": "timer", SUBMISSION_TAG: "abc"},
+    )
+
+
+def test_a_minimal_pipeline_run_entity_has_only_its_id():
+    assert PipelineRunInfo.from_wire({"Id": "r1"}) == PipelineRunInfo("r1", None, None, None, None, None, {})
+    assert PipelineRunInfo.from_wire({"Id": "r1", "Status": None}).status_code is None  # NotStarted
+
+
+def test_a_pipeline_run_entity_missing_optional_fields_falls_back_as_the_backend_read_it():
+    legacy = PipelineRunInfo.from_wire(
+        {"Id": "r1", "Status": 3, "CreationTime": "t0", "Tags": {"trigger": "x"}}
+    )
+    assert (legacy.status_code, legacy.created, legacy.end_time, legacy.tags) == (
+        "3",
+        "t0",
+        None,
+        {"trigger": "x"},
+    )
+    no_creation = PipelineRunInfo.from_wire({"Id": "r1", "Status": {"StatusCode": 0}, "CreatedDate": "t1"})
+    assert (no_creation.status_code, no_creation.created, no_creation.status_detail) == ("0", "t1", None)
+    assert PipelineRunInfo.from_wire(
+        {"Id": "r1", "tags": "junk", "Status": {"StatusCode": ""}}
+    ) == PipelineRunInfo("r1", status_code="")
+
+
+def test_a_pipeline_run_entity_without_an_id_is_refused():
+    for wrong in (None, [], "r1", {"Status": {"StatusCode": "Running"}}, {"Id": ""}, {"Id": 7}):
+        with pytest.raises(ServiceError) as caught:
+            PipelineRunInfo.from_wire(wrong)
+        assert caught.value.http_status == 502
 
 
 # ----- run history's RunDto, parsed once
@@ -554,7 +612,7 @@ def test_a_submit_whose_answer_is_lost_returns_the_run_it_started(client, fake_a
     fake_aml.inject_fault("POST", "PipelineEndpointSubmit", drop=True, after_handling=True)
     run = _submit(client, endpoint, pipeline)
     (only,) = _runs_of(fake_aml, pipeline)
-    assert run["Id"] == only.run_id
+    assert run.id == only.run_id
     assert len(_submits(fake_aml)) == 1
     (query,) = fake_aml.calls("POST", "runs:query")  # the one bounded look for the submission's tag
     assert f'(Tags/{SUBMISSION_TAG} eq "{only.tags[SUBMISSION_TAG]}")' in query.json()["filter"]
@@ -570,7 +628,7 @@ def test_a_submit_that_timed_out_after_reaching_the_service_starts_one_run(
     fake_aml.inject_fault("POST", "PipelineEndpointSubmit", delay=1.0, after_handling=True)
     run = _submit(client, endpoint, pipeline)
     (only,) = _runs_of(fake_aml, pipeline)
-    assert run["Id"] == only.run_id
+    assert run.id == only.run_id
 
 
 def test_a_submit_answered_500_after_handling_starts_one_run(client, fake_aml, published, clock):
@@ -578,7 +636,7 @@ def test_a_submit_answered_500_after_handling_starts_one_run(client, fake_aml, p
     fake_aml.inject_fault("POST", "PipelineEndpointSubmit", status=500, after_handling=True)
     run = _submit(client, endpoint, pipeline)
     (only,) = _runs_of(fake_aml, pipeline)
-    assert run["Id"] == only.run_id
+    assert run.id == only.run_id
     assert len(_submits(fake_aml)) == 1
 
 
@@ -587,7 +645,7 @@ def test_a_submit_that_failed_before_handling_is_retried_once_checked(client, fa
     fake_aml.inject_fault("POST", "PipelineEndpointSubmit", status=503)
     run = _submit(client, endpoint, pipeline)
     (only,) = _runs_of(fake_aml, pipeline)
-    assert run["Id"] == only.run_id
+    assert run.id == only.run_id
     assert len(_submits(fake_aml)) == 2
     assert len(fake_aml.calls("POST", "runs:query")) == 1
     assert clock.sleeps == [1.0]

@@ -270,6 +270,18 @@ def test_get_run_reports_the_job_its_steps_and_the_failed_steps_own_error_line(v
     assert type(node.value).__name__ == "RunNotFound"
 
 
+@pytest.mark.parametrize("body", [["not", "a", "job"], {"properties": {"status": "Running"}}, {"name": 7}])
+def test_a_job_of_the_wrong_shape_is_a_service_error_not_a_crash(v2, body) -> None:
+    svc = service()
+    svc.publish()
+    run_id = svc.start_run({}).run.run_id
+    v2.fake.inject_fault("GET", rf"/jobs/{run_id}$", status=200, body=body)
+    with pytest.raises(Exception) as caught:
+        svc.get_run(run_id)
+    assert type(caught.value).__name__ == "ServiceError" and caught.value.http_status == 502
+    assert "job without a name" in caught.value.message
+
+
 def test_cancel_asks_once_and_the_job_reads_canceling_then_canceled(v2) -> None:
     svc = service()
     svc.publish()

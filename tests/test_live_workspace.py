@@ -194,8 +194,8 @@ def test_v2_latest_version_of_a_container_is_the_most_recently_created():
     body = {"properties": {"image": "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:20251130.v1"}}
     for version in ("b", "a"):
         client.put_version("environments", name, version, body)
-    container = client.get_container("environments", name) or {}
-    assert (container.get("properties") or {}).get("latestVersion") == "a"
+    container = client.get_container("environments", name)
+    assert container is not None and container.latest_version == "a"
 
 
 @pytest.mark.live

@@ -39,10 +39,9 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from pipeline_def.azureml import publisher
-from pipeline_def.azureml.client import SUBMISSION_TAG, AzureMLClient
+from pipeline_def.azureml.client import SUBMISSION_TAG, AzureMLClient, PipelineRunInfo
 from pipeline_def.azureml.history_run import HistoryRun
 from pipeline_def.azureml.odata import ACTIVE_HISTORY_STATUSES, runs_filter
 from pipeline_def.backend import (
@@ -54,14 +53,13 @@ from pipeline_def.backend import (
     follow_run,
     look_back_through,
 )
-from pipeline_def.errors import NotFound, NotPublished, PipelineError, RunNotFound, ServiceError
+from pipeline_def.errors import NotFound, NotPublished, PipelineError, RunNotFound
 from pipeline_def.fingerprint import compute_fingerprint
 from pipeline_def.runs import (
     TERMINAL,
     RunInfo,
     history_run_info,
     normalize_status,
-    run_tag,
     with_predictions,
     with_steps,
 )
@@ -228,12 +226,12 @@ class AzureMLBackend:
         too: it says `CancelRequested` as soon as a cancel is asked for, long before the pipelines service
         says `Canceled`, and that is reported as `canceling`."""
         try:
-            entity = _require_run(self.client.get_pipeline_run(run_id))
+            entity = self.client.get_pipeline_run(run_id)
         except NotFound:
             raise RunNotFound(run_id) from None
-        experiment = entity.get("RunHistoryExperimentName") or self.settings.experiment_name
+        experiment = entity.experiment or self.settings.experiment_name
         history_status = None
-        if normalize_status(_status_code(entity)) not in TERMINAL:
+        if normalize_status(entity.status_code) not in TERMINAL:
             history_status = self._history_status(experiment, run_id)
         children = self.client.find_step_runs(experiment, run_id) or []
         info = self._run_info(entity, history_status=history_status)
@@ -285,14 +283,10 @@ class AzureMLBackend:
         """A run as run history's RunDto describes it (the answer of the run query), with its submission id."""
         return history_run_info(dto, self.settings.portal_url, SUBMISSION_TAG)
 
-    def _run_info(self, entity: dict, history_status: str | None = None) -> RunInfo:
+    def _run_info(self, entity: PipelineRunInfo, history_status: str | None = None) -> RunInfo:
         """`aml_status` is always the pipelines service's StatusCode; `history_status`, when run history
         was read, is reported beside it as `aml_history_status`."""
-        entity = _require_run(entity)
-        status = entity.get("Status") or {}
-        code = _status_code(entity)
-        aml_status = None if code is None else str(code)
-        normalized = normalize_status(code)
+        normalized = normalize_status(entity.status_code)
         # Only a run the pipelines service has not ended can be canceling: if it finished or failed before the
         # cancel took effect, that outcome stands. Run history may also reach Canceled first; the run is still
         # winding down until the pipelines service agrees.
@@ -302,19 +296,18 @@ class AzureMLBackend:
         )
         if canceling and normalized not in TERMINAL:
             normalized = "canceling"
-        detail = status.get("StatusDetail") if isinstance(status, dict) else None
-        tags = entity.get("tags") or entity.get("Tags")
+        detail = entity.status_detail
         return RunInfo(
-            run_id=entity["Id"],
+            run_id=entity.id,
             status=normalized,
-            aml_status=aml_status,
-            created_at=_created(entity) or None,
-            ended_at=(status.get("EndTime") if isinstance(status, dict) else None) or None,
-            portal_url=self.settings.portal_url(entity["Id"]),
-            error=str(detail)[:500] if normalized == "failed" and detail else None,
+            aml_status=entity.status_code,
+            created_at=entity.created,
+            ended_at=entity.end_time,
+            portal_url=self.settings.portal_url(entity.id),
+            error=detail[:500] if normalized == "failed" and detail else None,
             aml_history_status=history_status,
-            trigger=run_tag(tags, "trigger"),
-            submission_id=run_tag(tags, SUBMISSION_TAG),
+            trigger=entity.tags.get("trigger"),
+            submission_id=entity.tags.get(SUBMISSION_TAG),
         )
 
 
@@ -356,26 +349,6 @@ def _endpoint_state(target: Target) -> publisher.EndpointState:
     if not isinstance(target.handle, publisher.EndpointState):
         raise TypeError(f"not a target of the Azure ML backend: {target!r}")
     return target.handle
-
-
-def _status_code(entity: dict) -> str | int | None:
-    """The pipelines service's StatusCode (a word, or a legacy integer); None when it has none yet."""
-    status = entity.get("Status")
-    return status.get("StatusCode") if isinstance(status, dict) else status
-
-
-def _require_run(entity: Any) -> dict:
-    """A PipelineRunEntity as Azure ML should answer it; any other shape is Azure ML's fault (502), not a
-    crash of ours (500)."""
-    if not isinstance(entity, dict) or not isinstance(entity.get("Id"), str) or not entity["Id"]:
-        raise ServiceError("Azure ML answered a pipeline run without an Id")
-    return entity
-
-
-def _created(entity: dict) -> str:
-    status = entity.get("Status")
-    created = status.get("CreationTime") if isinstance(status, dict) else None
-    return str(created or entity.get("CreatedDate") or entity.get("CreationTime") or "")
 
 
 __all__ = ["AzureMLBackend"]

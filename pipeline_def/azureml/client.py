@@ -103,6 +103,46 @@ class PublishedPipelineInfo:
         )
 
 
+@dataclass(frozen=True)
+class PipelineRunInfo:
+    """A PipelineRunEntity (what a submit and a run read answer, docs/aml-v1-rest.md) as the app reads it:
+    `status_code` is its Status.StatusCode as text (a word, or a legacy integer "0".."4"; None when it has
+    none yet), `experiment` its RunHistoryExperimentName; every field but `id` None (tags empty) when
+    missing."""
+
+    id: str
+    status_code: str | None = None
+    status_detail: str | None = None
+    created: str | None = None
+    end_time: str | None = None
+    experiment: str | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_wire(cls, entity: Any) -> PipelineRunInfo:
+        """Parse a PipelineRunEntity. One that is not an object or has no Id is Azure ML's fault (ServiceError,
+        502). A Status that is not an object is taken as the code itself; `created` is Status.CreationTime,
+        else the entity's CreatedDate or CreationTime; an empty field or tag value is None or left out."""
+        if not isinstance(entity, dict) or not isinstance(entity.get("Id"), str) or not entity["Id"]:
+            raise ServiceError("Azure ML answered a pipeline run without an Id")
+        status = entity.get("Status")
+        details = status if isinstance(status, dict) else {}
+        code = status.get("StatusCode") if isinstance(status, dict) else status
+        detail, end = details.get("StatusDetail"), details.get("EndTime")
+        created = details.get("CreationTime") or entity.get("CreatedDate") or entity.get("CreationTime")
+        experiment = entity.get("RunHistoryExperimentName")
+        tags = entity.get("tags") or entity.get("Tags")
+        return cls(
+            id=entity["Id"],
+            status_code=None if code is None else str(code),
+            status_detail=str(detail) if detail else None,
+            created=str(created) if created else None,
+            end_time=str(end) if end else None,
+            experiment=str(experiment) if experiment else None,
+            tags={str(k): str(v) for k, v in tags.items() if v} if isinstance(tags, dict) else {},
+        )
+
+
 class AzureMLClient(RunHistory):
     """The REST verbs of Azure ML for one workspace: the pipelines service's here, run history's from
     RunHistory. Thread-safe; keeps one HTTP session and one token."""
@@ -228,8 +268,8 @@ class AzureMLClient(RunHistory):
 
     def submit_to_endpoint(
         self, endpoint_id: str, experiment: str, parameters: dict[str, str], tags: dict[str, str]
-    ) -> dict[str, Any]:
-        """Start a run of the endpoint's default version and return its PipelineRunEntity (`Id` = run id).
+    ) -> PipelineRunInfo:
+        """Start a run of the endpoint's default version and return its PipelineRunEntity, parsed.
 
         The submit carries a unique tag. When it may have reached the service but no answer came back
         (timeout, dropped connection, 5xx), run history is asked for the run of `experiment` with that tag
@@ -271,11 +311,13 @@ class AzureMLClient(RunHistory):
             budget=budget,
             on_ambiguous=find_submission,
         )
-        return json_body(response, what)
+        return PipelineRunInfo.from_wire(json_body(response, what))
 
-    def get_pipeline_run(self, run_id: str) -> dict[str, Any]:
+    def get_pipeline_run(self, run_id: str) -> PipelineRunInfo:
         """The pipelines service's PipelineRunEntity of a run (`Status.StatusCode`: NotStarted ... Finished)."""
-        return self._get_json(f"{self._pipelines}/PipelineRuns/{path_segment(run_id)}", what=f"run {run_id}")
+        return PipelineRunInfo.from_wire(
+            self._get_json(f"{self._pipelines}/PipelineRuns/{path_segment(run_id)}", what=f"run {run_id}")
+        )
 
     def cancel_run(self, run_id: str) -> None:
         self._send(
@@ -289,5 +331,6 @@ __all__ = [
     "AzureMLClient",
     "Endpoint",
     "EndpointVersion",
+    "PipelineRunInfo",
     "PublishedPipelineInfo",
 ]

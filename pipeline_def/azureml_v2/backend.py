@@ -11,12 +11,11 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from pipeline_def.azureml.history_run import HistoryRun
 from pipeline_def.azureml.odata import ACTIVE_HISTORY_STATUSES, runs_filter
 from pipeline_def.azureml_v2 import components, publisher
-from pipeline_def.azureml_v2.client import AzureMLV2Client, is_already_exists
+from pipeline_def.azureml_v2.client import AzureMLV2Client, Job, is_already_exists
 from pipeline_def.backend import (
     LookBack,
     OccurrenceRun,
@@ -32,7 +31,6 @@ from pipeline_def.errors import (
     NotFound,
     NotPublished,
     RunNotFound,
-    ServiceError,
 )
 from pipeline_def.runs import (
     TERMINAL,
@@ -41,7 +39,6 @@ from pipeline_def.runs import (
     history_run_info,
     is_valid_run_id,
     normalize_status,
-    run_tag,
     with_predictions,
     with_steps,
 )
@@ -195,20 +192,20 @@ class AzureMLV2Backend:
                 raise InvalidRequest(
                     f"model version {wanted} of {name} is not registered; nothing was submitted"
                 )
-        version = str(found.get("name") or wanted)
+        version = found.name or wanted
         return name, version, f"{self.settings.workspace_path}/models/{name}/versions/{version}"
 
     def _resolve_data(self) -> tuple[str, str]:
         """(version, ARM id) of the newest version of the data asset (its container's latestVersion)."""
         name = self.settings.dataset_name
         container = self.client.get_container("data", name)
-        latest = ((container or {}).get("properties") or {}).get("latestVersion")
+        latest = container.latest_version if container else None
         if not latest:
             raise NotFound(
                 f"data asset {name} is not registered (AML_DATASET_NAME): register the CSV as a uri_file "
                 "data asset (docs/migrate-to-v2.md)"
             )
-        return str(latest), f"{self.settings.workspace_path}/data/{name}/versions/{latest}"
+        return latest, f"{self.settings.workspace_path}/data/{name}/versions/{latest}"
 
     def run(
         self,
@@ -230,10 +227,9 @@ class AzureMLV2Backend:
             job = self.client.get_job(run_id)
         except NotFound:
             raise RunNotFound(run_id) from None
-        properties = job.get("properties") if isinstance(job, dict) else None
-        if not isinstance(properties, dict):
+        if job.child:
             raise RunNotFound(run_id)
-        experiment = str(properties.get("experimentName") or self.settings.experiment_name)
+        experiment = job.experiment or self.settings.experiment_name
         try:
             history: HistoryRun | None = self.client.get_history_run(experiment, run_id)
         except NotFound:
@@ -285,29 +281,23 @@ class AzureMLV2Backend:
 
     # ----- mapping Azure ML's answers to RunInfo
 
-    def _job_info(self, job: Any, history: HistoryRun | None = None) -> RunInfo:
+    def _job_info(self, job: Job, history: HistoryRun | None = None) -> RunInfo:
         """A run as the ARM job says it (`aml_status` is the JobStatus word), with run history's times and
         error when it was read (`aml_history_status`)."""
-        if not isinstance(job, dict) or not isinstance(job.get("name"), str) or not job["name"]:
-            raise ServiceError("Azure ML answered a job without a name")
-        properties = job.get("properties") or {}
-        status = properties.get("status")
-        normalized = normalize_status(status)
+        normalized = normalize_status(job.status)
         history = history or HistoryRun()
         history_status = history.status
         if normalized not in TERMINAL and normalize_status(history_status) in ("canceling", "canceled"):
             normalized = "canceling"  # run history knows of a cancel before the job has wound down
-        studio = ((properties.get("services") or {}).get("Studio") or {}).get("endpoint")
-        created = history.created_utc or (job.get("systemData") or {}).get("createdAt")
         return RunInfo(
-            run_id=job["name"],
+            run_id=job.name,
             status=normalized,
-            aml_status=None if status is None else str(status),
-            created_at=created or None,
+            aml_status=job.status,
+            created_at=history.created_utc or job.created_at,
             ended_at=history.end_time_utc,
-            portal_url=studio or self.settings.portal_url(job["name"]),
+            portal_url=job.studio_url or self.settings.portal_url(job.name),
             error=history_error(history.error) if normalized == "failed" else None,
-            trigger=run_tag(properties.get("tags"), "trigger"),
+            trigger=job.tags.get("trigger"),
             aml_history_status=history_status or None,
         )
 

@@ -5,6 +5,8 @@ plane (AML_API_BASE) for times, steps and the bounded run query is v1's, from az
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Unpack
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -17,6 +19,77 @@ from pipeline_def.settings import Settings
 API_VERSION = "2025-12-01"
 # What the service says when a job name is taken (Azure/azure-sdk-for-python#42156).
 ALREADY_EXISTS = "already exists"
+
+
+@dataclass(frozen=True)
+class Job:
+    """An ARM job resource as the app reads it (docs/aml-v2-rest.md): its name (the run id), and from its
+    properties the JobStatus word, experiment, studio link (services.Studio.endpoint) and tags, and its
+    systemData.createdAt; each None (tags empty) when missing. `child` is a pipeline's child job, which ARM
+    answers without properties: not a run of the app."""
+
+    name: str
+    child: bool = False
+    status: str | None = None
+    experiment: str | None = None
+    studio_url: str | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+    created_at: str | None = None
+
+    @classmethod
+    def from_wire(cls, job: Any) -> Job:
+        """Parse a job resource. One that is not an object or has no name is Azure ML's fault (ServiceError,
+        502); every other field may be missing, and one of the wrong shape counts as missing."""
+        if not isinstance(job, dict) or not isinstance(job.get("name"), str) or not job["name"]:
+            raise ServiceError("Azure ML answered a job without a name")
+        properties = job.get("properties")
+        found = properties if isinstance(properties, dict) else {}
+        status, experiment, tags = found.get("status"), found.get("experimentName"), found.get("tags")
+        studio = _field(_field(found, "services"), "Studio").get("endpoint")
+        created = _field(job, "systemData").get("createdAt")
+        return cls(
+            name=job["name"],
+            child=not isinstance(properties, dict),
+            status=None if status is None else str(status),
+            experiment=str(experiment) if experiment else None,
+            studio_url=str(studio) if studio else None,
+            tags={str(k): str(v) for k, v in tags.items() if v} if isinstance(tags, dict) else {},
+            created_at=str(created) if created else None,
+        )
+
+
+@dataclass(frozen=True)
+class AssetVersion:
+    """A version of an environment, code, component, data or model asset: its ARM id and its name (the
+    version, e.g. "3"; None when missing)."""
+
+    id: str
+    name: str | None = None
+
+    @classmethod
+    def from_wire(cls, resource: Any) -> AssetVersion:
+        """Parse a version resource; one that is not an object or has no id is Azure ML's fault (ServiceError)."""
+        if not isinstance(resource, dict) or not isinstance(resource.get("id"), str) or not resource["id"]:
+            raise ServiceError("Azure ML answered an asset version without an id")
+        name = resource.get("name")
+        return cls(id=resource["id"], name=str(name) if name else None)
+
+
+@dataclass(frozen=True)
+class AssetContainer:
+    """An asset's container: its ARM id and its properties.latestVersion (None when it has none)."""
+
+    id: str
+    latest_version: str | None = None
+
+    @classmethod
+    def from_wire(cls, resource: Any) -> AssetContainer:
+        """Parse a container resource; one that is not an object or has no id is Azure ML's fault
+        (ServiceError)."""
+        if not isinstance(resource, dict) or not isinstance(resource.get("id"), str) or not resource["id"]:
+            raise ServiceError("Azure ML answered an asset container without an id")
+        latest = _field(resource, "properties").get("latestVersion")
+        return cls(id=resource["id"], latest_version=str(latest) if latest else None)
 
 
 class AzureMLV2Client(RunHistory):
@@ -66,26 +139,30 @@ class AzureMLV2Client(RunHistory):
 
     # ----- versioned assets: environments, codes, components, data, models
 
-    def get_version(self, kind: str, name: str, version: str) -> dict[str, Any] | None:
+    def get_version(self, kind: str, name: str, version: str) -> AssetVersion | None:
         """A version of an environment, code, component, data or model asset; None when there is none."""
-        return self._get_or_none(
+        found = self._get_or_none(
             f"/{kind}/{path_segment(name)}/versions/{path_segment(version)}", what=f"{kind} {name}:{version}"
         )
+        return None if found is None else AssetVersion.from_wire(found)
 
-    def put_version(self, kind: str, name: str, version: str, body: dict[str, Any]) -> dict[str, Any]:
+    def put_version(self, kind: str, name: str, version: str, body: dict[str, Any]) -> AssetVersion:
         """Create a version (an identical re-PUT is harmless; versions are immutable)."""
-        return self._arm(
-            "PUT",
-            f"/{kind}/{path_segment(name)}/versions/{path_segment(version)}",
-            body=body,
-            what=f"{kind} {name}:{version}",
+        return AssetVersion.from_wire(
+            self._arm(
+                "PUT",
+                f"/{kind}/{path_segment(name)}/versions/{path_segment(version)}",
+                body=body,
+                what=f"{kind} {name}:{version}",
+            )
         )
 
-    def get_container(self, kind: str, name: str) -> dict[str, Any] | None:
+    def get_container(self, kind: str, name: str) -> AssetContainer | None:
         """An asset's container (`properties.latestVersion`); None when there is none."""
-        return self._get_or_none(f"/{kind}/{path_segment(name)}", what=f"{kind} {name}")
+        found = self._get_or_none(f"/{kind}/{path_segment(name)}", what=f"{kind} {name}")
+        return None if found is None else AssetContainer.from_wire(found)
 
-    def find_code_by_hash(self, name: str, content_hash: str, hash_version: int) -> dict[str, Any] | None:
+    def find_code_by_hash(self, name: str, content_hash: str, hash_version: int) -> AssetVersion | None:
         """A code version registered with this content hash, under any name (as azure-ai-ml looks one up)."""
         found = self._arm(
             "GET",
@@ -93,8 +170,7 @@ class AzureMLV2Client(RunHistory):
             params={"hash": content_hash, "hashVersion": str(hash_version)},
             what="code versions by hash",
         )
-        values = (found or {}).get("value") or []
-        return values[0] if values else None
+        return _first_version(found, "code versions by hash")
 
     def start_pending_upload(self, name: str, version: str) -> tuple[str, str]:
         """A temporary container of the workspace storage to upload a code version into: (blob URI, SAS URI)."""
@@ -132,21 +208,18 @@ class AzureMLV2Client(RunHistory):
             bearer=False,
         )
 
-    def latest_model(self, name: str) -> dict[str, Any] | None:
+    def latest_model(self, name: str) -> AssetVersion | None:
         """The most recently created version of a model (how azure-ai-ml resolves `@latest`); None if none."""
         found = self._get_or_none(
             f"/models/{path_segment(name)}/versions",
             params={"$orderBy": "createdtime desc", "$top": "1"},
             what=f"versions of model {name}",
         )
-        values = (found or {}).get("value") or []
-        return values[0] if values else None
+        return _first_version(found, f"versions of model {name}")
 
     # ----- jobs
 
-    def put_job(
-        self, name: str, body: dict[str, Any], budget: CallBudget | None = None
-    ) -> tuple[dict[str, Any], bool]:
+    def put_job(self, name: str, body: dict[str, Any], budget: CallBudget | None = None) -> tuple[Job, bool]:
         """Create the pipeline job `name` with the caller's Azure ML token in `x-azureml-token`, as azure-ai-ml
         does; returns the job and whether this PUT created it (201) rather than found it (200: an identical
         PUT of the same name, ours retried or another instance's). The name is the idempotency key."""
@@ -162,10 +235,12 @@ class AzureMLV2Client(RunHistory):
             what=what,
             budget=budget,
         )
-        return json_body(response, what), response.status_code == 201
+        return Job.from_wire(json_body(response, what)), response.status_code == 201
 
-    def get_job(self, name: str, budget: CallBudget | None = None) -> dict[str, Any]:
-        return self._arm("GET", f"/jobs/{path_segment(name)}", what=f"job {name}", budget=budget)
+    def get_job(self, name: str, budget: CallBudget | None = None) -> Job:
+        return Job.from_wire(
+            self._arm("GET", f"/jobs/{path_segment(name)}", what=f"job {name}", budget=budget)
+        )
 
     def cancel_job(self, name: str) -> None:
         """Ask for a cancel (202 + Location); the job's status tells the rest."""
@@ -182,6 +257,23 @@ def is_already_exists(error: AzureMLError) -> bool:
     return error.status in (400, 409) and ALREADY_EXISTS in error.message
 
 
+def _field(found: Any, name: str) -> dict[str, Any]:
+    """An object-valued field of `found` ({} when `found` is not an object, or the field is missing or not one)."""
+    value = found.get(name) if isinstance(found, dict) else None
+    return value if isinstance(value, dict) else {}
+
+
+def _first_version(found: Any, what: str) -> AssetVersion | None:
+    """The first version of a list answer (`{"value": [...]}`); None when the list is empty or there is none.
+    A list answer that is not an object is Azure ML's fault (ServiceError)."""
+    if found is None:
+        return None
+    values = found.get("value") if isinstance(found, dict) else None
+    if not isinstance(found, dict) or not isinstance(values, list | None):
+        raise ServiceError(f"Azure ML answered {what} with something that is not a list of versions")
+    return AssetVersion.from_wire(values[0]) if values else None
+
+
 def _blob_url(sas_uri: str, blob_name: str, extra_query: str = "") -> str:
     parts = urlsplit(sas_uri)
     path = parts.path.rstrip("/") + "/" + quote(blob_name, safe="/")
@@ -189,4 +281,4 @@ def _blob_url(sas_uri: str, blob_name: str, extra_query: str = "") -> str:
     return urlunsplit((parts.scheme, parts.netloc, path, query, ""))
 
 
-__all__ = ["API_VERSION", "AzureMLV2Client", "is_already_exists"]
+__all__ = ["API_VERSION", "AssetContainer", "AssetVersion", "AzureMLV2Client", "Job", "is_already_exists"]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline_def.azureml_v2 import components
-from pipeline_def.azureml_v2.client import AzureMLV2Client
+from pipeline_def.azureml_v2.client import AssetVersion, AzureMLV2Client
 from pipeline_def.azureml_v2.code import HASH_VERSION, code_files, content_hash
 from pipeline_def.errors import AzureMLError, Forbidden, TokenError, Unauthorized
 from pipeline_def.fingerprint import V1_REQUIREMENTS, compute_fingerprint
@@ -68,10 +68,10 @@ def read_published(
     container = client.get_container("components", name)
     if container is None:
         return Unpublished(f"pipeline component {name!r} is not registered")
-    latest = (container.get("properties") or {}).get("latestVersion")
+    latest = container.latest_version
     if not latest:
         return Unpublished(f"pipeline component {name!r} has no version")
-    return PipelineVersion(str(latest), _component_id(settings, name, str(latest)), False)
+    return PipelineVersion(latest, _component_id(settings, name, latest), False)
 
 
 def ensure_published(
@@ -95,7 +95,7 @@ def ensure_published(
     )
     code_id = ensure_code(client, folder)
     for step in steps:
-        body = components.component_body(step, names, settings, fingerprint, code_id, str(environment["id"]))
+        body = components.component_body(step, names, settings, fingerprint, code_id, environment.id)
         _ensure(client, "components", names.steps[step.name], fingerprint, body)
     body = components.pipeline_component_body(
         names,
@@ -104,7 +104,7 @@ def ensure_published(
         settings.workspace_path,
         steps,
         code_id=code_id,
-        environment_id=str(environment["id"]),
+        environment_id=environment.id,
     )
     _put(client, "components", names.pipeline, fingerprint, body)
     log.info("pipeline %s version %s is registered", names.pipeline, fingerprint)
@@ -119,7 +119,7 @@ def ensure_code(client: AzureMLV2Client, folder: Path) -> str:
     name = str(uuid.uuid5(uuid.NAMESPACE_URL, f"batchpred-code:{digest}"))
     found = client.find_code_by_hash(name, digest, HASH_VERSION)
     if found is not None:
-        return str(found["id"])
+        return found.id
     if not files:
         raise ValueError(f"{folder} has no files to upload")
     blob_uri, sas_uri = client.start_pending_upload(name, CODE_VERSION)
@@ -130,17 +130,17 @@ def ensure_code(client: AzureMLV2Client, folder: Path) -> str:
         sas_uri, f"{prefix}/{files[0].name}", {**UPLOAD_CONFIRMATION, "name": name, "version": CODE_VERSION}
     )
     body = components.code_body(f"{blob_uri}/{prefix}", digest, HASH_VERSION)
-    return str(_put(client, "codes", name, CODE_VERSION, body)["id"])
+    return _put(client, "codes", name, CODE_VERSION, body).id
 
 
 def _ensure(
     client: AzureMLV2Client, kind: str, name: str, version: str, body: dict[str, Any]
-) -> dict[str, Any]:
+) -> AssetVersion:
     found = client.get_version(kind, name, version)
     return found if found is not None else _put(client, kind, name, version, body)
 
 
-def _put(client: AzureMLV2Client, kind: str, name: str, version: str, body: dict[str, Any]) -> dict[str, Any]:
+def _put(client: AzureMLV2Client, kind: str, name: str, version: str, body: dict[str, Any]) -> AssetVersion:
     """PUT a version; refused because a racing publisher registered it first, the version that exists."""
     try:
         return client.put_version(kind, name, version, body)

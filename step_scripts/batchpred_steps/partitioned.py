@@ -71,7 +71,7 @@ def fresh_parts_folder(latest: Path, run_id: str, now: datetime) -> str:
 def copy_parts(parts: list[Part], root: Path, folder: str) -> list[dict[str, Any]]:
     """Copy `parts` as `<root>/<folder>/part-NNNNN.parquet` (each flushed to disk); the manifest's `files`:
     each file's path relative to `root` and its rows. Parts without rows are left out."""
-    files = []
+    files: list[dict[str, Any]] = []
     target = root / folder
     target.mkdir(parents=True, exist_ok=True)
     for part in (p for p in parts if p.rows):

@@ -109,8 +109,8 @@ def publish(plan: Sequence[tuple[Path, Path]], replace: Callable[[Path, Path], N
     try:
         for target, source in plan:
             target.parent.mkdir(parents=True, exist_ok=True)
-            fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-            staged.append((Path(temp), target))
+            fd, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+            staged.append((Path(temp_name), target))
             with os.fdopen(fd, "wb") as out, open(source, "rb") as data:
                 while chunk := data.read(1 << 20):
                     out.write(chunk)

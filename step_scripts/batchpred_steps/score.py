@@ -104,11 +104,12 @@ def output_metadata(
     input_metadata: dict[str, Any],
     model_name: str,
     model_version: int | None,
-    rows: int,
+    rows: int | None,
     model_metadata: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """What save_predictions learns about this step's output: the input's notes plus the model and rows, and
-    the quality gate's reference the model recorded at training (its metadata.json's, when it has one)."""
+    """What save_predictions learns about this step's output: the input's notes plus the model and rows (None
+    from a parallel predict's processes, none of which knows the total), and the quality gate's reference the
+    model recorded at training (its metadata.json's, when it has one)."""
     reference = (model_metadata or {}).get(QUALITY_REFERENCE_KEY)
     return {
         **input_metadata,

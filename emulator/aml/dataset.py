@@ -21,7 +21,10 @@ from emulator.aml.wire import SEG, RecordedRequest, Response, Route, ServiceErro
 
 # dataprep writes a 20 MiB partition size into every read_delimited it serialises
 _PARTITION_SIZE = 20971520
-# Rows the column types are inferred from (a guess: dataprep reads a sample too; its size is not documented).
+# Rows the column types are inferred from: int, float, boolean (true/false) or string, the types a dataset
+# registered as docs/steps-and-model.md registers it reads as. The SDK's own inference (at registration, on the
+# user's machine, from the first rows; checked with dataprep 5.5.0) is harsher: a column of 0/1 or Y/N in the
+# first rows becomes boolean whatever follows, which is why that doc sets PoolArea and CentralAir by hand.
 INFERENCE_ROWS = 10_000
 
 

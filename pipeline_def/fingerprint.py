@@ -21,13 +21,15 @@ V2_REQUIREMENTS = "requirements-v2.txt"
 
 
 def step_script_files(folder: Path = STEP_SCRIPTS_DIR) -> list[Path]:
-    """The files Azure ML uploads as the steps' snapshot (caches and editor droppings left out)."""
+    """The files Azure ML uploads as the steps' snapshot: caches and editor droppings left out, as the
+    folder's .amlignore leaves them out of the upload (hidden files, and anything in a hidden folder such as
+    a .mypy_cache/ a tool left there)."""
     return sorted(
         path
         for path in folder.rglob("*")
         if path.is_file()
         and "__pycache__" not in path.parts
-        and not path.name.startswith(".")
+        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
         and path.suffix not in (".pyc", ".pyo")
     )
 

@@ -96,8 +96,29 @@ def test_caches_and_hidden_files_do_not_change_it(settings, scripts):
     (scripts / "__pycache__" / "predict.cpython-311.pyc").write_bytes(b"\0\1\2")
     (scripts / ".DS_Store").write_bytes(b"junk")
     (scripts / "predict.pyc").write_bytes(b"junk")
+    # a tool's cache in a hidden folder (a mypy run inside step_scripts/ left 52 MB of it once)
+    (scripts / ".mypy_cache" / "3.11").mkdir(parents=True, exist_ok=True)
+    (scripts / ".mypy_cache" / "3.11" / "builtins.data.json").write_text("{}")
     assert compute_fingerprint(settings, scripts) == before
     assert all("__pycache__" not in p.parts for p in step_script_files(scripts))
+    assert all(".mypy_cache" not in p.parts for p in step_script_files(scripts))
+
+
+def test_what_the_fingerprint_leaves_out_the_v2_code_asset_leaves_out_too(scripts):
+    """The shipped .amlignore keeps out of the upload what the fingerprint ignores (a hidden folder's files),
+    so what is published is what was fingerprinted."""
+    from pipeline_def.azureml_v2.code import code_files
+
+    (scripts / ".mypy_cache" / "3.11").mkdir(parents=True, exist_ok=True)
+    (scripts / ".mypy_cache" / "3.11" / "builtins.data.json").write_text("{}")
+    (scripts / "__pycache__").mkdir(exist_ok=True)
+    (scripts / "__pycache__" / "predict.cpython-311.pyc").write_bytes(b"\0")
+
+    uploaded = {f.name for f in code_files(scripts)}
+
+    assert not any(name.startswith((".mypy_cache/", "__pycache__/")) for name in uploaded)
+    fingerprinted = {p.relative_to(scripts).as_posix() for p in step_script_files(scripts)}
+    assert fingerprinted <= uploaded
 
 
 @pytest.mark.parametrize(

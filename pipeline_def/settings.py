@@ -198,30 +198,21 @@ def _byte_size(raw: str) -> int:
     return size
 
 
+def _number(low: float, high: float, what: str = "a number") -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            value = float("nan")
+        if not low <= value <= high:
+            raise _Invalid(f"must be {what} from {low:g} to {high:g}")
+        return value
+
+    return parse
+
+
 def _seconds(low: float, high: float) -> Callable[[str], float]:
-    def parse(raw: str) -> float:
-        try:
-            value = float(raw)
-        except ValueError:
-            value = float("nan")
-        if not low <= value <= high:
-            raise _Invalid(f"must be a number of seconds from {low:g} to {high:g}")
-        return value
-
-    return parse
-
-
-def _number(low: float, high: float) -> Callable[[str], float]:
-    def parse(raw: str) -> float:
-        try:
-            value = float(raw)
-        except ValueError:
-            value = float("nan")
-        if not low <= value <= high:
-            raise _Invalid(f"must be a number from {low:g} to {high:g}")
-        return value
-
-    return parse
+    return _number(low, high, "a number of seconds")
 
 
 def _guid(value: str) -> None:

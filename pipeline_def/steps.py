@@ -182,14 +182,16 @@ def validate_parameters(raw: Any) -> dict[str, str]:
 PART_BYTES_OPTION = "--part-bytes"
 
 
-def part_size_arguments(
-    step: Step, part_bytes: int, steps: tuple[Step, ...] | None = None
-) -> tuple[str, ...]:
+def parallel_items(steps: tuple[Step, ...] = STEPS) -> set[str]:
+    """The data the parallel steps take as items (written by the step before them as Parquet parts)."""
+    return {s.parallel.items for s in steps if s.parallel is not None}
+
+
+def part_size_arguments(step: Step, part_bytes: int, steps: tuple[Step, ...] = STEPS) -> tuple[str, ...]:
     """`--part-bytes <part_bytes>` for the step that writes a parallel step's items (it cuts its Parquet parts
     that size and a mini-batch is one part), nothing for the others. Each backend gives its own size:
     PARALLEL_MINI_BATCH_SIZE on Azure ML, LOCAL_MINI_BATCH_SIZE locally."""
-    items = {s.parallel.items for s in (STEPS if steps is None else steps) if s.parallel is not None}
-    return (PART_BYTES_OPTION, str(part_bytes)) if items & set(step.outputs) else ()
+    return (PART_BYTES_OPTION, str(part_bytes)) if parallel_items(steps) & set(step.outputs) else ()
 
 
 def entry_script_arguments(step: Step) -> tuple[Argument, ...]:

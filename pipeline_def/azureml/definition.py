@@ -157,7 +157,7 @@ def build_pipeline(
     # A (name, type) tuple names the compute without the ARM lookup a bare name would cost.
     compute = (settings.compute_name, "AmlCompute")
     # The data a parallel step takes as items: its producer's PipelineData is promoted to a FileDataset.
-    items = {step.parallel.items for step in step_description.STEPS if step.parallel is not None}
+    items = step_description.parallel_items()
 
     def value(argument: Any, step: step_description.Step) -> Any:
         if isinstance(argument, str):

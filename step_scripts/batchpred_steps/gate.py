@@ -15,6 +15,7 @@ from typing import Any
 from batchpred_steps import quality
 from batchpred_steps.errors import StepError
 from batchpred_steps.handoff import iter_batches
+from batchpred_steps.partitioned import read_manifest
 from batchpred_steps.report_svg import distribution_svg
 
 log = logging.getLogger("batchpred_steps.gate")
@@ -107,8 +108,5 @@ def run_gate(
 
 def _previous_run_id(latest: Path) -> str | None:
     """The run that wrote the previous latest predictions, from the latest manifest (None if unreadable)."""
-    try:
-        manifest = json.loads((latest / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return str(manifest.get("run_id")) if isinstance(manifest, dict) and manifest.get("run_id") else None
+    manifest = read_manifest(latest / "manifest.json") or {}
+    return str(manifest["run_id"]) if manifest.get("run_id") else None

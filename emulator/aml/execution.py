@@ -250,8 +250,9 @@ class ExecutionService:
         node_params = {p["Name"]: p for p in node.get("ModuleParameters") or []}
         defaults = {p["Name"]: p.get("DefaultValue") for p in interface.get("Parameters") or []}
 
-        def parameter(name: str) -> str:
-            # ValueType "1": linked to the pipeline parameter named by Value; "0": a literal value
+        def parameter(name: str, otherwise: str | None = None) -> str:
+            # ValueType "1": linked to the pipeline parameter named by Value; "0": a literal value; with neither
+            # (nor an interface default), `otherwise` when the value lives elsewhere
             given = node_params.get(name)
             if given is not None and str(given.get("ValueType")) == "1":
                 linked = given.get("Value") or name
@@ -261,6 +262,8 @@ class ExecutionService:
                 return str(given["Value"])
             if defaults.get(name) is not None:
                 return str(defaults[name])
+            if otherwise is not None:
+                return otherwise
             raise ValueError(f"step {step.name}: no value for parameter {name}")
 
         graph = self.graphs[self.pipelines[run.pipeline_id]["GraphId"]]["Graph"]
@@ -326,13 +329,9 @@ class ExecutionService:
         parallel = None
         if module.get("ModuleType") == PARALLEL_MODULE_TYPE:
             parallel = self._parallel_plan(run, step, node, interface, sources, outputs, run_dir, runconfig)
-            # a node_count linked to a pipeline parameter is the run's value of it (ValueType 1); a fixed one
-            # is only in the run configuration (the SDK sends NodeCount with ValueType 0 and no Value)
-            given = node_params.get("NodeCount") or {}
-            linked = str(given.get("ValueType")) == "1" or given.get("Value") is not None
-            parallel["PRS_NODE_COUNT"] = (
-                parameter("NodeCount") if linked else str(runconfig.get("nodeCount") or 1)
-            )
+            # a node_count linked to a pipeline parameter is the run's value of it; a fixed one is only in the
+            # run configuration (the SDK sends NodeCount with ValueType 0 and no Value)
+            parallel["PRS_NODE_COUNT"] = parameter("NodeCount", str(runconfig.get("nodeCount") or 1))
         return _StepPlan(step, script, arguments, snapshot_id, environment, parallel)
 
     def _parallel_plan(

@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,39 +23,23 @@ from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
+sys.path.insert(0, str(PROJECT_ROOT / "bench"))  # scale.py's measure: the same peak-RSS measurement
+
+import scale  # noqa: E402
 
 from emulator.aml import FakeAzureML  # noqa: E402
 from emulator.azurite import DEVSTORE_ACCOUNT, DEVSTORE_KEY, start_azurite, stop_azurite  # noqa: E402
 from emulator.step_env import step_python  # noqa: E402
 
-BENCH_DIR = PROJECT_ROOT / ".local" / "bench"
 RESULTS = PROJECT_ROOT / "bench" / "results" / "fetch_v1.json"
-SCALE = PROJECT_ROOT / "bench" / "scale.py"
 MEMORY_GOAL = 1.2
-
-
-def csv_of(rows: int) -> Path:
-    path = BENCH_DIR / f"ames-{rows}.csv"
-    if not path.exists():
-        subprocess.run(
-            [
-                sys.executable,
-                str(PROJECT_ROOT / "bench" / "bigdata.py"),
-                "--rows",
-                str(rows),
-                "--out",
-                str(path),
-            ],
-            check=True,
-        )
-    return path
 
 
 def fetch_in_job(
     fake: FakeAzureML, python: Path, dataset: str, sample_size: int, work: Path, scripts: Path
 ) -> dict:
     """aml_v1.py fetch_data in a step run of its own, from a copy of `scripts` (as Azure ML runs a step from
-    its snapshot); wall seconds and the peak RSS of the step's process tree (scale.py's `_measure`)."""
+    its snapshot); wall seconds and the peak RSS of the step's process tree (scale.py's `measure`)."""
     pipeline = fake.add_published_pipeline("bench-fetch", str(time.time_ns()))
     run = fake.add_run(pipeline["Id"], experiment="bench", status="Running")
     snapshot, home, out = work / "snapshot", work / "home", work / "fetched"
@@ -73,28 +56,11 @@ def fetch_in_job(
         str(python), str(snapshot / "aml_v1.py"), "fetch_data", "--dataset", dataset,
         "--sample-size", str(sample_size), "--seed", "1", "--output", str(out),
     ]  # fmt: skip
-    started = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, str(SCALE), "_measure", "--", *command],
-        cwd=snapshot,
-        env=environ,
-        capture_output=True,
-        text=True,
-    )
-    seconds = time.perf_counter() - started
-    if done.returncode != 0:
-        sys.exit(f"fetch_data failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}")
-    peak = json.loads(done.stdout.strip().splitlines()[-1])["peak_rss_mib"]
+    figures = scale.measure(command, cwd=snapshot, env=environ)
     metadata = json.loads((out / "_metadata.json").read_text())
-    parts = len(list(out.glob("part-*.parquet")))
+    parts = scale.parts_of(out)
     shutil.rmtree(work, ignore_errors=True)
-    return {
-        "seconds": seconds,
-        "peak_rss_mib": peak,
-        "rows": metadata["rows"],
-        "parts": parts,
-        "load": os.getloadavg()[0],
-    }
+    return {**figures, "rows": metadata["rows"], "parts": parts}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             with FakeAzureML(workspace_name="ws-bench") as fake:
                 fake.use_blob_store(azurite.url, DEVSTORE_ACCOUNT, DEVSTORE_KEY)
                 for rows in sizes:
-                    source = csv_of(rows)
+                    source = scale.dataset(rows, ".csv")
                     name = f"AmesBench{rows}"
                     started = time.perf_counter()
                     fake.register_dataset(name, source)

@@ -43,12 +43,17 @@ def load() -> float:
     return os.getloadavg()[0]
 
 
-def measure(command: list[str], cwd: Path = STEPS) -> dict[str, float]:
-    """Run `command` in a fresh intermediate process; wall seconds, and the peak RSS of the largest process
-    of its tree (RUSAGE_CHILDREN of that intermediate: the step, or the runtime and its workers)."""
+def measure(command: list[str], cwd: Path = STEPS, env: dict[str, str] | None = None) -> dict[str, float]:
+    """Run `command` in a fresh intermediate process (with `env`, default this one's); wall seconds, and the
+    peak RSS of the largest process of its tree (RUSAGE_CHILDREN of that intermediate: the step, or the
+    runtime and its workers)."""
     started = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, __file__, "_measure", "--", *command], cwd=cwd, capture_output=True, text=True
+        [sys.executable, __file__, "_measure", "--", *command],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     if done.returncode != 0:
         sys.exit(f"failed: {' '.join(command)}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
@@ -65,12 +70,12 @@ def _measure(command: list[str]) -> None:
     print(json.dumps({"peak_rss_mib": round(peak, 1)}))
 
 
-def dataset(rows: int) -> Path:
-    path = BENCH_DIR / f"ames-{rows}.parquet"
+def dataset(rows: int, suffix: str = ".parquet") -> Path:
+    """The generated table of `rows` rows in .local/bench/ (Parquet, or CSV for ".csv"), made once."""
+    path = BENCH_DIR / f"ames-{rows}{suffix}"
     if not path.exists():
-        subprocess.run(
-            [sys.executable, str(PROJECT_ROOT / "bench" / "bigdata.py"), "--rows", str(rows)], check=True
-        )
+        bigdata = str(PROJECT_ROOT / "bench" / "bigdata.py")
+        subprocess.run([sys.executable, bigdata, "--rows", str(rows), "--out", str(path)], check=True)
     return path
 
 

@@ -72,6 +72,28 @@ class _PlainHttpOnLoopback(SansIOHTTPPolicy):
             request.context["enforce_https"] = False
 
 
+def sdk_workspace(fake: FakeAzureML):
+    """azureml-core's Workspace aimed at `fake` (its discovery URL), with a static ARM token and no service
+    check; a fresh workspace id each time, so the SDK's discovery cache (keyed by it) never serves another
+    test's fake, whose port differs."""
+    import uuid
+
+    from azureml.core import Workspace
+    from azureml.core.authentication import ArmTokenAuthentication
+
+    workspace = Workspace(
+        fake.subscription_id,
+        fake.resource_group,
+        fake.workspace_name,
+        auth=ArmTokenAuthentication("test-token", cloud="AzureCloud"),
+        _disable_service_check=True,
+        _workspace_id=str(uuid.uuid4()),
+        _location="local",
+    )
+    workspace._discovery_url_internal = fake.discovery_url
+    return workspace
+
+
 def ml_client(fake: FakeAzureML):
     """azure-ai-ml's MLClient aimed at `fake` as a custom cloud (its resource manager is the fake's URL), with
     tokens from the managed identity the environment names (a FakeManagedIdentity's environ())."""

@@ -15,7 +15,7 @@ from types import ModuleType
 import pandas as pd
 import pytest
 
-from pipeline_def.settings import STEP_SCRIPTS_DIR
+from pipeline_def.settings import PROJECT_ROOT, STEP_SCRIPTS_DIR
 
 STEP_TIMEOUT_SECONDS = 120.0
 # Settings a developer's shell may hold that would change what the local backend does in a test.
@@ -64,6 +64,14 @@ def load_step_module(name: str) -> ModuleType:
     functions (the scripts import `batchpred_steps` as a sibling, as they do on Azure ML, so their folder goes
     on sys.path)."""
     folder = str(STEP_SCRIPTS_DIR)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    return importlib.import_module(name)
+
+
+def load_bench_module(name: str) -> ModuleType:
+    """A module of bench/ (`bigdata`, the large-table generator) imported, as its scripts import each other."""
+    folder = str(PROJECT_ROOT / "bench")
     if folder not in sys.path:
         sys.path.insert(0, folder)
     return importlib.import_module(name)

@@ -4,16 +4,13 @@ file fetch_data and the model take as they take the shipped data."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pandas as pd
 
-from pipeline_def.settings import PROJECT_ROOT
+from tests.fixtures_local import load_bench_module
 
-_spec = importlib.util.spec_from_file_location("bigdata", PROJECT_ROOT / "bench" / "bigdata.py")
-bigdata = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
-_spec.loader.exec_module(bigdata)  # type: ignore[union-attr]
+bigdata = load_bench_module("bigdata")
 
 
 BLOCK = 1_000  # rows a block: several blocks in a small table

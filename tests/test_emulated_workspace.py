@@ -19,7 +19,7 @@ import pytest
 
 from emulator.aml import FakeAzureML
 from tests.fixtures_fakes import DEVSTORE_ACCOUNT, DEVSTORE_KEY, AzuriteBlob
-from tests.fixtures_local import read_parts
+from tests.fixtures_local import load_bench_module, read_parts
 
 # Each test runs the SDK (or a step script) in a job's process: seconds each.
 pytestmark = pytest.mark.slow
@@ -49,17 +49,6 @@ def step_run(workspace: FakeAzureML) -> str:
     pipeline = workspace.add_published_pipeline("batch-prediction", "1")
     run = workspace.add_run(pipeline["Id"], experiment="batchpred", status="Running")
     return run.step("fetch_data").run_id
-
-
-def load_bigdata() -> Any:
-    """bench/bigdata.py, the generator of large Ames-like tables."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bigdata", REPO_ROOT / "bench" / "bigdata.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def job_process(
@@ -354,7 +343,7 @@ def test_aml_v1_fetch_streams_a_dataset_of_several_partitions_through_the_sdks_p
     """A registered dataset larger than dataprep's 20 MiB partition: aml_v1.py has the SDK write it as Parquet
     parts (`to_parquet_files().download()`, never a DataFrame of the whole) and fetch_data reads them as one
     table: every row once, in order, as fetch_data reads the CSV itself."""
-    bigdata = load_bigdata()
+    bigdata = load_bench_module("bigdata")
     csv = bigdata.write(80_000, tmp_path / "ames-80000.csv")  # 26 MB: two partitions
     workspace.register_dataset("AmesLarge", csv)
     snapshot = tmp_path / "snapshot"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sys
-import uuid
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 import requests
 
 from emulator.aml import FakeAzureML
-from tests.fixtures_fakes import DEVSTORE_ACCOUNT, DEVSTORE_KEY, AzuriteBlob
+from tests.fixtures_fakes import DEVSTORE_ACCOUNT, DEVSTORE_KEY, AzuriteBlob, sdk_workspace
 
 pytest.importorskip("azureml.pipeline.steps")
 
@@ -130,8 +129,7 @@ def v1(azurite: AzuriteBlob, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     """A workspace executing runs with this interpreter, and a toy pipeline published with the real
     ParallelRunStep: make (10 files) -> score-items (ParallelRunStep, node_count a pipeline parameter, 2
     processes per node, 1 file a mini-batch, 5 s invocation timeout, 2 tries, error threshold 1) -> report."""
-    from azureml.core import Environment, RunConfiguration, Workspace
-    from azureml.core.authentication import ArmTokenAuthentication
+    from azureml.core import Environment, RunConfiguration
     from azureml.pipeline.core import Pipeline, PipelineData, PipelineParameter
     from azureml.pipeline.steps import ParallelRunConfig, ParallelRunStep, PythonScriptStep
 
@@ -147,16 +145,7 @@ def v1(azurite: AzuriteBlob, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         folder.mkdir()
         for name, text in {"make.py": MAKE, "score.py": SCORE, "report.py": REPORT}.items():
             (folder / name).write_text(text)
-        workspace = Workspace(
-            fake.subscription_id,
-            fake.resource_group,
-            fake.workspace_name,
-            auth=ArmTokenAuthentication("test-token", cloud="AzureCloud"),
-            _disable_service_check=True,
-            _workspace_id=str(uuid.uuid4()),
-            _location="local",
-        )
-        workspace._discovery_url_internal = fake.discovery_url
+        workspace = sdk_workspace(fake)
         made = PipelineData("made", is_directory=True).as_dataset()
         scored = PipelineData("scored", is_directory=True)
         environment = Environment("toy-env")

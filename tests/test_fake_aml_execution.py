@@ -8,13 +8,13 @@ from __future__ import annotations
 import os
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 import requests
 
 from emulator.aml import FakeAzureML
+from tests.fixtures_fakes import sdk_workspace
 
 pytest.importorskip("azureml.pipeline.core")
 
@@ -67,24 +67,7 @@ def executing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         folder.mkdir()
         for name, text in {"make.py": MAKE, "double.py": DOUBLE, "report.py": REPORT}.items():
             (folder / name).write_text(text)
-        yield fake, _workspace(fake), folder
-
-
-def _workspace(fake: FakeAzureML):
-    from azureml.core import Workspace
-    from azureml.core.authentication import ArmTokenAuthentication
-
-    ws = Workspace(
-        fake.subscription_id,
-        fake.resource_group,
-        fake.workspace_name,
-        auth=ArmTokenAuthentication("test-token", cloud="AzureCloud"),
-        _disable_service_check=True,
-        _workspace_id=str(uuid.uuid4()),
-        _location="local",
-    )
-    ws._discovery_url_internal = fake.discovery_url
-    return ws
+        yield fake, sdk_workspace(fake), folder
 
 
 def _publish(workspace, folder: Path, version: str):

@@ -6,12 +6,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import uuid
 from pathlib import Path
 
 import pytest
 
 from emulator.aml import FakeAzureML
+from tests.fixtures_fakes import sdk_workspace
 
 pytest.importorskip("azureml.pipeline.core")
 
@@ -21,23 +21,9 @@ WS = "{WS}"
 @pytest.fixture
 def workspace(fake_aml: FakeAzureML, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loopback_only):
     """The SDK's Workspace aimed at the fake as docs/aml-v1-rest.md shows, with HOME in a temporary folder."""
-    from azureml.core import Workspace
-    from azureml.core.authentication import ArmTokenAuthentication
-
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     (tmp_path / "home").mkdir()
-    auth = ArmTokenAuthentication("test-token", cloud="AzureCloud")
-    ws = Workspace(
-        fake_aml.subscription_id,
-        fake_aml.resource_group,
-        fake_aml.workspace_name,
-        auth=auth,
-        _disable_service_check=True,
-        _workspace_id=str(uuid.uuid4()),  # a fresh discovery-cache key per test: ports differ between tests
-        _location="local",
-    )
-    ws._discovery_url_internal = fake_aml.discovery_url
-    yield ws
+    yield sdk_workspace(fake_aml)
     assert loopback_only == [], f"the SDK tried to reach {loopback_only}"
 
 

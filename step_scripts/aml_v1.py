@@ -10,9 +10,9 @@ turns the v1 names among the step's arguments into the local paths the step take
   --run-id run-context:parent`: the step publishes into local staging folders, which are then uploaded to the
   workspace's default datastore in the same order (history, latest CSV or parts, latest manifest), each blob
   upload atomic, and then the latest CSV the new manifest supersedes and the parts of the set before the
-  previous one are deleted; the run id is the pipeline run's (the parent of this step run). The latest CSV and manifest are downloaded first, for the
-  quality gate; a failed gate uploads the history folder only. The run's summary (rows, folders, the gate's
-  verdict) becomes tags of this step run.
+  previous one are deleted; the run id is the pipeline run's (the parent of this step run). The latest CSV
+  and manifest are downloaded first, for the quality gate; a failed gate uploads the history folder only.
+  The run's summary (rows, folders, the gate's verdict) becomes tags of this step run.
 
 Transitional: used only while the v1 backend exists.
 """

@@ -161,7 +161,8 @@ def data_files(path: str | Path) -> list[Path]:
         parquet = next(p for p in found if is_parquet(p)).relative_to(given)
         csv = next(p for p in found if not is_parquet(p)).relative_to(given)
         raise StepError(
-            f"dataset folder {str(given)!r} holds both Parquet ({parquet}) and CSV ({csv}) files; expected one kind"
+            f"dataset folder {str(given)!r} holds both Parquet ({parquet}) and CSV ({csv}) files; "
+            "expected one kind"
         )
     return found
 
